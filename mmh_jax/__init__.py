@@ -1,0 +1,13 @@
+"""mmh_jax: memorization in generative models through geometry.
+
+Implements the manifold memorization hypothesis (Ross et al., ICLR 2025, arXiv 2411.00113):
+pure-functional JAX local-intrinsic-dimension (LID) estimators, models, and the paper's validation.
+
+Subpackages are imported lazily so that ``import mmh_jax.lid`` never pulls in flax or optax.
+"""
+
+__version__ = "0.1.0"
+
+from mmh_jax import lid, parallel, sde  # noqa: F401  (jax/numpy only)
+
+__all__ = ["lid", "parallel", "sde", "__version__"]

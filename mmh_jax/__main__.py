@@ -1,0 +1,3 @@
+from mmh_jax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Trace-time argument checks shared by the estimators.
+
+Every error names the argument, the value received and what is expected (STYLE §8). Checks on
+values (ranges) run only when the value is concrete, so the estimators still trace under jit/vmap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def float_array(name: str, x: Any, *, min_ndim: int = 0, ndim: int | None = None) -> jax.Array:
+    """Return ``x`` as a floating JAX array; raise TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        if isinstance(x, (bool, int)):
+            raise TypeError(f"{name} must be a floating-point array, got the integer {x!r}; pass a float.")
+        x = jnp.asarray(x, jnp.float32)
+        dtype = x.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating-point dtype, got dtype {dtype}; convert it, e.g. "
+            f"{name}.astype(jnp.float32)."
+        )
+    shape = jnp.shape(x)
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {shape}.")
+    if len(shape) < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {shape}.")
+    return jnp.asarray(x)
+
+
+def scalar_time(name: str, t: Any, sde, *, allow_array: bool = False) -> jax.Array:
+    """A diffusion time in (0, T]; range-checked when concrete."""
+    t = float_array(name, t)
+    if not allow_array and jnp.ndim(t) != 0:
+        raise ValueError(f"{name} must be a scalar time, got shape {jnp.shape(t)}; vmap over times instead.")
+    if is_concrete(t) and is_concrete(sde.T):
+        tv = np.asarray(t)
+        T = float(np.asarray(sde.T))
+        if not np.all((tv > 0) & (tv <= T)):
+            bad = tv if tv.ndim == 0 else tv[~((tv > 0) & (tv <= T))][:3]
+            raise ValueError(f"{name} must lie in (0, T] = (0, {T}], got {bad}.")
+    return t
+
+
+def positive_int(name: str, v: Any, *, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be a Python int, got {v!r} of type {type(v).__name__}.")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}.")
+    return int(v)
+
+
+def option(name: str, v: Any, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {v!r}.")
+    return v
+
+
+def same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {jnp.shape(a)} and {jnp.shape(b)}."
+        )
