@@ -1,0 +1,93 @@
+"""ε-prediction MLP for flat data (DESIGN §2, §4): ``ScoreMLP`` and its sinusoidal time embedding.
+
+The network sees ``x`` of shape ``(..., D)`` and a time ``t`` of shape ``()`` or ``(...)`` and
+returns ε̂(x, t) of the shape of ``x``. It is single-example first (``x`` of shape ``(D,)``,
+``t`` scalar — what the estimators in :mod:`mmh_jax.lid` call), and the same parameters also serve
+a batch ``(B, D)`` with times ``(B,)`` or one shared scalar time. No implicit rank promotion is
+used, so it runs under ``jax_numpy_rank_promotion="raise"``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+__all__ = ["ScoreMLP", "sinusoidal_embedding"]
+
+
+def sinusoidal_embedding(t, dim: int, *, scale: float = 1000.0, max_period: float = 10000.0) -> Array:
+    """Transformer/DDPM sinusoidal embedding of ``scale·t``: shape ``(*t.shape, dim)``.
+
+    emb = [sin(scale·t·ω_k), cos(scale·t·ω_k)],  ω_k = max_period^(−k/(dim/2)),  k < dim/2.
+    Continuous VP-SDE times t ∈ (0, 1] are scaled by 1000 to the range of DDPM's integer steps,
+    as in score_sde's DDPM models. An odd ``dim`` gets one zero column at the end.
+
+    Example:
+      >>> sinusoidal_embedding(0.5, 8).shape
+      (8,)
+      >>> sinusoidal_embedding(jnp.ones(3), 8).shape
+      (3, 8)
+    """
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2 for a sinusoidal embedding, got {dim}.")
+    t = jnp.asarray(t, jnp.float32)
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (scale * t)[..., None] * freqs.reshape((1,) * t.ndim + (half,))
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros((*t.shape, 1), emb.dtype)], axis=-1)
+    return emb
+
+
+class ScoreMLP(nn.Module):
+    """ε-prediction MLP: ε̂(x, t) = W_out·h_L + b,  h_{l+1} = SiLU(W_l h_l + b_l),  h_0 = [x, emb(t)].
+
+    Attributes:
+      hidden: width of the hidden layers.
+      num_layers: number of hidden Dense + SiLU layers.
+      time_embed_dim: size of the sinusoidal time embedding concatenated to ``x``.
+      time_scale: multiplier of ``t`` inside the embedding (1000 for t ∈ (0, 1]).
+
+    ``apply(params, x, t)``: ``x`` of shape ``(..., D)``, ``t`` of shape ``()`` (shared) or
+    ``x.shape[:-1]``; returns an array of the shape of ``x``, in the float dtype of ``x``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16)
+      >>> params = model.init(jax.random.key(0), jnp.zeros(5), 0.5)
+      >>> model.apply(params, jnp.ones(5), 0.1).shape
+      (5,)
+      >>> model.apply(params, jnp.ones((4, 5)), jnp.full((4,), 0.1)).shape
+      (4, 5)
+    """
+
+    hidden: int = 512
+    num_layers: int = 3
+    time_embed_dim: int = 128
+    time_scale: float = 1000.0
+
+    @nn.compact
+    def __call__(self, x, t) -> Array:
+        x = jnp.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"x must have shape (..., D), got a scalar of shape {x.shape}.")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x must have a floating-point dtype, got {x.dtype}.")
+        t = jnp.asarray(t, jnp.float32)
+        batch = x.shape[:-1]
+        if t.shape not in ((), batch):
+            raise ValueError(
+                f"t must be a scalar or have shape x.shape[:-1] = {batch}, got shape {t.shape}."
+            )
+        emb = sinusoidal_embedding(t, self.time_embed_dim, scale=self.time_scale).astype(x.dtype)
+        emb = jnp.broadcast_to(emb, (*batch, self.time_embed_dim))
+        h = jnp.concatenate([x, emb], axis=-1)
+        for i in range(self.num_layers):
+            h = nn.silu(nn.Dense(self.hidden, name=f"hidden_{i}")(h))
+        return nn.Dense(x.shape[-1], name="out")(h)
