@@ -150,17 +150,23 @@ def write_results(
     *,
     meta: dict[str, Any] | None = None,
     columns: Iterable[str] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``{out_dir}/{name}.json`` (``{"name", "meta", "rows"}``) and ``{name}.md`` (a table).
+    """Write ``{out_dir}/{name}.json`` (``{"name", "meta", "rows"}``, plus ``"summary"`` when given,
+    e.g. ratios against the baseline) and ``{name}.md`` (the table, the summary, the environment).
 
     Returns the two paths as ``{"json": ..., "md": ...}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, "meta": meta or {}, "rows": list(rows)}
+    if summary is not None:
+        payload["summary"] = summary
     json_path = out / f"{name}.json"
     json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     md = [f"# {name}", "", markdown_table(rows, columns), ""]
+    if summary:
+        md += ["", "Summary:", ""] + [f"- {k}: {_fmt(v)}" for k, v in summary.items()] + [""]
     if meta:
         md += ["", "Environment:", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [""]
     md_path = out / f"{name}.md"

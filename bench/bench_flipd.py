@@ -1,0 +1,276 @@
+"""FLIPD throughput: JAX (Hutchinson, exact) against the network's forward pass and against PyTorch.
+
+    python bench/bench_flipd.py [--quick] [--out DIR] [--batch 1024] [--repeats N]
+
+Network: ``ScoreMLP`` (ε-prediction), D = 64, three hidden Dense(512) + SiLU layers, a 128-dim
+sinusoidal time embedding concatenated to the input; batch 1024, t₀ = 0.05, float32. Rows:
+
+- ``forward``: the network's batched forward pass at y = α(t₀)x — the baseline;
+- ``flipd_hutchinson``: FLIPD with one Rademacher probe per point (one JVP);
+- ``flipd_exact``: FLIPD with the exact trace (D JVPs per point).
+
+Every JAX function is jitted once with the parameters as an argument (not closed over) and vmaps
+the single-example ``lid.flipd``. When PyTorch is importable (the ``bench`` extra) the same network
+is rebuilt in PyTorch with identical weights, and FLIPD is written the straightforward torch.func
+way: ``torch.func.jvp`` on the batched network for Hutchinson (same probes as JAX), and
+``torch.func.vmap(torch.func.jacfwd(...))`` — i.e. a vmap of JVPs over the D basis vectors — for
+the exact trace. Outputs are checked against JAX before anything is timed, and torch uses as many
+intra-op threads as the process may use cores (what XLA's CPU client uses). Environment (XLA_FLAGS,
+core count, versions) goes into the results; no XLA flag is set here.
+
+Results: a markdown table on stdout and ``{out}/bench_flipd.{json,md}`` (default ``bench/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` and ``mmh_jax`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench._common import DEFAULT_OUT, env_info, markdown_table, time_fn, write_results
+from mmh_jax import lid
+from mmh_jax.lid._trace import rademacher_probes
+from mmh_jax.models import ScoreMLP, as_eps_fn, as_score_fn
+from mmh_jax.sde import VPSDE
+
+NAME = "bench_flipd"
+METHODS = ("forward", "flipd_hutchinson", "flipd_exact")
+#: Issue targets: throughput ratios that the JAX implementation should reach.
+TARGETS = {
+    "hutchinson_vs_forward": 0.4,
+    "hutchinson_jax_vs_torch": 2.0,
+    "exact_jax_vs_torch": 2.0,
+}
+COLUMNS = ["impl", "method", "points_per_s", "median_s", "min_s", "compile_s", "vs_forward", "jax_vs_torch"]
+
+
+def num_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small batch and few repeats (smoke run)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory for JSON + markdown")
+    p.add_argument("--batch", type=int, default=None, help="points per call (default 1024; 64 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 10; 2 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after the first one")
+    p.add_argument("--dim", type=int, default=64, help="ambient dimension D")
+    p.add_argument("--hidden", type=int, default=512, help="hidden width")
+    p.add_argument("--layers", type=int, default=3, help="number of hidden layers")
+    p.add_argument("--embed", type=int, default=128, help="time-embedding dimension")
+    p.add_argument("--t0", type=float, default=0.05, help="FLIPD time")
+    p.add_argument("--chunk-size", type=int, default=None, help="exact-trace chunk (default: library's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    args = p.parse_args(argv)
+    if args.batch is None:
+        args.batch = 64 if args.quick else 1024
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 10
+    if args.quick:
+        args.warmup = min(args.warmup, 1)
+    return args
+
+
+# ----------------------------------------------------------------------------------------- JAX
+
+
+def jax_functions(model: ScoreMLP, vp: VPSDE, *, chunk_size):
+    """The three jitted batch functions, each ``f(params, xs, keys, t0) -> (B, ...)``."""
+
+    def forward(params, xs, keys, t0):
+        alpha = vp.marginal_coefs(t0)[0]
+        eps_fn = as_eps_fn(model.apply, params)
+        return jax.vmap(lambda x: eps_fn(alpha * x, t0))(xs)
+
+    def flipd_with(trace):
+        def run(params, xs, keys, t0):
+            score_fn = as_score_fn(model.apply, params, vp)
+            one = lambda x, k: lid.flipd(  # noqa: E731
+                score_fn, x, k, t0=t0, sde=vp, trace=trace, num_probes=1, chunk_size=chunk_size
+            )
+            return jax.vmap(one)(xs, keys)
+
+        return run
+
+    return {
+        "forward": jax.jit(forward),
+        "flipd_hutchinson": jax.jit(flipd_with("hutchinson")),
+        "flipd_exact": jax.jit(flipd_with("exact")),
+    }
+
+
+# --------------------------------------------------------------------------------------- torch
+
+
+def torch_functions(params, *, dim: int, hidden: int, layers: int, embed: int, t0: float, vp: VPSDE):
+    """The same network and FLIPD in PyTorch, written the straightforward torch.func way.
+
+    Returns ``(fns, torch)``: ``fns[method](xs, probes) -> tensor`` on float32 CPU tensors.
+    """
+    import torch
+    from torch import func as tf
+
+    alpha, sigma = (float(v) for v in vp.marginal_coefs(jnp.float32(t0)))
+    p = jax.tree.map(lambda a: np.array(a, np.float32), params)["params"]  # writable copies
+
+    class TorchScoreMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = torch.nn.ModuleList(
+                [torch.nn.Linear(dim + embed if i == 0 else hidden, hidden) for i in range(layers)]
+            )
+            self.out = torch.nn.Linear(hidden, dim)
+            half = embed // 2
+            freqs = np.exp(-np.log(10000.0) * np.arange(half, dtype=np.float32) / half).astype(np.float32)
+            self.register_buffer("freqs", torch.from_numpy(freqs))
+
+        def forward(self, x, t):  # x (..., D), t (...) or scalar
+            a = (1000.0 * t)[..., None] * self.freqs
+            emb = torch.cat([torch.sin(a), torch.cos(a)], dim=-1).expand(*x.shape[:-1], -1)
+            h = torch.cat([x, emb], dim=-1)
+            for lin in self.hidden:
+                h = torch.nn.functional.silu(lin(h))
+            return self.out(h)
+
+    net = TorchScoreMLP().eval()
+    with torch.no_grad():
+        for i, lin in enumerate(net.hidden):
+            lin.weight.copy_(torch.from_numpy(p[f"hidden_{i}"]["kernel"].T))
+            lin.bias.copy_(torch.from_numpy(p[f"hidden_{i}"]["bias"]))
+        net.out.weight.copy_(torch.from_numpy(p["out"]["kernel"].T))
+        net.out.bias.copy_(torch.from_numpy(p["out"]["bias"]))
+    t = torch.tensor(t0, dtype=torch.float32)
+
+    def score(y):  # any leading batch shape
+        return -net(y, t) / sigma
+
+    @torch.no_grad()
+    def forward(xs, probes):
+        return net(alpha * xs, t)
+
+    @torch.no_grad()
+    def flipd_hutchinson(xs, probes):
+        # the batched network's Jacobian is block-diagonal over points: one JVP gives every J_i v_i
+        s, jv = tf.jvp(score, (alpha * xs,), (probes,))
+        return dim + sigma**2 * ((probes * jv).sum(-1) + (s * s).sum(-1))
+
+    def score_aux(y):
+        s = score(y)
+        return s, s
+
+    jac_one = tf.vmap(tf.jacfwd(score_aux, has_aux=True))  # vmap over points of D JVPs each
+
+    @torch.no_grad()
+    def flipd_exact(xs, probes):
+        jac, s = jac_one(alpha * xs)
+        return dim + sigma**2 * (torch.diagonal(jac, dim1=-2, dim2=-1).sum(-1) + (s * s).sum(-1))
+
+    return {"forward": forward, "flipd_hutchinson": flipd_hutchinson, "flipd_exact": flipd_exact}, torch
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def _check_close(name, got, want, *, rtol, atol) -> dict:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    err = float(np.max(np.abs(got - want)))
+    tol = atol + rtol * float(np.max(np.abs(want)))
+    if not err <= tol:
+        raise AssertionError(f"{name}: PyTorch and JAX disagree, max |diff| = {err:.3g} > tol {tol:.3g}.")
+    return {"max_abs_diff": err, "tol": tol}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark; returns ``{"name", "meta", "rows", "summary", "paths"}``."""
+    vp = VPSDE()
+    model = ScoreMLP(hidden=args.hidden, num_layers=args.layers, time_embed_dim=args.embed)
+    kp, kx, kk = jax.random.split(jax.random.key(args.seed), 3)
+    params = model.init(kp, jnp.zeros(args.dim, jnp.float32), 0.5)
+    xs = jax.random.normal(kx, (args.batch, args.dim), jnp.float32)
+    keys = jax.random.split(kk, args.batch)
+    t0 = jnp.float32(args.t0)
+    cfg = {k: getattr(args, k) for k in ("batch", "dim", "hidden", "layers", "embed", "t0", "repeats", "warmup")}
+    cfg["chunk_size"] = args.chunk_size
+    print(f"{NAME}: {cfg}", flush=True)
+
+    rows, results = [], {}
+    for method, fn in jax_functions(model, vp, chunk_size=args.chunk_size).items():
+        stats = time_fn(fn, params, xs, keys, t0, repeats=args.repeats, warmup=args.warmup)
+        results[("jax", method)] = np.asarray(fn(params, xs, keys, t0))
+        rows.append({"impl": "jax", "method": method, "points_per_s": args.batch / stats["median_s"], **stats})
+        print(f"  jax   {method:17s} {rows[-1]['points_per_s']:12,.0f} pts/s  compile {stats['compile_s']:.2f}s",
+              flush=True)
+
+    checks, torch_meta = {}, {"torch": None}
+    use_torch = not args.no_torch
+    if use_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            use_torch = False
+            torch_meta["torch"] = "not importable (install the 'bench' extra)"
+    if use_torch:
+        fns, torch = torch_functions(params, dim=args.dim, hidden=args.hidden, layers=args.layers,
+                                     embed=args.embed, t0=args.t0, vp=vp)
+        torch.set_num_threads(num_cores())
+        torch_meta = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+        probes = jax.vmap(lambda k: rademacher_probes(k, (args.dim,), 1)[0])(keys)
+        txs, tprobes = torch.from_numpy(np.array(xs)), torch.from_numpy(np.array(probes))
+        # correctness first: identical weights, identical probes
+        tol = {"forward": (1e-5, 1e-5), "flipd_hutchinson": (1e-5, 1e-3), "flipd_exact": (1e-5, 1e-3)}
+        for method, fn in fns.items():
+            out = fn(txs, tprobes).numpy()
+            checks[method] = _check_close(method, out, results[("jax", method)], rtol=tol[method][0],
+                                          atol=tol[method][1])
+        for method, fn in fns.items():
+            stats = time_fn(fn, txs, tprobes, repeats=args.repeats, warmup=args.warmup)
+            rows.append({"impl": "torch", "method": method, "points_per_s": args.batch / stats["median_s"],
+                         **stats})
+            print(f"  torch {method:17s} {rows[-1]['points_per_s']:12,.0f} pts/s", flush=True)
+
+    thr = {(r["impl"], r["method"]): r["points_per_s"] for r in rows}
+    for r in rows:
+        r["vs_forward"] = r["points_per_s"] / thr[(r["impl"], "forward")]
+        if r["impl"] == "jax" and ("torch", r["method"]) in thr:
+            r["jax_vs_torch"] = r["points_per_s"] / thr[("torch", r["method"])]
+
+    summary = {"hutchinson_vs_forward": thr[("jax", "flipd_hutchinson")] / thr[("jax", "forward")]}
+    if use_torch:
+        summary["hutchinson_jax_vs_torch"] = thr[("jax", "flipd_hutchinson")] / thr[("torch", "flipd_hutchinson")]
+        summary["exact_jax_vs_torch"] = thr[("jax", "flipd_exact")] / thr[("torch", "flipd_exact")]
+        summary["forward_jax_vs_torch"] = thr[("jax", "forward")] / thr[("torch", "forward")]
+    summary["targets"] = {k: {"target": v, "value": summary.get(k), "met": summary[k] >= v if k in summary else None}
+                          for k, v in TARGETS.items()}
+
+    meta = env_info(config=cfg, threads=num_cores(), checks=checks, **torch_meta)
+    paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
+    print()
+    print(markdown_table(rows, COLUMNS))
+    print()
+    for k, v in summary["targets"].items():
+        status = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
+        value = "—" if v["value"] is None else f"{v['value']:.2f}"
+        print(f"  {k}: {value} (target >= {v['target']}) {status}")
+    print(f"\nwrote {paths['json']} and {paths['md']}")
+    return {"name": NAME, "meta": meta, "rows": rows, "summary": summary, "paths": paths}
+
+
+def main(argv=None) -> dict:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
