@@ -3,7 +3,8 @@
     python bench/bench_flipd.py [--quick] [--out DIR] [--batch 1024] [--repeats N]
 
 Network: ``ScoreMLP`` (ε-prediction), D = 64, three hidden Dense(512) + SiLU layers, a 128-dim
-sinusoidal time embedding concatenated to the input; batch 1024, t₀ = 0.05, float32. Rows:
+sinusoidal time embedding entering the first layer (a Dense of [x, emb(t)], written as
+Dense(x) + Dense(emb)); batch 1024, t₀ = 0.05, float32. Rows:
 
 - ``forward``: the network's batched forward pass at y = α(t₀)x — the baseline;
 - ``flipd_hutchinson``: FLIPD with one Rademacher probe per point (one JVP);
@@ -14,9 +15,15 @@ the single-example ``lid.flipd``. When PyTorch is importable (the ``bench`` extr
 is rebuilt in PyTorch with identical weights, and FLIPD is written the straightforward torch.func
 way: ``torch.func.jvp`` on the batched network for Hutchinson (same probes as JAX), and
 ``torch.func.vmap(torch.func.jacfwd(...))`` — i.e. a vmap of JVPs over the D basis vectors — for
-the exact trace. Outputs are checked against JAX before anything is timed, and torch uses as many
-intra-op threads as the process may use cores (what XLA's CPU client uses). Environment (XLA_FLAGS,
-core count, versions) goes into the results; no XLA flag is set here.
+the exact trace. Outputs are checked against JAX before anything is timed.
+
+Threads: XLA's CPU client uses one intra-op thread per core unless ``XLA_FLAGS`` says otherwise
+(``intra_op_parallelism_threads=N`` / ``--xla_cpu_multi_thread_eigen=false``); torch gets the same
+count, except that ``--torch-threads auto`` (default) falls back to 1 thread when a forward-pass
+probe shows that to be faster — on a loaded machine OpenMP oversubscription can slow torch tenfold,
+and the baseline should be torch at its best. No XLA flag is set here; run e.g.
+``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` for a
+single-threaded comparison. The environment (XLA_FLAGS, threads, versions) goes into the results.
 
 Results: a markdown table on stdout and ``{out}/bench_flipd.{json,md}`` (default ``bench/results``).
 """
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``mmh_jax`` importable
@@ -52,6 +61,34 @@ TARGETS = {
 COLUMNS = ["impl", "method", "points_per_s", "median_s", "min_s", "compile_s", "vs_forward", "jax_vs_torch"]
 
 
+def pick_torch_threads(torch, fn, args, candidates) -> tuple[int, dict]:
+    """The thread count in ``candidates`` with the fastest ``fn(*args)`` (min of 3), and all timings."""
+    probe = {}
+    for n in dict.fromkeys(candidates):
+        torch.set_num_threads(n)
+        fn(*args)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - t)
+        probe[n] = min(times)
+    best = min(probe, key=probe.get)
+    torch.set_num_threads(best)
+    return best, probe
+
+
+def jax_cpu_threads() -> int:
+    """Intra-op threads of XLA's CPU client, as set by ``XLA_FLAGS`` (default: one per core)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    m = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
+    if m:
+        return max(1, int(m.group(1)))
+    if re.search(r"xla_cpu_multi_thread_eigen=(false|0)", flags):
+        return 1
+    return num_cores()
+
+
 def num_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -74,6 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=None, help="exact-trace chunk (default: library's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--torch-threads", default="auto",
+                   help="PyTorch intra-op threads: an int, or 'auto' = the faster of {JAX's thread "
+                        "count, 1} on a forward-pass probe (default; guards against OpenMP "
+                        "oversubscription on a loaded machine, which can slow torch tenfold)")
     args = p.parse_args(argv)
     if args.batch is None:
         args.batch = 64 if args.quick else 1024
@@ -129,8 +170,9 @@ def torch_functions(params, *, dim: int, hidden: int, layers: int, embed: int, t
     class TorchScoreMLP(torch.nn.Module):
         def __init__(self):
             super().__init__()
+            self.time = torch.nn.Linear(embed, hidden, bias=False)
             self.hidden = torch.nn.ModuleList(
-                [torch.nn.Linear(dim + embed if i == 0 else hidden, hidden) for i in range(layers)]
+                [torch.nn.Linear(dim if i == 0 else hidden, hidden) for i in range(layers)]
             )
             self.out = torch.nn.Linear(hidden, dim)
             half = embed // 2
@@ -139,9 +181,9 @@ def torch_functions(params, *, dim: int, hidden: int, layers: int, embed: int, t
 
         def forward(self, x, t):  # x (..., D), t (...) or scalar
             a = (1000.0 * t)[..., None] * self.freqs
-            emb = torch.cat([torch.sin(a), torch.cos(a)], dim=-1).expand(*x.shape[:-1], -1)
-            h = torch.cat([x, emb], dim=-1)
-            for lin in self.hidden:
+            emb = torch.cat([torch.sin(a), torch.cos(a)], dim=-1)
+            h = torch.nn.functional.silu(self.hidden[0](x) + self.time(emb))
+            for lin in self.hidden[1:]:
                 h = torch.nn.functional.silu(lin(h))
             return self.out(h)
 
@@ -150,6 +192,7 @@ def torch_functions(params, *, dim: int, hidden: int, layers: int, embed: int, t
         for i, lin in enumerate(net.hidden):
             lin.weight.copy_(torch.from_numpy(p[f"hidden_{i}"]["kernel"].T))
             lin.bias.copy_(torch.from_numpy(p[f"hidden_{i}"]["bias"]))
+        net.time.weight.copy_(torch.from_numpy(p["time_0"]["kernel"].T))
         net.out.weight.copy_(torch.from_numpy(p["out"]["kernel"].T))
         net.out.bias.copy_(torch.from_numpy(p["out"]["bias"]))
     t = torch.tensor(t0, dtype=torch.float32)
@@ -225,10 +268,16 @@ def run(args: argparse.Namespace) -> dict:
     if use_torch:
         fns, torch = torch_functions(params, dim=args.dim, hidden=args.hidden, layers=args.layers,
                                      embed=args.embed, t0=args.t0, vp=vp)
-        torch.set_num_threads(num_cores())
-        torch_meta = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
         probes = jax.vmap(lambda k: rademacher_probes(k, (args.dim,), 1)[0])(keys)
         txs, tprobes = torch.from_numpy(np.array(xs)), torch.from_numpy(np.array(probes))
+        if args.torch_threads == "auto":
+            threads, probe = pick_torch_threads(torch, fns["forward"], (txs, tprobes), [jax_cpu_threads(), 1])
+        else:
+            threads, probe = int(args.torch_threads), {}
+            torch.set_num_threads(threads)
+        torch_meta = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                      "torch_thread_probe_s": probe}
+        print(f"  torch threads: {threads} (forward probe, s: {probe})", flush=True)
         # correctness first: identical weights, identical probes
         tol = {"forward": (1e-5, 1e-5), "flipd_hutchinson": (1e-5, 1e-3), "flipd_exact": (1e-5, 1e-3)}
         for method, fn in fns.items():
@@ -255,7 +304,7 @@ def run(args: argparse.Namespace) -> dict:
     summary["targets"] = {k: {"target": v, "value": summary.get(k), "met": summary[k] >= v if k in summary else None}
                           for k, v in TARGETS.items()}
 
-    meta = env_info(config=cfg, threads=num_cores(), checks=checks, **torch_meta)
+    meta = env_info(config=cfg, cores=num_cores(), jax_threads=jax_cpu_threads(), checks=checks, **torch_meta)
     paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
     print()
     print(markdown_table(rows, COLUMNS))

@@ -22,7 +22,8 @@ def model_and_params(key):
 def test_param_shapes(model_and_params):
     _, params = model_and_params
     p = params["params"]
-    assert p["hidden_0"]["kernel"].shape == (D + 16, 32)
+    assert p["hidden_0"]["kernel"].shape == (D, 32)
+    assert p["time_0"]["kernel"].shape == (16, 32) and "bias" not in p["time_0"]
     assert p["hidden_1"]["kernel"].shape == (32, 32)
     assert p["out"]["kernel"].shape == (32, D)
 
