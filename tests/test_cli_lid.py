@@ -110,7 +110,8 @@ def test_plumbing_files_and_queries(tmp_path, fake_lid, capsys):
         (["--data", "{tmp}/x.npy", "--queries", "{tmp}/bad_q.npy"], "queries must have the data's dimension"),
         (["--data", "{tmp}/x.npy", "--queries", "{tmp}/none.npy"], "queries file not found"),
         (["--data", "{tmp}/x.txt"], "must end in .npz or .npy"),
-        (["--n", "30", "--k", "30"], "k must be smaller than the number of data points"),
+        (["--n", "30", "--k", "30"], "k must be at most 29 with 30 data points"),
+        (["--data", "{tmp}/x.npy", "--queries", "{tmp}/q3.npy", "--k", "41"], "k must be at most 40"),
         (["--k", "0"], "k must be an int >= 1"),
         (["--n", "50", "--param", "bogus"], "--param must look like KEY=VALUE"),
         (["--n", "50", "--param", "colour=3"], "unexpected keyword argument 'colour'"),
@@ -122,6 +123,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path, fake_lid, capsys, argv, ma
     np.save(tmp_path / "vec.npy", np.zeros(10, np.float32))
     np.save(tmp_path / "x.npy", np.zeros((40, 3), np.float32))
     np.save(tmp_path / "bad_q.npy", np.zeros((5, 2), np.float32))
+    np.save(tmp_path / "q3.npy", np.zeros((5, 3), np.float32))
     np.savez(tmp_path / "two.npz", a=np.zeros((4, 2)), b=np.zeros((4, 2)))
     (tmp_path / "x.txt").write_text("1 2\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

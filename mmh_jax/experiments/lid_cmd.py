@@ -272,11 +272,6 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
 
     x, truth, comp, description = _load_data(config)
     n_data = len(x)
-    if config.k >= n_data:
-        raise ValueError(
-            f"k must be smaller than the number of data points ({n_data}), got k={config.k}; "
-            "lower --k or use more points (--n)."
-        )
     queries = None
     if config.queries is not None:
         queries, truth, comp = load_array(config.queries, what="queries")
@@ -285,6 +280,14 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
                 f"queries must have the data's dimension D={x.shape[1]}, got shape {queries.shape} "
                 f"from {config.queries!r}."
             )
+    # A data point is not its own neighbour; an external query may use every data point.
+    k_max = n_data - 1 if queries is None else n_data
+    if config.k > k_max:
+        raise ValueError(
+            f"k must be at most {k_max} with {n_data} data points"
+            + ("" if queries is None else " and external queries")
+            + f", got k={config.k}; lower --k or use more points (--n)."
+        )
     kwargs: dict[str, Any] = {"k": config.k}
     if config.estimator == "lpca":
         kwargs["alpha"] = config.alpha
