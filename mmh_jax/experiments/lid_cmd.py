@@ -194,6 +194,20 @@ def _load_data(config: LidConfig):
     return x, lid, comp, config.data
 
 
+def _stats(e: np.ndarray) -> dict[str, Any]:
+    """mean/median/std of the finite estimates, and how many were not finite (NaN: degenerate
+    neighbourhoods, e.g. all k neighbours at distance 0 for some estimators)."""
+    f = e[np.isfinite(e)]
+    nan = float("nan")
+    out: dict[str, Any] = {
+        "mean": float(np.mean(f)) if f.size else nan,
+        "median": float(np.median(f)) if f.size else nan,
+        "std": float(np.std(f)) if f.size else nan,
+    }
+    out["non_finite"] = int(e.size - f.size)
+    return out
+
+
 def _summary_rows(est: np.ndarray, truth, comp) -> list[dict[str, Any]]:
     """Per-group statistics; groups are components, else true LID values."""
     if comp is None and truth is None:
@@ -203,18 +217,16 @@ def _summary_rows(est: np.ndarray, truth, comp) -> list[dict[str, Any]]:
     for g in np.unique(groups):
         sel = groups == g
         e = est[sel]
-        row: dict[str, Any] = {
-            "group": g.item(),
-            "count": int(sel.sum()),
-            "mean": float(np.mean(e)),
-            "std": float(np.std(e)),
-        }
+        st = _stats(e)
+        row: dict[str, Any] = {"group": g.item(), "count": int(sel.sum()), "mean": st["mean"], "std": st["std"]}
         if truth is not None:
             t = np.asarray(truth)[sel].astype(np.float64)
             const = np.ptp(t) == 0
             row["truth"] = int(t[0]) if const and float(t[0]).is_integer() else float(np.mean(t))
             # Per group MAE directly: concordance/relative bias are undefined on one true value.
-            row["mae"] = float(np.mean(np.abs(e - t)))
+            ok = np.isfinite(e)
+            row["mae"] = float(np.mean(np.abs(e[ok] - t[ok]))) if ok.any() else float("nan")
+        row["non_finite"] = st["non_finite"]
         rows.append(row)
     return rows
 
@@ -234,10 +246,13 @@ def _print_summary(summary: dict[str, Any], file=None) -> None:
         + (f", estimated at {summary['num_queries']} query points" if summary["queries"] else ""),
         file=file,
     )
-    print("overall: " + ", ".join(f"{k} {_fmt(v)}" for k, v in o.items()), file=file)
+    shown = {k: v for k, v in o.items() if k != "non_finite" or v}
+    print("overall: " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items()), file=file)
     rows = summary["groups"]
     if rows:
         cols = [c for c in ("group", "count", "truth", "mean", "std", "mae") if c in rows[0]]
+        if any(r["non_finite"] for r in rows):
+            cols.append("non_finite")
         head = {"group": summary["group_by"]}
         widths = [max(len(head.get(c, c)), *(len(_fmt(r[c])) for r in rows)) for c in cols]
         print("  ".join(head.get(c, c).rjust(w) for c, w in zip(cols, widths)), file=file)
@@ -258,9 +273,11 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
 
     The ``.npz`` holds ``lid`` (float32, one estimate per query point) and, when known, ``truth``
     (int32 true LID) and ``component`` (int32). The summary dict has the run's settings, ``overall``
-    statistics (mean/median/std of the estimates, plus :func:`mmh_jax.lid.evaluate` metrics against
-    the truth when known), ``groups`` (per component, or per true LID value: count, truth, mean,
-    std, mae) and ``out`` (the path written; ``.npz`` appended if missing, ``lid.npz`` inside a
+    statistics (mean/median/std of the finite estimates, ``non_finite`` = how many are NaN/inf —
+    estimators return NaN on degenerate neighbourhoods such as a point mass — plus
+    :func:`mmh_jax.lid.evaluate` metrics of the finite estimates against the truth when known),
+    ``groups`` (per component, or per true LID value: count, truth, mean, std, mae, non_finite)
+    and ``out`` (the path written; ``.npz`` appended if missing, ``lid.npz`` inside a
     directory).
 
     Raises:
@@ -304,13 +321,13 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     print(f"mmh-jax lid: done in {seconds:.2f} s", file=sys.stderr, flush=True)
 
-    overall: dict[str, Any] = {
-        "mean": float(np.mean(est)),
-        "median": float(np.median(est)),
-        "std": float(np.std(est)),
-    }
-    if truth is not None:
-        metrics = lid_lib.evaluate(jnp.asarray(est), jnp.asarray(np.asarray(truth, np.float32)))
+    overall = _stats(est)
+    finite = np.isfinite(est)
+    if truth is not None and finite.any():
+        # Metrics over the finite estimates; the count of the others is reported beside them.
+        metrics = lid_lib.evaluate(
+            jnp.asarray(est[finite]), jnp.asarray(np.asarray(truth, np.float32)[finite])
+        )
         overall.update({str(k): float(v) for k, v in metrics.items()})
 
     path = _out_path(out)
