@@ -215,7 +215,7 @@ def fp_regress(
     deltas = jnp.sort(deltas)
     _checks.scalar_time("t_from_delta(deltas)", sde.t_from_delta(deltas), sde, allow_array=True)
     frac = jnp.arange(num_substeps, dtype=jnp.float32) / num_substeps
-    fine = (deltas[:-1, None] + (deltas[1:] - deltas[:-1])[:, None] * frac).reshape(-1)
+    fine = (deltas[:-1, None] + (deltas[1:] - deltas[:-1])[:, None] * frac[None, :]).reshape(-1)
     fine = jnp.concatenate([fine, deltas[-1:]])
     ts = sde.t_from_delta(fine)
     rate = jax.vmap(lambda t: _flipd_at(score_fn, x, t, sde, method, probes, chunk_size))(ts) - x.size
@@ -247,7 +247,9 @@ def normal_bundle(
       key: PRNG key for the K noise draws.
       t: a small diffusion time (default 0.01).
       num_samples: K, default 4·D.
-      threshold: optional relative singular-value cut-off in (0, 1).
+      threshold: optional relative singular-value cut-off in (0, 1). Scores also drift along the
+        manifold towards high density, a tangential component of relative size ~σ(t)·‖x − mode‖;
+        the cut-off must sit above it, so pair it with a smaller ``t`` (e.g. 1e-3 and 0.1).
 
     Returns:
       float32 scalar.
@@ -272,7 +274,7 @@ def normal_bundle(
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
     alpha, sigma = sde.marginal_coefs(t)
     noise = jax.random.normal(key, (k, *x.shape), jnp.float32)
-    ys = alpha * x + sigma * noise.astype(x.dtype)
+    ys = alpha * x[None] + sigma * noise.astype(x.dtype)
     scores = jax.vmap(lambda y: score_fn(y, t))(ys).reshape(k, dim).astype(jnp.float32)
     sv = jnp.linalg.svd(scores, compute_uv=False)
     sv = jnp.concatenate([sv, jnp.zeros(dim + 1 - sv.shape[0], sv.dtype)])

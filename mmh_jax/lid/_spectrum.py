@@ -57,13 +57,15 @@ def lid_from_spectrum(singular_values, *, tau) -> Array:
     """
     sv = _checks.float_array("singular_values", singular_values, ndim=1)
     tau = _checks.float_array("tau", tau)
-    return jnp.sum(sv > jnp.exp(tau)[..., None], axis=-1).astype(jnp.float32)
+    thresholds = jnp.exp(tau)[..., None]
+    sv = jnp.broadcast_to(sv, (*tau.shape, sv.shape[0]))
+    return jnp.sum(sv > thresholds, axis=-1).astype(jnp.float32)
 
 
 def fast_flow_lidl(g: Callable[[Array], Array], z, *, delta) -> Array:
     """Fast-Flow-LIDL: the LIDL rate D + ∂ log ϱ/∂δ of a decoder, smooth in δ, from one Jacobian.
 
-    With λ_i, Q the eigen-decomposition of JᵀJ, z̃ = Qᵀz and v = e^{2δ}:
+    With λ_i, Q the eigen-decomposition of JᵀJ (from the SVD of J), z̃ = Qᵀz and v = e^{2δ}:
       LID(δ) = k + v·[−Σ_i 1/(λ_i + v) + Σ_i λ_i z̃_i²/(λ_i + v)²]
     (sums over the k latent dimensions). As δ → −∞ it tends to rank(J); directions whose
     singular value is far below e^δ count as missing, so a plateau shows the numerical rank.
@@ -89,9 +91,12 @@ def fast_flow_lidl(g: Callable[[Array], Array], z, *, delta) -> Array:
     z = _checks.float_array("z", z)
     delta = _checks.float_array("delta", delta)
     jac = _jacobian_matrix(g, z)
-    lam, q = jnp.linalg.eigh(jac.T @ jac)
-    lam = jnp.maximum(lam, 0.0)
-    zt = q.T @ z.reshape(-1).astype(jnp.float32)
+    # SVD rather than eigh(JᵀJ): squaring J would bury singular values below √eps·‖J‖ in round-off.
+    _, sv, vh = jnp.linalg.svd(jac, full_matrices=True)
+    lam = jnp.zeros(z.size, jnp.float32).at[: sv.shape[0]].set(sv**2)
+    zt = vh @ z.reshape(-1).astype(jnp.float32)
     v = jnp.exp(2.0 * delta)[..., None]
+    lam = jnp.broadcast_to(lam, (*delta.shape, lam.shape[0]))
+    zt = jnp.broadcast_to(zt, lam.shape)
     inner = -jnp.sum(1.0 / (lam + v), axis=-1) + jnp.sum(lam * zt**2 / (lam + v) ** 2, axis=-1)
     return (z.size + v[..., 0] * inner).astype(jnp.float32)

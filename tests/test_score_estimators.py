@@ -1,0 +1,286 @@
+"""Score-based estimators against closed-form oracles (Gaussians on affine subspaces, VP-SDE)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmh_jax import lid
+from mmh_jax.data.gaussian import random_gaussian_mixture
+from mmh_jax.sde import VPSDE
+
+VP = VPSDE()
+CASES = [(3, 0), (3, 3), (5, 2), (10, 4), (16, 15), (32, 8)]
+
+
+def _points(gm, n, seed=1):
+    return gm.sample(jax.random.key(seed), n)[0]
+
+
+@pytest.mark.parametrize("D,d", CASES)
+def test_flipd_exact_matches_closed_form_and_tends_to_d(D, d):
+    gm = random_gaussian_mixture(D * 10 + d, [d], D)
+    xs = _points(gm, 8)
+    for t0 in [1e-3, 0.05, 0.5]:
+        est = jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"))(xs)
+        oracle = jax.vmap(lambda x: gm.flipd_closed_form(x, t0, VP))(xs)
+        # float32: the trace is a sum of D terms of size 1/sigma^2, scaled back by sigma^2.
+        np.testing.assert_allclose(est, oracle, atol=2e-5 * D + 1e-5, rtol=1e-5)
+    # As t0 -> 0 FLIPD -> d. The closed-form bias is d*sigma^2/(alpha^2 s^2 + sigma^2) + O(sigma^2 |x|^2).
+    est = jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-4, sde=VP))(xs)
+    np.testing.assert_allclose(est, d, atol=0.01 * max(d, 1))
+
+
+@pytest.mark.parametrize("D,d", [(5, 2), (16, 15), (32, 8)])
+def test_hutchinson_within_standard_error_of_exact(D, d):
+    gm = random_gaussian_mixture(7 + D, [d], D)
+    x = _points(gm, 1)[0]
+    t0, num_probes, reps = 0.05, 4, 400
+    alpha, sigma = VP.marginal_coefs(t0)
+    exact = lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact")
+    # Rademacher variance of v^T A v: 2 (||A||_F^2 - sum_i A_ii^2) for symmetric A (a score Jacobian).
+    jac = jax.jacfwd(lambda y: gm.score(y, t0, VP))(alpha * x)
+    var = 2.0 * (jnp.sum(jac**2) - jnp.sum(jnp.diag(jac) ** 2))
+    se = float(sigma**2 * jnp.sqrt(var / num_probes))
+    keys = jax.random.split(jax.random.key(3), reps)
+    est = jax.vmap(
+        lambda k: lid.flipd(gm.score_fn(VP), x, k, t0=t0, sde=VP, trace="hutchinson", num_probes=num_probes)
+    )(keys)
+    assert abs(float(jnp.mean(est) - exact)) < 4.0 * se / np.sqrt(reps) + 1e-4
+    # the spread of single estimates matches the theory (chi-square band for 400 draws is ~ +-15%)
+    assert 0.75 * se <= float(jnp.std(est)) <= 1.25 * se
+
+
+def test_hutchinson_single_probe_path_agrees_with_multi_probe_path(key):
+    gm = random_gaussian_mixture(0, [3], 6)
+    x = _points(gm, 1)[0]
+    probes = jax.random.rademacher(key, (1, 6), jnp.float32)
+    from mmh_jax.lid._trace import hutchinson_trace
+
+    f = lambda y: gm.score(y, 0.1, VP)  # noqa: E731
+    v1, t1 = hutchinson_trace(f, x, probes)
+    v2, t2 = hutchinson_trace(f, x, jnp.concatenate([probes, probes]))
+    np.testing.assert_allclose(t1, t2, rtol=1e-5)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+
+
+def test_exact_trace_chunking_is_invariant():
+    gm = random_gaussian_mixture(1, [5], 23)
+    x = _points(gm, 1)[0]
+    full = lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact")
+    for chunk in [1, 4, 7, 23]:
+        part = lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact", chunk_size=chunk)
+        np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-4)
+
+
+def test_flipd_on_image_shaped_events():
+    D, d = 2 * 3 * 2, 5
+    gm = random_gaussian_mixture(2, [d], D)
+    x = _points(gm, 1)[0]
+    score_img = lambda y, t: gm.score(y.reshape(-1), t, VP).reshape(y.shape)  # noqa: E731
+    flat = lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP)
+    img = lid.flipd(score_img, x.reshape(2, 3, 2), t0=0.05, sde=VP)
+    np.testing.assert_allclose(img, flat, rtol=1e-5)
+
+
+def test_mixture_of_dimensions_each_point_near_its_component():
+    gm = random_gaussian_mixture(4, [2, 4, 8], 10)
+    xs, comp = gm.sample(jax.random.key(0), 60)
+    est = jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-3, sde=VP))(xs)
+    truth = gm.dims[comp]
+    np.testing.assert_allclose(est, truth, atol=0.1)
+    assert set(np.asarray(comp).tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("D,d", [(10, 0), (4, 1), (5, 2), (10, 4), (16, 15)])
+def test_normal_bundle_returns_d(D, d, key):
+    gm = random_gaussian_mixture(D + d, [d], D)
+    xs = _points(gm, 4)
+    keys = jax.random.split(key, 4)
+    est = jax.vmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=0.01, sde=VP))(xs, keys)
+    np.testing.assert_array_equal(est, d)
+    # The threshold variant must sit above the tangential "drift" of the scores towards the mode,
+    # of relative size ~ sigma(t)*|x - mean|, hence a smaller t than the gap rule needs.
+    thr = jax.vmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=1e-3, sde=VP, threshold=0.1))(xs, keys)
+    np.testing.assert_array_equal(thr, d)
+
+
+def test_flipd_curve_knee_reads_the_plateau():
+    D, d = 12, 5
+    gm = random_gaussian_mixture(5, [d], D)
+    xs = _points(gm, 6)
+    t0s = jnp.geomspace(1e-4, 1.0, 40)
+    curves = jax.vmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(xs)
+    assert curves.shape == (6, 40)
+    # plateau at d for small t0, towards 0 at t0 = T
+    np.testing.assert_allclose(curves[:, 0], d, atol=0.05)
+    assert np.all(np.asarray(curves[:, -1]) < 0.5 * d)
+    t_star, v_star = jax.vmap(lid.knee, in_axes=(None, 0))(t0s, curves)
+    # For points far from the mean the ‖s‖² term lifts the curve above d just before it falls, and
+    # the knee sits on that shoulder: within 15% of d.
+    np.testing.assert_allclose(v_star, d, rtol=0.15)
+    assert np.all((np.asarray(t_star) > 1e-4) & (np.asarray(t_star) < 1.0))
+
+
+def test_flipd_curve_equals_pointwise_flipd_and_reuses_probes(key):
+    gm = random_gaussian_mixture(8, [3], 7)
+    x = _points(gm, 1)[0]
+    t0s = jnp.array([0.01, 0.1, 0.3])
+    curve = lid.flipd_curve(gm.score_fn(VP), x, key, t0s=t0s, sde=VP, trace="hutchinson")
+    single = jnp.stack([lid.flipd(gm.score_fn(VP), x, key, t0=t, sde=VP, trace="hutchinson") for t in t0s])
+    np.testing.assert_allclose(curve, single, rtol=1e-5, atol=1e-5)
+
+
+def test_jitted_curve_does_not_retrace_for_new_t0s():
+    gm = random_gaussian_mixture(9, [2], 4)
+    x = _points(gm, 1)[0]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def curve(mixture, x, key, t0s):
+        return lid.flipd_curve(mixture.score_fn(VP), x, key, t0s=t0s, sde=VP, trace="hutchinson")
+
+    chex.clear_trace_counter()
+    key = jax.random.key(0)
+    a = curve(gm, x, key, jnp.geomspace(1e-3, 1.0, 16))
+    b = curve(gm, x, key, jnp.geomspace(2e-3, 0.5, 16))
+    assert a.shape == b.shape == (16,)
+    assert not np.allclose(a, b)
+
+
+def test_knee_of_a_synthetic_corner():
+    t0s = jnp.geomspace(1e-3, 1.0, 31)
+    u = jnp.log10(t0s)
+    curve = jnp.where(u < -1.0, 4.0, 4.0 - 4.0 * (u + 1.0))  # flat at 4, then linear drop to 0
+    t_star, v = lid.knee(t0s[::-1], curve[::-1])  # order of the grid does not matter
+    np.testing.assert_allclose(t_star, 0.1, rtol=1e-5)
+    np.testing.assert_allclose(v, 4.0)
+
+
+def _tiny_mlp_params(key, D, hidden=16):
+    k1, k2 = jax.random.split(key)
+    return {
+        "w1": jax.random.normal(k1, (D + 1, hidden)) / np.sqrt(D + 1),
+        "w2": jax.random.normal(k2, (hidden, D)) / np.sqrt(hidden),
+    }
+
+
+def _tiny_score(params, x, t):
+    h = jnp.tanh(jnp.concatenate([x, t[None]]) @ params["w1"])
+    return h @ params["w2"] - x
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_flipd_is_differentiable_in_x_t0_and_params(trace, key):
+    D = 6
+    params = _tiny_mlp_params(key, D)
+    x = jnp.linspace(-1.0, 1.0, D)
+
+    def f(params, x, t0):
+        return lid.flipd(lambda y, t: _tiny_score(params, y, t), x, jax.random.key(1), t0=t0, sde=VP, trace=trace)
+
+    gp, gx, gt = jax.grad(f, argnums=(0, 1, 2))(params, x, jnp.float32(0.05))
+    for g in jax.tree_util.tree_leaves((gp, gx, gt)):
+        assert np.all(np.isfinite(np.asarray(g)))
+    assert float(jnp.sum(jnp.abs(gx))) > 0
+
+
+@pytest.mark.parametrize("D,d", [(4, 2), (10, 3), (8, 8)])
+def test_fp_regress_recovers_d(D, d, key):
+    gm = random_gaussian_mixture(D + 2 * d, [d], D)
+    xs = _points(gm, 4)
+    est = jax.vmap(lambda x: lid.fp_regress(gm.score_fn(VP), x, sde=VP))(xs)
+    np.testing.assert_allclose(est, d, atol=0.05 * max(d, 1))
+    hut = lid.fp_regress(gm.score_fn(VP), xs[0], key, sde=VP, trace="hutchinson", num_probes=64)
+    assert abs(float(hut) - d) < 1.0
+
+
+def test_cfdm_is_zero_at_training_points():
+    gm = random_gaussian_mixture(3, [2], 5)
+    data = _points(gm, 500)
+    d2 = jnp.sum((data[:, None] - data[None]) ** 2, axis=-1) + jnp.diag(jnp.full(500, jnp.inf))
+    nearest = float(jnp.sqrt(jnp.min(d2)))
+    # "small t": a noise scale delta = e^delta(t) ten times below the closest pair of training points
+    t = float(VP.t_from_delta(np.log(nearest / 10)))
+    est = jax.vmap(lambda x: lid.cfdm(x, data, t=t, sde=VP))(data[:20])
+    np.testing.assert_allclose(est, 0.0, atol=1e-6)
+    chunked = jax.vmap(lambda x: lid.cfdm(x, data, t=t, sde=VP, chunk_size=128))(data[:20])
+    np.testing.assert_allclose(chunked, est, atol=1e-6)
+
+
+def test_cfdm_plateaus_near_d_at_held_out_points():
+    D, d = 6, 2
+    gm = random_gaussian_mixture(11, [d], D)
+    data = _points(gm, 20000, seed=1)
+    held_out = _points(gm, 32, seed=2)
+    ts = jnp.geomspace(1e-4, 1.0, 25)
+    curves = jax.vmap(lambda x: jax.vmap(lambda t: lid.cfdm(x, data, t=t, sde=VP))(ts))(held_out)
+    mean_curve = np.asarray(jnp.mean(curves, axis=0))
+    near = np.abs(mean_curve - d) < 0.25 * d
+    # at least three consecutive grid points (half a decade of t) on the plateau
+    runs = np.convolve(near.astype(int), np.ones(3, int), mode="valid")
+    assert runs.max() == 3, mean_curve
+    # tiny t: a held-out point is off the memorizing model's manifold (the training points), the
+    # nearest one dominates and the value is ~ dist²/δ², far above d; large t: everything blurs to 0.
+    assert mean_curve[0] > 2 * d and mean_curve[-1] < 0.1 * d
+
+
+def test_cfg_norm_matches_its_definition():
+    gm = random_gaussian_mixture(6, [1, 3], 5)
+    one = random_gaussian_mixture(6, [1], 5)
+    xs = _points(gm, 4)
+    ts = jnp.array([0.9, 0.5, 0.2, 0.05])
+    val = lid.cfg_norm(one.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP)
+    manual = np.mean(
+        [
+            float(VP.marginal_coefs(t)[1] * jnp.linalg.norm(one.score(x, t, VP) - gm.score(x, t, VP)))
+            for x, t in zip(xs, ts)
+        ]
+    )
+    np.testing.assert_allclose(val, manual, rtol=1e-5)
+    assert float(val) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: errors name the argument, the value and what is expected.
+
+SCORE = lambda x, t: -x  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: lid.flipd(SCORE, jnp.ones(3), t0=0.05, sde=VP, trace="dense"), ValueError, "trace.*dense"),
+        (lambda: lid.flipd(SCORE, jnp.ones(3), jax.random.key(0), t0=0.05, sde=VP, trace="hutchinson", num_probes=0),
+         ValueError, "num_probes.*0"),
+        (lambda: lid.flipd(SCORE, jnp.ones(3, jnp.int32), t0=0.05, sde=VP), TypeError, "x.*int32"),
+        (lambda: lid.flipd(SCORE, jnp.float32(1.0), t0=0.05, sde=VP), ValueError, "x.*shape"),
+        (lambda: lid.flipd(SCORE, jnp.ones(3), t0=0.0, sde=VP), ValueError, r"t0.*\(0, 1.0\]"),
+        (lambda: lid.flipd(SCORE, jnp.ones(3), t0=1.5, sde=VP), ValueError, "t0.*1.5"),
+        (lambda: lid.flipd(SCORE, jnp.ones(3), None, t0=0.05, sde=VP, trace="hutchinson"), ValueError, "key"),
+        (lambda: lid.flipd_curve(SCORE, jnp.ones(3), t0s=jnp.ones((2, 2)) * 0.1, sde=VP), ValueError, "t0s.*shape"),
+        (lambda: lid.flipd_curve(SCORE, jnp.ones(3), t0s=jnp.array([0.1, -0.1, 0.2]), sde=VP), ValueError, "t0s"),
+        (lambda: lid.knee(jnp.ones(4), jnp.ones(5)), ValueError, "same shape"),
+        (lambda: lid.cfdm(jnp.ones(3), jnp.zeros((0, 3)), t=0.1, sde=VP), ValueError, "data.*empty"),
+        (lambda: lid.cfdm(jnp.ones(3), jnp.zeros((5, 4)), t=0.1, sde=VP), ValueError, r"data.*\(5, 4\)"),
+        (lambda: lid.cfdm(jnp.ones(3), jnp.zeros((5, 3), jnp.int32), t=0.1, sde=VP), TypeError, "data"),
+        (lambda: lid.normal_bundle(SCORE, jnp.ones(3), jax.random.key(0), sde=VP, num_samples=0), ValueError,
+         "num_samples"),
+        (lambda: lid.normal_bundle(SCORE, jnp.ones(3), jax.random.key(0), sde=VP, threshold=2.0), ValueError,
+         "threshold"),
+        (lambda: lid.fp_regress(SCORE, jnp.ones(3), sde=VP, deltas=jnp.array([-3.0])), ValueError, "deltas"),
+        (lambda: lid.fp_regress(SCORE, jnp.ones(3), sde=VP, deltas=jnp.array([-3.0, 10.0])), ValueError,
+         "t_from_delta"),
+        (lambda: lid.cfg_norm(SCORE, SCORE, jnp.ones((3, 2)), jnp.array([0.1, 0.2]), sde=VP), ValueError, "ts"),
+    ],
+)
+def test_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_concrete_checks_do_not_break_tracing():
+    # Under jit, t0 is a tracer: the range check is skipped rather than failing.
+    f = jax.jit(lambda t0: lid.flipd(SCORE, jnp.ones(3), t0=t0, sde=VP))
+    assert np.isfinite(float(f(0.05)))
