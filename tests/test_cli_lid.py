@@ -66,7 +66,7 @@ def test_plumbing_generated_data(tmp_path, fake_lid, capsys):
 
 
 def test_plumbing_non_finite_estimates(tmp_path, monkeypatch, capsys):
-    """NaN estimates (degenerate neighbourhoods) are counted, and metrics use the finite ones."""
+    """NaN estimates (degenerate neighbourhoods) are counted and reported per component."""
     seen = {}
 
     def nan_at_point_mass(data, *, k, queries=None, **kw):
@@ -74,8 +74,7 @@ def test_plumbing_non_finite_estimates(tmp_path, monkeypatch, capsys):
         return np.where(np.all(d == 0, axis=1), np.nan, 1.0).astype(np.float32)
 
     def spy_evaluate(estimates, truth):
-        seen["n"] = int(np.asarray(estimates).size)
-        assert np.all(np.isfinite(np.asarray(estimates)))
+        seen["n"] = int(np.sum(np.isfinite(np.asarray(estimates))))
         return {"mae": 0.0}
 
     monkeypatch.setattr(lid_lib, "twonn", nan_at_point_mass)

@@ -324,11 +324,9 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
     overall = _stats(est)
     finite = np.isfinite(est)
     if truth is not None and finite.any():
-        # Metrics over the finite estimates; the count of the others is reported beside them.
-        metrics = lid_lib.evaluate(
-            jnp.asarray(est[finite]), jnp.asarray(np.asarray(truth, np.float32)[finite])
-        )
-        overall.update({str(k): float(v) for k, v in metrics.items()})
+        # evaluate() scores the finite estimates; it counts the others as n_nonfinite = non_finite.
+        metrics = lid_lib.evaluate(est, np.asarray(truth, np.float32))
+        overall.update({str(k): float(v) for k, v in metrics.items() if k != "n_nonfinite"})
 
     path = _out_path(out)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
