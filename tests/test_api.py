@@ -1,0 +1,27 @@
+"""The public API is pinned (DESIGN §5) and the estimators stay free of flax/optax."""
+
+import subprocess
+import sys
+
+import mmh_jax
+from mmh_jax import lid, parallel, sde
+
+LID_NAMES = {
+    "cfdm", "cfg_norm", "ess", "evaluate", "fast_flow_lidl", "flipd", "flipd_curve", "fp_regress",
+    "jacobian_spectrum", "knee", "knn", "lid_from_spectrum", "lpca", "mle", "normal_bundle", "twonn",
+}
+
+
+def test_public_names_are_pinned():
+    assert set(lid.__all__) == LID_NAMES
+    for name in LID_NAMES:
+        assert callable(getattr(lid, name))
+    assert {"map_points", "make_mesh"} <= set(parallel.__all__)
+    assert sde.__all__ == ["VPSDE"]
+    assert {"lid", "parallel", "sde"} <= set(mmh_jax.__all__)
+
+
+def test_lid_does_not_import_flax_or_optax():
+    code = "import sys, mmh_jax.lid, mmh_jax.sde, mmh_jax.parallel; print(sorted(m for m in ('flax', 'optax', 'orbax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
