@@ -9,19 +9,6 @@ from mmh_jax.data import synthetic
 from mmh_jax.experiments import lid_cmd
 
 
-def _real_estimators_available() -> bool:
-    try:
-        lid_lib.evaluate(np.ones(3, np.float32), np.ones(3, np.float32))
-    except NotImplementedError:
-        return False
-    return True
-
-
-needs_estimators = pytest.mark.skipif(
-    not _real_estimators_available(), reason="mmh_jax.lid model-free estimators not implemented yet"
-)
-
-
 @pytest.fixture
 def fake_lid(monkeypatch):
     """Replace the estimators by an oracle-free stand-in (the number 1.5 everywhere), to test plumbing."""
@@ -171,7 +158,6 @@ def test_help_explains_options(capsys):
         assert name in text
 
 
-@needs_estimators
 @pytest.mark.parametrize("estimator", lid_cmd.ESTIMATORS)
 def test_real_estimators_on_lollipop(tmp_path, capsys, estimator):
     out = tmp_path / f"{estimator}.npz"
@@ -187,7 +173,6 @@ def test_real_estimators_on_lollipop(tmp_path, capsys, estimator):
     assert "overall:" in text and "component" in text
 
 
-@needs_estimators
 def test_real_lpca_separates_components(tmp_path):
     summary = lid_cmd.run(lid_cmd.preset("quick", n=300, k=20, data="affine_mixture",
                                          params=(("dims", (1, 4)), ("ambient_dim", 8))),
