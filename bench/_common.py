@@ -54,9 +54,13 @@ def time_fn(
     callable (e.g. PyTorch) ``compile_s`` is the first call's wall time. ``warmup`` further untimed
     calls follow before the ``repeats`` timed ones.
 
+    ``cpu_median_s`` is the median process CPU time (all threads, user + system) of a timed call:
+    on a shared, loaded machine it tracks the work done better than wall time does, but it also
+    counts threads that spin while waiting, so read it next to the wall-clock numbers.
+
     Returns:
-      dict with ``compile_s``, ``median_s``, ``min_s``, ``mean_s``, ``std_s``, ``repeats``,
-      ``warmup`` and ``times_s`` (the list of timed calls, seconds).
+      dict with ``compile_s``, ``median_s``, ``min_s``, ``mean_s``, ``std_s``, ``cpu_median_s``,
+      ``repeats``, ``warmup`` and ``times_s`` (the list of timed calls, seconds).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
@@ -73,11 +77,12 @@ def time_fn(
         compile_s = time.perf_counter() - t0
     for _ in range(warmup):
         block(call(*args))
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         block(call(*args))
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     return {
         "compile_s": compile_s,
         "median_s": statistics.median(times),
@@ -86,6 +91,7 @@ def time_fn(
         "std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
         "repeats": repeats,
         "warmup": warmup,
+        "cpu_median_s": statistics.median(cpu_times),
         "times_s": times,
     }
 
