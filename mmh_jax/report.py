@@ -1,0 +1,122 @@
+"""Report writing: markdown tables, JSON and figures (matplotlib, headless).
+
+Pure functions of already-computed results; no estimator runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["format_value", "markdown_table", "plot_flipd_curves", "write_json", "write_text"]
+
+
+def format_value(v: Any, digits: int = 3) -> str:
+    """Numbers to short strings; NaN shows as ``nan``; other values via ``str``."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table of ``rows`` (dicts), columns in the given order.
+
+    Example:
+      >>> print(markdown_table([{"a": 1, "b": 0.5}]))
+      | a | b |
+      |---|---|
+      | 1 | 0.500 |
+    """
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(format_value(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write atomically: a temporary file in the same directory, then ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
+        arr = np.asarray(obj)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """JSON with numpy/JAX values converted (NaN becomes null), written atomically."""
+    write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def plot_flipd_curves(
+    path: str,
+    panels: Iterable[Mapping[str, Any]],
+) -> None:
+    """One panel per case: FLIPD curves over log t₀, the true LID as a dashed line, knees as dots.
+
+    Each panel is a mapping with ``title``, ``t0s`` (n,), ``curves`` (m, n), ``knees_t`` (m,),
+    ``knees_value`` (m,) and ``truth`` (m,) (true LID of each curve's point).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = list(panels)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, p in zip(axes.flat, panels):
+        t0s = np.asarray(p["t0s"])
+        truth = np.asarray(p["truth"])
+        colors = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(truth), 1)))
+        for c, curve, kt, kv, tr in zip(colors, np.asarray(p["curves"]), p["knees_t"], p["knees_value"], truth):
+            ax.plot(t0s, curve, color=c, lw=1.2)
+            ax.plot([kt], [kv], "o", color=c, ms=5, mec="k", mew=0.5)
+        for tr in np.unique(truth):
+            ax.axhline(float(tr), color="0.4", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(p["title"], fontsize=9)
+        ax.set_xlabel("t₀")
+        ax.set_ylabel("FLIPD")
+    fig.suptitle("FLIPD curves (dots: kneedle knee; dashed: true LID)", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
