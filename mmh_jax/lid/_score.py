@@ -88,8 +88,10 @@ def flipd(
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> vp = sde.VPSDE()
-      >>> score = lambda x, t: -x  # data = N(0, I) in R^3: the marginal stays N(0, I)
+      >>> score = lambda x, t: -x  # data = N(0, I) in R^3: FLIPD = 3·α(t0)², → 3 as t0 → 0
       >>> round(float(lid.flipd(score, jnp.zeros(3), None, t0=0.05, sde=vp)), 3)
+      2.912
+      >>> round(float(lid.flipd(score, jnp.zeros(3), None, t0=1e-4, sde=vp)), 3)
       3.0
     """
     x, method, probes = _prepare(x, key, trace, num_probes)
@@ -202,7 +204,7 @@ def fp_regress(
     Example:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
-      >>> round(float(lid.fp_regress(lambda x, t: -x, jnp.zeros(2), sde=sde.VPSDE())), 3)
+      >>> round(float(lid.fp_regress(lambda x, t: -x, jnp.zeros(2), sde=sde.VPSDE())), 2)
       2.0
     """
     x, method, probes = _prepare(x, key, trace, num_probes)
