@@ -273,6 +273,11 @@ SCORE = lambda x, t: -x  # noqa: E731
         (lambda: lid.fp_regress(SCORE, jnp.ones(3), sde=VP, deltas=jnp.array([-3.0, 10.0])), ValueError,
          "t_from_delta"),
         (lambda: lid.cfg_norm(SCORE, SCORE, jnp.ones((3, 2)), jnp.array([0.1, 0.2]), sde=VP), ValueError, "ts"),
+        (lambda: lid.flipd(lambda x, t: jnp.sum(x), jnp.ones(3), t0=0.1, sde=VP), ValueError, r"score_fn.*\(3,\)"),
+        (lambda: lid.normal_bundle(lambda x, t: x[:2], jnp.ones(3), jax.random.key(0), sde=VP), ValueError,
+         "score_fn"),
+        (lambda: lid.cfg_norm(SCORE, lambda x, t: x[None], jnp.ones((2, 3)), jnp.array([0.1, 0.2]), sde=VP),
+         ValueError, "uncond_score_fn"),
     ],
 )
 def test_bad_input_raises_clear_errors(call, exc, match):

@@ -34,6 +34,16 @@ def _prepare(x, key, trace: str, num_probes: int):
     return x, method, None
 
 
+def _check_score_shape(name: str, score_fn: ScoreFn, x: Array, t: Array) -> None:
+    """The score must map an example to an array of the same shape (checked abstractly, no FLOPs)."""
+    out = jax.eval_shape(score_fn, x, t)
+    if getattr(out, "shape", None) != x.shape:
+        raise ValueError(
+            f"{name} must return an array shaped like x {x.shape}, got {getattr(out, 'shape', type(out))}; "
+            f"score functions are single-example: score_fn(x, t) -> array like x."
+        )
+
+
 def _flipd_at(score_fn: ScoreFn, x: Array, t0: Array, sde, method: str, probes, chunk_size) -> Array:
     """FLIPD(x, t0) = D + σ²·[tr ∇_y s(y, t0) + ‖s(y, t0)‖²] at y = α(t0)·x."""
     alpha, sigma = sde.marginal_coefs(t0)
@@ -96,6 +106,7 @@ def flipd(
     """
     x, method, probes = _prepare(x, key, trace, num_probes)
     t0 = _checks.scalar_time("t0", t0, sde)
+    _check_score_shape("score_fn", score_fn, x, t0)
     return _flipd_at(score_fn, x, t0, sde, method, probes, chunk_size)
 
 
@@ -127,6 +138,7 @@ def flipd_curve(
     t0s = _checks.scalar_time("t0s", t0s, sde, allow_array=True)
     if t0s.ndim != 1:
         raise ValueError(f"t0s must be a 1-D grid of times, got shape {t0s.shape}.")
+    _check_score_shape("score_fn", score_fn, x, t0s[0])
     return jax.vmap(lambda t0: _flipd_at(score_fn, x, t0, sde, method, probes, chunk_size))(t0s)
 
 
@@ -220,6 +232,7 @@ def fp_regress(
     fine = (deltas[:-1, None] + (deltas[1:] - deltas[:-1])[:, None] * frac[None, :]).reshape(-1)
     fine = jnp.concatenate([fine, deltas[-1:]])
     ts = sde.t_from_delta(fine)
+    _check_score_shape("score_fn", score_fn, x, ts[0])
     rate = jax.vmap(lambda t: _flipd_at(score_fn, x, t, sde, method, probes, chunk_size))(ts) - x.size
     steps = 0.5 * (rate[1:] + rate[:-1]) * jnp.diff(fine)
     log_rho = jnp.concatenate([jnp.zeros(1), jnp.cumsum(steps)])[::num_substeps]
@@ -274,6 +287,7 @@ def normal_bundle(
     k = dim * 4 if num_samples is None else _checks.positive_int("num_samples", num_samples)
     if threshold is not None and _checks.is_concrete(threshold) and not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
+    _check_score_shape("score_fn", score_fn, x, t)
     alpha, sigma = sde.marginal_coefs(t)
     noise = jax.random.normal(key, (k, *x.shape), jnp.float32)
     ys = alpha * x[None] + sigma * noise.astype(x.dtype)
@@ -357,6 +371,9 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
     ts = _checks.scalar_time("ts", ts, sde, allow_array=True)
     if ts.shape != xs.shape[:1]:
         raise ValueError(f"ts must have shape (S,) = ({xs.shape[0]},) to match xs, got {ts.shape}.")
+
+    _check_score_shape("cond_score_fn", cond_score_fn, xs[0], ts[0])
+    _check_score_shape("uncond_score_fn", uncond_score_fn, xs[0], ts[0])
 
     def one(x, t):
         sigma = sde.marginal_coefs(t)[1]
