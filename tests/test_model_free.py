@@ -1,0 +1,280 @@
+"""Model-free LID estimators and the kNN search against scikit-dimension and brute-force oracles.
+
+Data are cast to float32 once; scikit-dimension gets the same values in float64, so differences come
+only from our float32 arithmetic. Tolerances (u = 2⁻²⁴, the float32 unit roundoff):
+
+- distances: each ‖q − x‖ is a float32 sum of D squares, relative error ≤ (D + 2)·u;
+- MLE = (k − 1)/S, S = Σ log(r_k/r_j): each log has absolute error ≤ 2(D + 2)u, so S has relative
+  error ≤ 2(D + 2)u·k/S = 2(D + 2)u·MLE·k/(k − 1): rtol = 4(D + 2)·u·MLE;
+- TwoNN: a slope Σxy/Σx² with x = log μ known to 2(D + 2)u absolute and y exact; the relative error
+  is ≤ 2(D + 2)u·Σ|y|/Σ|x|·… — bounded by rtol = 64(D + 2)u·TwoNN (Σ|y|/Σ|x| ≈ TwoNN, factor 2
+  for the x² term, margin 16 for the neighbour pairs found from a float32 Gram matrix);
+- ESS: 1 − ESS = Σ(w − v)/Σw is a ratio of positive float32 sums of Gram-matrix terms, relative
+  error ρ ≤ 8(D + 2)u; the reference curve has 1 − ESS(n) ≈ 1/(2n), slope ≈ 1/(2n²), so the
+  inverted dimension moves by Δn ≈ 2n²·ρ/(2n) = n·ρ: atol = 8(D + 2)u·n (margin 2: 16(D + 2)u·n);
+- lPCA is an integer count; it changes only if an eigenvalue lies within float32 error of α·λ₁,
+  so ≥ 99 % of the points must agree exactly.
+
+A point whose k-th and (k+1)-th neighbours are at distances equal to within float32 resolution
+(relative gap < 4(D + 2)u) has an ill-posed neighbourhood at float32 precision; such points (< 1 %)
+are left out of the comparisons.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmh_jax import lid
+
+skdim = pytest.importorskip("skdim")
+
+U = 2.0**-24
+
+
+def _subspace_data(seed, n, dim, d, noise, offset=3.0):
+    """Gaussian on a random d-dim affine subspace of R^D plus isotropic noise, as float32."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, d)))
+    x = rng.standard_normal((n, d)) @ q.T + noise * rng.standard_normal((n, dim))
+    x = x + offset * rng.standard_normal(dim)
+    return x.astype(np.float32)
+
+
+def _brute_knn(data, queries=None, k=1):
+    """float64 oracle: (distances, indices), ties by lower index."""
+    x = np.asarray(data, np.float64)
+    q = x if queries is None else np.asarray(queries, np.float64)
+    d = np.sqrt(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    if queries is None:
+        np.fill_diagonal(d, np.inf)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, axis=1), idx
+
+
+def _well_posed(x, k):
+    """Points whose k-neighbourhood is the same in float32 as in float64 arithmetic."""
+    d, _ = _brute_knn(x, k=k + 1)
+    ok = (d[:, k] - d[:, k - 1]) > 4 * (x.shape[1] + 2) * U * d[:, k]
+    assert ok.mean() > 0.99
+    return ok
+
+
+# ----------------------------------------------------------------------------- kNN
+
+
+@pytest.mark.parametrize(
+    "n, dim, k, chunk, block",
+    [(97, 3, 5, 10, None), (130, 7, 1, None, 29), (61, 2, 60, 7, 16), (200, 12, 17, 33, 64)],
+)
+def test_knn_matches_brute_force(n, dim, k, chunk, block):
+    x = _subspace_data(n, n, dim, min(dim, 2), 0.3)
+    x[5] = x[17]  # a duplicate pair: each must see the other at exactly 0
+    x[40] = x[17]
+    dist, idx = lid.knn(x, k=k, chunk_size=chunk, block_size=block)
+    want_d, want_i = _brute_knn(x, k=k)
+    assert dist.shape == (n, k) and dist.dtype == jnp.float32 and idx.dtype == jnp.int32
+    np.testing.assert_allclose(dist, want_d, rtol=(dim + 2) * U * 4, atol=1e-6)
+    np.testing.assert_array_equal(idx, want_i)
+    assert float(dist[5, 0]) == 0.0 and float(dist[17, 0]) == 0.0
+    assert np.all(np.diff(np.asarray(dist), axis=1) >= 0)
+
+
+def test_knn_external_queries_and_k_equal_n():
+    x = _subspace_data(1, 50, 4, 2, 0.1)
+    q = _subspace_data(2, 23, 4, 2, 0.1)
+    q[3] = x[10]  # a query equal to a data point sees it at distance 0
+    dist, idx = lid.knn(x, k=50, queries=q, chunk_size=6, block_size=17)
+    want_d, want_i = _brute_knn(x, q, k=50)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-6, atol=1e-6)
+    assert int(idx[3, 0]) == 10 and float(dist[3, 0]) == 0.0
+
+
+# ----------------------------------------------------------------------------- parity with skdim
+
+CASES = [  # seed, N, D, d, noise, k
+    (0, 300, 20, 5, 0.01, 50),
+    (1, 300, 10, 3, 0.0, 40),
+    (2, 250, 50, 8, 0.05, 60),
+    (3, 400, 3, 2, 0.1, 30),
+    (4, 250, 30, 12, 0.0, 20),  # k < D: spectrum from the k×k Gram
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lpca_matches_skdim(case):
+    seed, n, dim, d, noise, k = case
+    x = _subspace_data(seed, n, dim, d, noise)
+    ours = np.asarray(lid.lpca(x, k=k))
+    ref = skdim.id.lPCA(ver="FO", alphaFO=0.05).fit_pw(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    assert ours.dtype == np.float32 and ours.shape == (n,)
+    assert np.mean(ours == ref) >= 0.99
+    assert np.all(ours == np.round(ours))
+
+
+def test_lpca_alpha_is_used():
+    x = _subspace_data(7, 300, 10, 4, 0.05)
+    for alpha in (0.01, 0.2):
+        ours = np.asarray(lid.lpca(x, k=40, alpha=alpha))
+        ref = skdim.id.lPCA(alphaFO=alpha).fit_pw(x.astype(np.float64), n_neighbors=40).dimension_pw_
+        assert np.mean(ours == ref) >= 0.99
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mle_matches_skdim(case):
+    seed, n, dim, d, noise, k = case
+    x = _subspace_data(seed, n, dim, d, noise)
+    ours = np.asarray(lid.mle(x, k=k))
+    ref = skdim.id.MLE().fit(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    ok = _well_posed(x, k)
+    np.testing.assert_allclose(ours[ok], ref[ok], rtol=4 * (dim + 2) * U * ref.max())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_twonn_matches_skdim(case):
+    seed, n, dim, d, noise, k = case
+    x = _subspace_data(seed, n, dim, d, noise)
+    ours = np.asarray(lid.twonn(x, k=k))
+    ref = skdim.id.TwoNN().fit_pw(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    ok = _well_posed(x, k)
+    np.testing.assert_allclose(ours[ok], ref[ok], rtol=64 * (dim + 2) * U * ref.max())
+
+
+@pytest.mark.parametrize("case", [(0, 250, 20, 5, 0.01, 40), (2, 200, 50, 8, 0.05, 30), (3, 300, 3, 2, 0.1, 25)])
+def test_ess_matches_skdim(case):
+    seed, n, dim, d, noise, k = case
+    x = _subspace_data(seed, n, dim, d, noise)
+    ours = np.asarray(lid.ess(x, k=k))
+    ref = skdim.id.ESS(ver="a", d=1).fit(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    ok = _well_posed(x, k)
+    np.testing.assert_allclose(ours[ok], ref[ok], rtol=0, atol=16 * (dim + 2) * U * ref.max())
+
+
+def test_ess_nearly_one_dimensional():
+    """Near-parallel pairs: vol = √(w² − c²) loses half the float32 digits, |Δ ESS| ≲ √(8(D+2)u)."""
+    x = _subspace_data(5, 200, 5, 1, 1e-3)
+    ours = np.asarray(lid.ess(x, k=30))
+    ref = skdim.id.ESS().fit(x.astype(np.float64), n_neighbors=30).dimension_pw_
+    # dimension = 1 + ESS/ESS(2) near 1, ESS(2) = 2/π
+    np.testing.assert_allclose(ours, ref, atol=np.sqrt(8 * 7 * U) * np.pi / 2)
+
+
+# ----------------------------------------------------------------------------- queries semantics
+
+
+def _ref_external(name, x, q, k):
+    """skdim on the oracle neighbourhoods of external queries."""
+    dist, idx = _brute_knn(x, q, k=k)
+    x64 = x.astype(np.float64)
+    if name == "lpca":
+        return skdim.id.lPCA().fit_pw(x64, precomputed_knn=idx, n_neighbors=k).dimension_pw_
+    if name == "mle":
+        return skdim.id.MLE().fit(x64, precomputed_knn_arrays=(dist, idx), n_neighbors=k).dimension_pw_
+    if name == "twonn":
+        return skdim.id.TwoNN().fit_pw(x64, precomputed_knn=idx, n_neighbors=k).dimension_pw_
+    return np.array([skdim.id.ESS().fit_once(x64[i]).dimension_ for i in idx])
+
+
+@pytest.mark.parametrize("name", ["lpca", "mle", "twonn", "ess"])
+def test_external_queries_match_skdim_on_their_neighbourhoods(name):
+    x = _subspace_data(8, 300, 12, 4, 0.02)
+    q = _subspace_data(9, 37, 12, 4, 0.02)
+    ours = np.asarray(getattr(lid, name)(x, k=25, queries=q, chunk_size=8))
+    ref = _ref_external(name, x, q, 25)
+    assert ours.shape == (37,)
+    if name == "lpca":
+        assert np.mean(ours == ref) >= 0.99
+    else:
+        np.testing.assert_allclose(ours, ref, rtol=64 * 14 * U * ref.max())
+
+
+@pytest.mark.parametrize("name", ["lpca", "mle", "twonn", "ess"])
+def test_default_queries_are_leave_one_out(name):
+    """queries=None == each point queried against the data without it."""
+    x = _subspace_data(10, 150, 6, 3, 0.05)
+    fn = getattr(lid, name)
+    full = np.asarray(fn(x, k=20, chunk_size=16))
+    for i in (0, 77, 149):
+        rest = np.delete(x, i, axis=0)
+        one = np.asarray(fn(rest, k=20, queries=x[i : i + 1]))
+        np.testing.assert_allclose(one[0], full[i], rtol=1e-5)
+
+
+def test_point_mass_duplicates():
+    """A point mass (> k copies): lPCA gives 0; MLE (0/0), ESS and TwoNN are NaN, as in skdim.
+
+    A point with a few twins among its k neighbours has MLE 0 (a log(r_k/0) = ∞ term).
+    """
+    x = np.concatenate([np.zeros((30, 3), np.float32) + 2.5, _subspace_data(11, 100, 3, 2, 0.0)])
+    x[40] = x[41]
+    assert np.all(np.asarray(lid.lpca(x, k=10))[:30] == 0)
+    mle = np.asarray(lid.mle(x, k=10))
+    assert np.all(np.isnan(mle[:30])) and mle[40] == 0 and mle[41] == 0
+    assert np.all(np.isnan(np.asarray(lid.ess(x, k=10))[:30]))
+    assert np.all(np.isnan(np.asarray(lid.twonn(x, k=10))[:30]))
+
+
+def test_works_under_jit_and_chunking_is_invisible():
+    x = _subspace_data(12, 120, 5, 2, 0.05)
+    ref = lid.mle(x, k=10)
+    np.testing.assert_allclose(jax.jit(lambda a: lid.mle(a, k=10))(x), ref, rtol=1e-6)
+    for name in ("lpca", "twonn", "ess", "mle"):
+        fn = getattr(lid, name)
+        np.testing.assert_allclose(fn(x, k=10, chunk_size=7), fn(x, k=10), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("name", ["knn", "lpca", "mle", "twonn", "ess"])
+def test_bad_inputs(name):
+    fn = getattr(lid, name)
+    x = _subspace_data(13, 20, 3, 2, 0.1)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="data contains 1 non-finite"):
+        fn(bad, k=3)
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="queries contains 1 non-finite"):
+        fn(x, k=3, queries=bad)
+    with pytest.raises(ValueError, match=r"k must be <= N - 1 = 19 when queries is None"):
+        fn(x, k=20)
+    with pytest.raises(ValueError, match=r"k must be <= N = 20"):
+        fn(x, k=21, queries=x[:2])
+    fn(x, k=20, queries=x[:2])  # k = N is fine for external queries
+    with pytest.raises(ValueError, match="must have 2 dimension"):
+        fn(x[0], k=3)
+    with pytest.raises(ValueError, match=r"queries must have the data's dimension D = 3"):
+        fn(x, k=3, queries=x[:, :2])
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        fn(np.arange(40).reshape(20, 2), k=3)
+    with pytest.raises(TypeError, match="k must be a Python int"):
+        fn(x, k=3.0)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        fn(x, k=3, chunk_size=0)
+
+
+@pytest.mark.parametrize("name, k_min", [("knn", 1), ("lpca", 2), ("mle", 2), ("twonn", 3), ("ess", 2)])
+def test_k_below_estimator_minimum(name, k_min):
+    x = _subspace_data(14, 20, 3, 2, 0.1)
+    with pytest.raises(ValueError, match=f"k must be >= {k_min}"):
+        getattr(lid, name)(x, k=k_min - 1)
+
+
+def test_lpca_alpha_range():
+    x = _subspace_data(15, 20, 3, 2, 0.1)
+    for alpha in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="alpha must be a scalar in"):
+            lid.lpca(x, k=5, alpha=alpha)
+
+
+def test_skdim_warning_free():
+    """Our estimators emit no warnings (pytest turns them into errors anyway)."""
+    x = _subspace_data(16, 50, 4, 2, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("lpca", "mle", "twonn", "ess"):
+            getattr(lid, name)(x, k=10)
