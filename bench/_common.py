@@ -5,6 +5,7 @@ separately and prints ratios against a baseline measured in the same process::
 
     from bench._common import time_fn, write_results, markdown_table
     stats = time_fn(jax.jit(f), x, repeats=10, warmup=1)   # {"compile_s", "median_s", ...}
+    both = time_many({"f": (jax.jit(f), (x,)), "g": (g, (x,))})  # interleaved rounds
     rows = [{"method": "f", "points_per_s": n / stats["median_s"], **stats}]
     write_results("bench_f", rows, "bench/results", meta=env_info())
 
@@ -21,7 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
 
@@ -39,6 +40,62 @@ def ensure_importable() -> None:
 def block(x: Any) -> Any:
     """Wait for every JAX array in the pytree ``x``; other leaves (numpy, torch) pass through."""
     return jax.block_until_ready(x)
+
+
+class Prepared(NamedTuple):
+    """A callable ready to time (a compiled executable, or the function itself) and its compile time."""
+
+    call: Callable[..., Any]
+    compile_s: float
+
+
+def prepare(fn: Callable[..., Any], *args: Any) -> Prepared:
+    """Compile ``fn`` for ``args`` ahead of time (if jitted) and run it once.
+
+    For a jitted function ``compile_s`` is tracing + XLA compilation alone; for anything else it
+    is the first call's wall time. Use this when outputs must be checked before timing: the
+    checked executable is then the timed one (compiling again after a call would hit JAX's cache
+    and under-report the compile time).
+    """
+    t0 = time.perf_counter()
+    if hasattr(fn, "lower"):
+        call = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        block(call(*args))  # first run of the executable: allocations, thread-pool start-up
+        return Prepared(call, compile_s)
+    block(fn(*args))
+    return Prepared(fn, time.perf_counter() - t0)
+
+
+def _prepare(fn: Any, args: tuple) -> Prepared:
+    return fn if isinstance(fn, Prepared) else prepare(fn, *args)
+
+
+def _timed(call: Callable[..., Any], args: tuple) -> tuple[float, float]:
+    c0, t0 = time.process_time(), time.perf_counter()
+    block(call(*args))
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _stats(compile_s: float, times: list[float], cpu_times: list[float], warmup: int) -> dict[str, Any]:
+    return {
+        "compile_s": compile_s,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "mean_s": statistics.fmean(times),
+        "std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
+        "repeats": len(times),
+        "warmup": warmup,
+        "cpu_median_s": statistics.median(cpu_times),
+        "times_s": times,
+    }
+
+
+def _check_counts(repeats: int, warmup: int) -> None:
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}.")
 
 
 def time_fn(
@@ -62,38 +119,41 @@ def time_fn(
       dict with ``compile_s``, ``median_s``, ``min_s``, ``mean_s``, ``std_s``, ``cpu_median_s``,
       ``repeats``, ``warmup`` and ``times_s`` (the list of timed calls, seconds).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}.")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}.")
-    call = fn
-    t0 = time.perf_counter()
-    if hasattr(fn, "lower"):
-        call = fn.lower(*args).compile()
-        compile_s = time.perf_counter() - t0
-        block(call(*args))  # first run of the executable: allocations, thread-pool start-up
-    else:
-        block(call(*args))
-        compile_s = time.perf_counter() - t0
+    _check_counts(repeats, warmup)
+    call, compile_s = _prepare(fn, args)  # a Prepared ``fn`` is used as is
     for _ in range(warmup):
         block(call(*args))
-    times, cpu_times = [], []
+    times, cpu_times = zip(*(_timed(call, args) for _ in range(repeats)))
+    return _stats(compile_s, list(times), list(cpu_times), warmup)
+
+
+def time_many(
+    calls: dict[str, tuple[Callable[..., Any], tuple]],
+    *,
+    repeats: int = 10,
+    warmup: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Time several ``name -> (fn, args)`` calls *interleaved*: round ``r`` times each once.
+
+    Everything is compiled (or called once) and warmed up first, as in :func:`time_fn`; then the
+    ``repeats`` rounds run every call in turn, so all of them see the same background load and
+    ratios between them (e.g. against a baseline) are robust on a shared machine. A ``fn`` that is
+    already a :class:`Prepared` is not compiled again. Returns ``name -> stats`` with the keys of
+    :func:`time_fn`.
+    """
+    _check_counts(repeats, warmup)
+    prepared = {name: _prepare(fn, tuple(args)) for name, (fn, args) in calls.items()}
+    for name, (call, _) in prepared.items():
+        for _ in range(warmup):
+            block(call(*calls[name][1]))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    cpu_times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        block(call(*args))
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    return {
-        "compile_s": compile_s,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "mean_s": statistics.fmean(times),
-        "std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
-        "repeats": repeats,
-        "warmup": warmup,
-        "cpu_median_s": statistics.median(cpu_times),
-        "times_s": times,
-    }
+        for name, (call, _) in prepared.items():
+            wall, cpu = _timed(call, tuple(calls[name][1]))
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
+    return {name: _stats(prepared[name][1], times[name], cpu_times[name], warmup) for name in calls}
 
 
 def env_info(**extra: Any) -> dict[str, Any]:

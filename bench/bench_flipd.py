@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import DEFAULT_OUT, env_info, markdown_table, time_fn, write_results
+from bench._common import DEFAULT_OUT, env_info, markdown_table, prepare, time_many, write_results
 from mmh_jax import lid
 from mmh_jax.lid._trace import rademacher_probes
 from mmh_jax.models import ScoreMLP, as_eps_fn, as_score_fn
@@ -270,18 +270,20 @@ def run(args: argparse.Namespace) -> dict:
     cfg.update(chunk_size=args.chunk_size, point_batch=point_batch)
     print(f"{NAME}: {cfg}", flush=True)
 
-    rows, results = [], {}
+    # 1. JAX: compile every function once (compile time kept apart) and keep its outputs.
+    calls, results = {}, {}
     for method, fn in jax_functions(model, vp, chunk_size=args.chunk_size, point_batch=point_batch).items():
-        stats = time_fn(fn, params, xs, keys, t0, repeats=args.repeats, warmup=args.warmup)
-        results[("jax", method)] = np.asarray(fn(params, xs, keys, t0))
-        rows.append({"impl": "jax", "method": method, "points_per_s": args.batch / stats["median_s"], **stats})
-        print(f"  jax   {method:19s} {rows[-1]['points_per_s']:12,.0f} pts/s  compile {stats['compile_s']:.2f}s",
-              flush=True)
+        args_ = (params, xs, keys, t0)
+        calls[("jax", method)] = (prepare(fn, *args_), args_)
+        results[("jax", method)] = np.asarray(calls[("jax", method)][0].call(*args_))
+        print(f"  jax   {method:19s} compiled in {calls[('jax', method)][0].compile_s:.2f}s", flush=True)
 
     checks, torch_meta = {}, {"torch": None}
     if point_batch:  # same values whether the points are vmapped at once or mapped in batches
         checks["jax_batched_vs_vmap"] = _check_close(
             BATCHED, results[("jax", BATCHED)], results[("jax", "flipd_exact")], rtol=1e-6, atol=1e-4)
+
+    # 2. PyTorch: identical weights and probes; outputs must match JAX before anything is timed.
     use_torch = not args.no_torch
     if use_torch:
         try:
@@ -302,19 +304,23 @@ def run(args: argparse.Namespace) -> dict:
         torch_meta = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                       "torch_thread_probe_s": probe}
         print(f"  torch threads: {threads} (forward probe, s: {probe})", flush=True)
-        # correctness first: identical weights, identical probes
         # (network outputs to ~1e-5; FLIPD values, of size ~D, to 1e-3 absolute)
         tol = {"forward": (1e-5, 1e-5), "flipd_hutchinson": (1e-5, 1e-3), "flipd_exact": (1e-5, 1e-3)}
         tol[BATCHED] = tol["flipd_exact"]
         for method, fn in fns.items():
-            out = fn(txs, tprobes).numpy()
+            prepared = prepare(fn, txs, tprobes)
+            out = prepared.call(txs, tprobes).numpy()
             checks[method] = _check_close(method, out, results[("jax", method)], rtol=tol[method][0],
                                           atol=tol[method][1])
-        for method, fn in fns.items():
-            stats = time_fn(fn, txs, tprobes, repeats=args.repeats, warmup=args.warmup)
-            rows.append({"impl": "torch", "method": method, "points_per_s": args.batch / stats["median_s"],
-                         **stats})
-            print(f"  torch {method:19s} {rows[-1]['points_per_s']:12,.0f} pts/s", flush=True)
+            calls[("torch", method)] = (prepared, (txs, tprobes))
+        diffs = ", ".join(f"{k} {v['max_abs_diff']:.2g}" for k, v in checks.items())
+        print(f"  outputs match (max |diff|: {diffs})", flush=True)
+
+    # 3. Time everything interleaved (round-robin), so every row sees the same background load.
+    print(f"  timing {len(calls)} functions, {args.repeats} interleaved rounds ...", flush=True)
+    stats = time_many(calls, repeats=args.repeats, warmup=args.warmup)
+    rows = [{"impl": impl, "method": method, "points_per_s": args.batch / st["median_s"], **st}
+            for (impl, method), st in stats.items()]
 
     thr = {(r["impl"], r["method"]): r["points_per_s"] for r in rows}
     for r in rows:
