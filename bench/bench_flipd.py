@@ -21,6 +21,11 @@ way: ``torch.func.jvp`` on the batched network for Hutchinson (same probes as JA
 ``torch.func.vmap(torch.func.jacfwd(...))`` — i.e. a vmap of JVPs over the D basis vectors — for
 the exact trace. Outputs are checked against JAX before anything is timed.
 
+Timing (``bench._common``): each function is compiled (JAX; ``compile_s``) or called (torch; its
+first call) once, then all rows are timed together in ``--repeats`` interleaved rounds, so they
+share the same background load. Throughput and ratios use median wall times; the ``*_best`` ratios
+use the fastest call, and ``cpu_median_s`` is the process CPU time per call.
+
 Threads: XLA's CPU client uses one intra-op thread per core unless ``XLA_FLAGS`` says otherwise
 (``intra_op_parallelism_threads=N`` / ``--xla_cpu_multi_thread_eigen=false``); torch gets the same
 count, except that ``--torch-threads auto`` (default) falls back to 1 thread when a forward-pass
@@ -63,8 +68,8 @@ TARGETS = {
     "hutchinson_jax_vs_torch": 2.0,
     "exact_jax_vs_torch": 2.0,
 }
-COLUMNS = ["impl", "method", "points_per_s", "median_s", "min_s", "cpu_median_s", "compile_s", "vs_forward",
-           "jax_vs_torch"]
+COLUMNS = ["impl", "method", "points_per_s", "median_s", "min_s", "cpu_median_s", "compile_s",
+           "vs_forward", "jax_vs_torch"]
 
 
 def pick_torch_threads(torch, fn, args, candidates) -> tuple[int, dict]:
