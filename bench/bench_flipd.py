@@ -112,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small batch and few repeats (smoke run)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory for JSON + markdown")
     p.add_argument("--batch", type=int, default=None, help="points per call (default 1024; 64 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 10; 2 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per row (default 10; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after the first one")
     p.add_argument("--dim", type=int, default=64, help="ambient dimension D")
     p.add_argument("--hidden", type=int, default=512, help="hidden width")
@@ -243,7 +244,8 @@ def torch_functions(params, *, dim: int, hidden: int, layers: int, embed: int, t
     fns = {"forward": forward, "flipd_hutchinson": flipd_hutchinson, "flipd_exact": flipd_exact}
     if point_batch:
         def flipd_exact_batched(xs, probes):
-            return torch.cat([flipd_exact(xs[i:i + point_batch], None) for i in range(0, len(xs), point_batch)])
+            starts = range(0, len(xs), point_batch)
+            return torch.cat([flipd_exact(xs[i:i + point_batch], None) for i in starts])
 
         fns[BATCHED] = flipd_exact_batched
     return fns, torch
@@ -270,7 +272,8 @@ def run(args: argparse.Namespace) -> dict:
     xs = jax.random.normal(kx, (args.batch, args.dim), jnp.float32)
     keys = jax.random.split(kk, args.batch)
     t0 = jnp.float32(args.t0)
-    cfg = {k: getattr(args, k) for k in ("batch", "dim", "hidden", "layers", "embed", "t0", "repeats", "warmup")}
+    names = ("batch", "dim", "hidden", "layers", "embed", "t0", "repeats", "warmup")
+    cfg = {k: getattr(args, k) for k in names}
     point_batch = args.point_batch if 0 < args.point_batch < args.batch else None
     cfg.update(chunk_size=args.chunk_size, point_batch=point_batch)
     print(f"{NAME}: {cfg}", flush=True)
@@ -350,8 +353,10 @@ def run(args: argparse.Namespace) -> dict:
     for k, (num, den) in pairs.items():
         summary[k] = med[den] / med[num]
         summary[f"{k}_best"] = best[den] / best[num]
-    summary["targets"] = {k: {"target": v, "value": summary.get(k), "met": summary[k] >= v if k in summary else None}
-                          for k, v in TARGETS.items()}
+    summary["targets"] = {
+        k: {"target": v, "value": summary.get(k), "met": summary[k] >= v if k in summary else None}
+        for k, v in TARGETS.items()
+    }
 
     meta = env_info(config=cfg, cores=num_cores(), jax_threads=jax_cpu_threads(), checks=checks, **torch_meta)
     paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
