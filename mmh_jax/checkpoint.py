@@ -1,0 +1,128 @@
+"""Orbax checkpoints of training runs: atomic saves, last-k retention, exact resume, clear errors.
+
+A run directory holds ``checkpoints/<step>/`` written by an orbax ``CheckpointManager``: each save
+goes to a temporary directory that is renamed into place only when complete, so an interrupted save
+never replaces a good checkpoint (the half-written temporary is ignored). Next to the train state
+each checkpoint stores ``meta`` (JSON): the format tag and the run's configuration, which is
+compared on resume — a checkpoint of another model or data set is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["CheckpointError", "FORMAT", "Checkpointer"]
+
+FORMAT = "mmh_jax.train/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, unreadable, truncated, or of another run."""
+
+
+def _diff(saved: dict, current: dict, keys) -> list[str]:
+    return [f"{k}: checkpoint has {saved.get(k)!r}, this run has {current.get(k)!r}"
+            for k in keys if saved.get(k) != current.get(k)]
+
+
+class Checkpointer:
+    """Save and restore :class:`mmh_jax.train.TrainState` plus a JSON ``config`` under ``directory``.
+
+    Args:
+      directory: the run's checkpoint folder (created when saving).
+      max_to_keep: how many recent checkpoints to keep.
+      identity_keys: config entries that must match on resume (model, data, ...).
+    """
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, identity_keys=(), read_only: bool = False):
+        self.directory = os.path.abspath(directory)
+        self.identity_keys = tuple(identity_keys)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete checkpoint (temporaries of interrupted saves are ignored)."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state, config: dict[str, Any]) -> None:
+        """Write ``state`` at ``step`` atomically; blocks until the checkpoint is complete."""
+        meta = {"format": FORMAT, "step": int(step), "config": config}
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata of a checkpoint (default: the newest)."""
+        step = self._require_step(step)
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # orbax raises many types for unreadable files
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} has no readable metadata ({type(e).__name__}: {e}); "
+                "it is not a complete mmh_jax checkpoint."
+            ) from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} is not an mmh_jax training checkpoint "
+                f"(format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})."
+            )
+        return meta
+
+    def check_compatible(self, config: dict[str, Any], step: int | None = None) -> None:
+        """Raise :class:`CheckpointError` if the checkpoint was made by a different model/data set."""
+        saved = self.read_meta(step)["config"]
+        diffs = _diff(saved, config, self.identity_keys)
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint in {self.directory} belongs to a different run; refusing to resume or overwrite it:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a new --out directory, or the original settings."
+            )
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restore the train state (shapes/dtypes from ``abstract_state``) at ``step`` (default: newest)."""
+        step = self._require_step(step)
+        try:
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} could not be restored ({type(e).__name__}: {e}). "
+                f"It may be truncated or from another model; other checkpoints here: {self.all_steps()}. "
+                "Nothing was overwritten."
+            ) from e
+        return out["state"]
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _require_step(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise CheckpointError(f"no checkpoint found in {self.directory}.")
+        elif step not in self._manager.all_steps():
+            raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {self.all_steps()}.")
+        return int(step)
+
+
+def abstract_like(tree):
+    """ShapeDtypeStructs of a pytree (what orbax restores into)."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)

@@ -1,0 +1,164 @@
+"""A trained diffusion model loaded from a checkpoint: what a user needs to run any estimator on it.
+
+>>> model = mmh_jax.load("runs/lollipop")            # doctest: +SKIP
+>>> lid.flipd(model.score_fn, x, key, t0=0.05, sde=model.sde)   # doctest: +SKIP
+>>> xs = model.sample(jax.random.key(0), 64)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmh_jax import sample as sampling
+from mmh_jax.sde import VPSDE
+
+__all__ = ["TrainedModel", "load", "make_eps_apply"]
+
+SAMPLERS = ("ddim", "euler_maruyama", "probability_flow")
+
+
+def make_eps_apply(config: dict[str, Any]) -> tuple[Any, Callable]:
+    """(flax module, ``eps_apply(params, x, t[, label])``) for a run's config."""
+    from mmh_jax.models import make_model
+
+    model = make_model(config["model"], num_classes=config.get("num_classes"), **dict(config.get("model_kwargs", {})))
+    if config.get("num_classes"):
+        return model, lambda p, x, t, label: model.apply(p, x, t, label)
+    return model, lambda p, x, t: model.apply(p, x, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A trained ε-network with its SDE. ``params`` are the EMA parameters.
+
+    Attributes:
+      module: the Flax module; ``eps_apply(params, x, t[, label])`` its batched apply.
+      params: EMA parameters (a pytree).
+      sde: the :class:`~mmh_jax.sde.VPSDE` it was trained with.
+      config: the training configuration (a dict, as saved).
+      step: the training step of the checkpoint.
+    """
+
+    module: Any
+    eps_apply: Callable
+    params: Any
+    sde: VPSDE
+    config: dict
+    step: int
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.config["event_shape"])
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.config.get("num_classes") or None
+
+    def eps_fn_for(self, label=None, *, params=None) -> Callable:
+        """Single-example ε̂(x, t) given a class ``label`` (None: unconditional / null class)."""
+        params = self.params if params is None else params
+        if self.num_classes is None:
+            if label is not None:
+                raise ValueError(f"label must be None: this model is unconditional, got {label!r}.")
+            return lambda x, t: self.eps_apply(params, x[None], jnp.reshape(t, (1,)))[0]
+        lab = self.num_classes if label is None else label
+        return lambda x, t: self.eps_apply(params, x[None], jnp.reshape(t, (1,)),
+                                           jnp.reshape(jnp.asarray(lab, jnp.int32), (1,)))[0]
+
+    def score_fn_for(self, label=None, *, params=None) -> Callable:
+        """Single-example score s(x, t) = −ε̂(x, t)/σ(t) given a class ``label``."""
+        eps = self.eps_fn_for(label, params=params)
+        return lambda x, t: -eps(x, t) / self.sde.marginal_coefs(t)[1]
+
+    @property
+    def eps_fn(self) -> Callable:
+        """Single-example, unconditional ε̂(x, t)."""
+        return self.eps_fn_for(None)
+
+    @property
+    def score_fn(self) -> Callable:
+        """Single-example, unconditional score s(x, t) — pass it to any :mod:`mmh_jax.lid` estimator."""
+        return self.score_fn_for(None)
+
+    def sample(self, key, n: int, *, method: str = "ddim", num_steps: int = 100, label=None,
+               guidance: float | None = None, batch_size: int = 512) -> np.ndarray:
+        """``n`` samples (numpy, ``(n, *event_shape)``) with DDIM (default), Euler–Maruyama or the PF-ODE.
+
+        ``label``: None (unconditional), one class for all, or ``(n,)`` classes. ``guidance`` w
+        applies classifier-free guidance ε_∅ + w(ε_c − ε_∅) to conditional samples.
+        """
+        if method not in SAMPLERS:
+            raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}.")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}.")
+        conditional = label is not None
+        labels = np.broadcast_to(np.asarray(-1 if label is None else label, np.int32), (n,))
+        fn = self._sampler(method, num_steps, guidance, conditional)
+        out = []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            keys = jax.random.split(jax.random.fold_in(key, start), m)
+            out.append(np.asarray(fn(self.params, keys, jnp.asarray(labels[start:start + m]))))
+        return np.concatenate(out)
+
+    def _sampler(self, method: str, num_steps: int, guidance, conditional: bool) -> Callable:
+        """A jitted ``(params, keys, labels) -> samples``, cached per setting (params stay traced)."""
+        cache_key = (method, num_steps, guidance, conditional)
+        if cache_key not in self._cache:
+            def one(params, key, label):
+                if conditional:
+                    eps = self.eps_fn_for(label, params=params)
+                    if guidance is not None:
+                        eps = sampling.guided_eps_fn(eps, self.eps_fn_for(None, params=params), guidance)
+                else:
+                    eps = self.eps_fn_for(None, params=params)
+                shape, sde = self.event_shape, self.sde
+                if method == "ddim":
+                    return sampling.ddim(eps, key, shape, sde=sde, num_steps=num_steps)
+                score = lambda x, t: -eps(x, t) / sde.marginal_coefs(t)[1]  # noqa: E731
+                if method == "euler_maruyama":
+                    return sampling.euler_maruyama(score, key, shape, sde=sde, num_steps=num_steps)
+                return sampling.probability_flow(score, sde.prior_sample(key, shape), sde=sde, num_steps=num_steps)
+
+            self._cache[cache_key] = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+        return self._cache[cache_key]
+
+
+def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel:
+    """Load a run directory written by ``mmh-jax train`` (or its ``checkpoints/`` folder).
+
+    Raises:
+      FileNotFoundError: no such directory.
+      mmh_jax.checkpoint.CheckpointError: no checkpoint there, or an unreadable one.
+    """
+    from mmh_jax import train
+    from mmh_jax.checkpoint import Checkpointer, abstract_like
+
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"checkpoint_dir: no such directory {checkpoint_dir!r}.")
+    ckpt_dir = os.path.join(checkpoint_dir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        ckpt_dir = checkpoint_dir
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    meta = ckpt.read_meta(step)
+    config = meta["config"]
+    module, eps_apply = make_eps_apply(config)
+    event_shape = tuple(config["event_shape"])
+    init_args = [jnp.zeros((1, *event_shape)), jnp.zeros((1,))]
+    if config.get("num_classes"):
+        init_args.append(jnp.zeros((1,), jnp.int32))
+    params = module.init(jax.random.key(0), *init_args)
+    optimizer = train.make_optimizer(total_steps=max(int(config["steps"]), 1))
+    abstract = abstract_like(train.init_train_state(params, optimizer))
+    state = ckpt.restore(abstract, meta["step"])
+    ckpt.close()
+    sde = VPSDE(**config.get("sde", {}))
+    return TrainedModel(module=module, eps_apply=eps_apply, params=state.ema_params, sde=sde, config=config,
+                        step=int(meta["step"]))
