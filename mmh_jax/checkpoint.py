@@ -41,9 +41,10 @@ class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 3, identity_keys=(), read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.identity_keys = tuple(identity_keys)
+        # read_only only stops us from creating the folder (orbax's own read-only mode logs a warning
+        # on every use and we never save through a reader anyway).
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=False,
+            max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 

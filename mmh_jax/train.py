@@ -92,7 +92,8 @@ def make_train_step(
         ``num_classes`` is set); batched over a leading axis.
       optimizer: an optax transformation (see :func:`make_optimizer`).
       sde: the :class:`mmh_jax.sde.VPSDE`.
-      ema_decay: EMA rate of ``ema_params``.
+      ema_decay: EMA rate of ``ema_params`` (reached after a warm-up: decay = min(ema_decay,
+        (1 + step)/(10 + step))).
       t_min: smallest training time.
       num_classes: class-conditional training when set; the null label is ``num_classes``.
       cond_drop_prob: probability of replacing a label by the null label (CFG training).
@@ -137,7 +138,10 @@ def make_train_step(
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["x"], batch.get("label"), k_loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+        # EMA warm-up (decay (1+s)/(10+s) until it reaches ema_decay): short runs are not held at init.
+        s = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
+        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
         new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "step": new_state.step}
         if monitor_every > 0:
