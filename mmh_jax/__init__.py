@@ -10,4 +10,15 @@ __version__ = "0.1.0"
 
 from mmh_jax import lid, parallel, sde  # noqa: F401  (jax/numpy only)
 
-__all__ = ["lid", "parallel", "sde", "__version__"]
+__all__ = ["lid", "load", "parallel", "sde", "__version__"]
+
+
+def load(checkpoint_dir: str, *, step: int | None = None):
+    """Load a model trained by ``mmh-jax train``: ``.score_fn``, ``.eps_fn``, ``.sde``, ``.config``, ``.sample``.
+
+    Imported lazily so that ``import mmh_jax.lid`` stays free of flax/optax/orbax. See
+    :func:`mmh_jax.trained.load`.
+    """
+    from mmh_jax.trained import load as _load
+
+    return _load(checkpoint_dir, step=step)

@@ -143,7 +143,7 @@ def make_train_step(
         decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
         ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
         new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "step": new_state.step}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "step": new_state.step}
         if monitor_every > 0:
             metrics["flipd"] = jax.lax.cond(
                 new_state.step % monitor_every == 0,
