@@ -279,3 +279,30 @@ def test_skdim_warning_free():
         warnings.simplefilter("error")
         for name in ("lpca", "mle", "twonn", "ess"):
             getattr(lid, name)(x, k=10)
+
+
+def test_fo_count_from_eigenvalues_matches_tridiagonal_path(rng):
+    """The non-CPU branch feeds eigenvalues as a diagonal tridiagonal form; both count alike."""
+    from jax import lax
+
+    from mmh_jax.lid._model_free import _fo_finish
+
+    c = rng.standard_normal((64, 30, 12)) * rng.uniform(0.01, 1.0, (64, 1, 12))
+    s = jnp.asarray(np.einsum("bkd,bke->bde", c, c), jnp.float32)
+    s = s / jnp.max(jnp.diagonal(s, axis1=1, axis2=2), axis=1)[:, None, None]
+    _, d, e, _ = lax.linalg.tridiagonal(s, lower=True)
+    w = jnp.linalg.eigvalsh(s)
+    for alpha in (0.05, 0.3):
+        via_tri = _fo_finish((d, e), jnp.float32(alpha))
+        via_eig = _fo_finish((w, jnp.zeros_like(w[:, 1:])), jnp.float32(alpha))
+        want = np.sum(np.asarray(w) > alpha * np.asarray(w).max(axis=1, keepdims=True), axis=1)
+        np.testing.assert_array_equal(via_tri, want)
+        np.testing.assert_array_equal(via_eig, want)
+
+
+def test_empty_queries():
+    x = _subspace_data(17, 20, 3, 2, 0.1)
+    d, i = lid.knn(x, k=4, queries=x[:0])
+    assert d.shape == (0, 4) and i.shape == (0, 4)
+    for name in ("lpca", "mle", "twonn", "ess"):
+        assert getattr(lid, name)(x, k=4, queries=x[:0]).shape == (0,)

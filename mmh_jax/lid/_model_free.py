@@ -248,6 +248,8 @@ def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size
     n, dim = data.shape
     m = queries.shape[0]
     block = _BLOCK if block_size is None else _checks.positive_int("block_size", block_size)
+    if m == 0:
+        return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
     return _knn_jit(
         data,
         queries,
@@ -285,9 +287,12 @@ def _pointwise(
 
 
 def _run(data, queries, k, *, k_min, kernel, finish, params, local_cost, chunk_size, points=True):
+    """Validate, pick chunk sizes (``local_cost(k, D)`` floats per query), run :func:`_pointwise`."""
     data, queries, qidx, k, exclude = _prepare(data, queries, k, k_min=k_min)
     n, dim = data.shape
     m = queries.shape[0]
+    if m == 0:
+        return jnp.zeros((0,), jnp.float32)
     return _pointwise(
         data,
         queries,
