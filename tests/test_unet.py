@@ -1,0 +1,160 @@
+"""UNet: shapes, per-example normalisation (single == batched), class conditioning, FLIPD through it.
+
+Compiling is what costs here (XLA on CPU; the random draws of ``model.init`` alone take ~20 s), so
+shapes are checked abstractly with ``jax.eval_shape`` (which traces ``init`` and ``apply`` fully),
+parameters are filled on the host from the abstract ``init``, and each test jits one function that
+computes everything it compares.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmh_jax import lid
+from mmh_jax.lid._trace import rademacher_probes
+from mmh_jax.models.unet import UNet
+from mmh_jax.sde import VPSDE
+
+TINY = dict(channels=8, num_groups=4)
+
+
+def _host_params(model, x, seed=0):
+    """Random parameters of ``model`` for input like ``x``, drawn with numpy (no XLA compile).
+
+    Kernels get fan-in-scaled normals; 1-D leaves (biases, GroupNorm scales) 1 or 0 plus noise, so
+    every parameter influences the output.
+    """
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), x, 0.5)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if leaf.ndim >= 2:
+            std = 1.0 if "embedding" in name else 1.0 / math.sqrt(math.prod(leaf.shape[:-1]))
+            value = std * rng.normal(size=leaf.shape)
+        else:
+            value = float("scale" in name) + 0.1 * rng.normal(size=leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def _images(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The default configuration on 8×8×1 digits, class-conditional (10 classes)."""
+    model = UNet(num_classes=10)
+    return model, _host_params(model, jnp.zeros((8, 8, 1)))
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [((8, 8, 1), {}), ((28, 28, 1), dict(TINY, channel_mults=(1, 2, 2))),
+     ((32, 32, 3), dict(TINY, channel_mults=(1, 2, 2, 2), num_res_blocks=2))],
+)
+def test_shapes(shape, kwargs):
+    model = UNet(num_classes=3, **kwargs)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape), 0.5)
+    x = jax.ShapeDtypeStruct((2, 3, *shape), jnp.float32)  # any number of leading batch axes
+    out = jax.eval_shape(model.apply, params, x, jax.ShapeDtypeStruct((2, 3), jnp.float32), 1)
+    assert (out.shape, out.dtype) == ((2, 3, *shape), jnp.float32)
+    assert jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct(shape, jnp.float32), 0.3).shape == shape
+
+
+def test_single_vs_batched_and_conditioning(digits):
+    """One image alone (``lax.map``: no batch axis at all) and inside a batch: the same ε̂.
+
+    Also: the same image and time with classes 0 and 1 give different outputs, and a scalar time
+    with ``label=None`` equals per-example times with the null label ``num_classes``.
+    """
+    model, params = digits
+    x = _images(1, (5, 8, 8, 1))
+    x = x.at[1:3].set(x[0])  # rows 0, 1, 2: one image with classes 0, 1 and the null class
+    t = jnp.asarray([0.3, 0.3, 0.3, 0.05, 1.0])
+    labels = jnp.asarray([0, 1, 10, 9, 2])
+
+    @jax.jit
+    def outputs(params):
+        apply = lambda *a: model.apply(params, *a)  # noqa: E731
+        single = jax.lax.map(lambda a: apply(*a), (x, t, labels))
+        return apply(x, t, labels), single, apply(x, jnp.float32(0.3))
+
+    batched, single, null = outputs(params)
+    assert bool(jnp.all(jnp.isfinite(batched)))
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    assert model.null_label == 10
+    np.testing.assert_allclose(null[2], batched[2], atol=1e-5)  # label None ≡ null label 10
+    assert float(jnp.max(jnp.abs(batched[0] - batched[1]))) > 1e-3  # conditioning changes ε̂
+    assert float(jnp.max(jnp.abs(batched[0] - batched[2]))) > 1e-3
+
+
+def test_param_count():
+    model = UNet()  # the default configuration
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((8, 8, 1)), 0.5)
+    count = sum(p.size for p in jax.tree.leaves(params))
+    assert 2e5 < count < 1.5e6, count  # ~0.67M parameters
+    conditional = jax.eval_shape(UNet(num_classes=10).init, jax.random.key(0), jnp.zeros((8, 8, 1)), 0.5)
+    assert conditional["params"]["label_embed"]["embedding"].shape == (11, 4 * model.channels)
+
+
+def test_bad_inputs_raise(digits):
+    model, params = digits
+    shape = lambda *a, **k: jax.eval_shape(model.apply, params, *a, **k)  # noqa: E731
+    with pytest.raises(ValueError, match="divisible by 2"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((7, 7, 1)), 0.5)
+    with pytest.raises(ValueError, match="t must be a scalar"):
+        shape(jnp.zeros((3, 8, 8, 1)), jnp.zeros(4))
+    with pytest.raises(ValueError, match="label must be None"):
+        shape(jnp.zeros((3, 8, 8, 1)), 0.5, jnp.zeros(4, jnp.int32))
+    with pytest.raises(TypeError, match="label must be integer"):
+        shape(jnp.zeros((8, 8, 1)), 0.5, 1.0)
+    with pytest.raises(ValueError, match="image"):
+        shape(jnp.zeros((8, 8)), 0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        shape(jnp.zeros((8, 8, 1), jnp.int32), 0.5)
+    with pytest.raises(ValueError, match="num_groups"):
+        jax.eval_shape(UNet(channels=12).init, jax.random.key(0), jnp.zeros((8, 8, 1)), 0.5)
+    with pytest.raises(ValueError, match="unconditional"):
+        jax.eval_shape(UNet().init, jax.random.key(0), jnp.zeros((8, 8, 1)), 0.5, 3)
+
+
+def test_dropout_only_in_training():
+    model = UNet(dropout=0.5, channel_mults=(1,), attention=False, **TINY)
+    x = _images(3, (8, 8, 1))
+    params = _host_params(model, x)
+
+    @jax.jit
+    def outputs(params):
+        train = model.apply(params, x, 0.3, train=True, rngs={"dropout": jax.random.key(1)})
+        return model.apply(params, x, 0.3), train
+
+    det, train = outputs(params)
+    assert float(jnp.max(jnp.abs(train - det))) > 1e-3  # train=False needs no rng and is dropout-free
+
+
+def test_flipd_through_unet(digits):
+    """Hutchinson FLIPD (a JVP through the network) under jit is finite and equals its ε-form
+    D − σ·vᵀ∇ε̂(y)v + ‖ε̂(y)‖² at y = α x (vᵀ∇ε̂ v by a central finite difference)."""
+    model, params = digits
+    vp = VPSDE()
+    t0, h = 0.05, 1e-2
+
+    @jax.jit
+    def estimates(params, x, key):
+        score_fn = lambda y, t: -model.apply(params, y, t) / vp.marginal_coefs(t)[1]  # noqa: E731
+        hutch = lid.flipd(score_fn, x, key, t0=t0, sde=vp, trace="hutchinson")
+        alpha, sigma = vp.marginal_coefs(t0)
+        v = rademacher_probes(key, x.shape, 1)[0]  # the probe flipd draws from the same key
+        eps = model.apply(params, jnp.stack([alpha * x, alpha * x + h * v, alpha * x - h * v]), t0)
+        vjv = jnp.vdot(v, eps[1] - eps[2]) / (2 * h)
+        return hutch, x.size - sigma * vjv + jnp.sum(eps[0] ** 2)
+
+    hutch, formula = estimates(params, _images(4, (8, 8, 1)), jax.random.key(5))
+    assert bool(jnp.isfinite(hutch))
+    np.testing.assert_allclose(hutch, formula, rtol=1e-3, atol=1e-2)
