@@ -1,8 +1,12 @@
 """A trained diffusion model loaded from a checkpoint: what a user needs to run any estimator on it.
 
->>> model = mmh_jax.load("runs/lollipop")            # doctest: +SKIP
->>> lid.flipd(model.score_fn, x, key, t0=0.05, sde=model.sde)   # doctest: +SKIP
->>> xs = model.sample(jax.random.key(0), 64)          # doctest: +SKIP
+Usage (after ``mmh-jax train --out runs/lollipop``)::
+
+    model = mmh_jax.load("runs/lollipop")
+    lid.flipd(model.score_fn, x, key, t0=0.05, sde=model.sde)
+    xs = model.sample(jax.random.key(0), 64)
+
+(exercised by ``tests/test_train.py``).
 """
 
 from __future__ import annotations
