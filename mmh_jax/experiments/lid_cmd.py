@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mmh_jax.experiments._presets import from_preset
+
 __all__ = ["DATA_DEFAULTS", "ESTIMATORS", "LidConfig", "PRESETS", "load_array", "preset", "run"]
 
 #: Estimator names accepted by ``--estimator`` (functions of :mod:`mmh_jax.lid` of the same name).
@@ -90,11 +92,7 @@ def preset(name: str, **overrides) -> LidConfig:
     Raises:
       ValueError: unknown preset name or invalid field values.
     """
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}.")
-    fields = dict(PRESETS[name])
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return LidConfig(**fields)
+    return from_preset(LidConfig, PRESETS, name, overrides)
 
 
 def parse_param(text: str) -> tuple[str, Any]:

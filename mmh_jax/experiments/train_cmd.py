@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmh_jax import report
+from mmh_jax.experiments._presets import from_preset
 from mmh_jax.sde import VPSDE
 
 __all__ = ["TrainConfig", "PRESETS", "default_model", "load_training_data", "preset", "run"]
@@ -78,14 +79,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The named preset with overrides; the U-Net gets image-appropriate defaults."""
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}.")
-    fields = {**PRESETS[name], **overrides}
-    if fields.get("model") == "unet":
-        fields.setdefault("learning_rate", 2e-4)
-        if "model_kwargs" not in overrides:
-            fields["model_kwargs"] = {}
-    return TrainConfig(**fields)
+    if overrides.get("model") == "unet":
+        overrides = {"learning_rate": 2e-4, "model_kwargs": {}, **overrides}
+    return from_preset(TrainConfig, PRESETS, name, overrides)
 
 
 def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:

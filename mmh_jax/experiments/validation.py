@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmh_jax import lid, parallel, report
+from mmh_jax.experiments._presets import from_preset
 from mmh_jax.data.gaussian import GaussianMixture, random_gaussian_mixture
 from mmh_jax.sde import VPSDE
 
@@ -106,9 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str, **overrides: Any) -> ValidationConfig:
     """The named preset (``quick`` or ``full``) with field overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}.")
-    return ValidationConfig(**{**PRESETS[name], **overrides})
+    return from_preset(ValidationConfig, PRESETS, name, overrides)
 
 
 def _summary(case: str, estimator: str, est, truth, seconds: float) -> dict[str, Any]:
