@@ -111,6 +111,8 @@ def plot_flipd_curves(
             ax.plot([kt], [kv], "o", color=c, ms=5, mec="k", mew=0.5)
         for tr in np.unique(truth):
             ax.axhline(float(tr), color="0.4", ls="--", lw=0.8)
+        lo, hi = ax.get_ylim()  # keep the integer scale visible even when curves are flat (e.g. LID 0)
+        ax.set_ylim(min(lo, -0.5), max(hi, float(np.max(truth)) + 0.5))
         ax.set_xscale("log")
         ax.set_title(p["title"], fontsize=9)
         ax.set_xlabel("t₀")
