@@ -11,6 +11,12 @@ from mmh_jax.data.gaussian import random_gaussian_mixture
 from mmh_jax.sde import VPSDE
 
 VP = VPSDE()
+
+
+def _jvmap(f):
+    """jit(vmap(f)): compiled once, rather than dispatched op by op as an eager vmap would be."""
+    return jax.jit(jax.vmap(f))
+
 CASES = [(3, 0), (3, 3), (5, 2), (10, 4), (16, 15), (32, 8)]
 
 
@@ -23,12 +29,12 @@ def test_flipd_exact_matches_closed_form_and_tends_to_d(D, d):
     gm = random_gaussian_mixture(D * 10 + d, [d], D)
     xs = _points(gm, 8)
     for t0 in [1e-3, 0.05, 0.5]:
-        est = jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"))(xs)
-        oracle = jax.vmap(lambda x: gm.flipd_closed_form(x, t0, VP))(xs)
+        est = _jvmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"))(xs)
+        oracle = _jvmap(lambda x: gm.flipd_closed_form(x, t0, VP))(xs)
         # float32: the trace is a sum of D terms of size 1/sigma^2, scaled back by sigma^2.
         np.testing.assert_allclose(est, oracle, atol=2e-5 * D + 1e-5, rtol=1e-5)
     # As t0 -> 0 FLIPD -> d. The closed-form bias is d*sigma^2/(alpha^2 s^2 + sigma^2) + O(sigma^2 |x|^2).
-    est = jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-4, sde=VP))(xs)
+    est = _jvmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-4, sde=VP))(xs)
     np.testing.assert_allclose(est, d, atol=0.01 * max(d, 1))
 
 
@@ -87,7 +93,7 @@ def test_flipd_on_image_shaped_events():
 def test_mixture_of_dimensions_each_point_near_its_component():
     gm = random_gaussian_mixture(4, [2, 4, 8], 10)
     xs, comp = gm.sample(jax.random.key(0), 60)
-    est = jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-3, sde=VP))(xs)
+    est = _jvmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-3, sde=VP))(xs)
     truth = gm.dims[comp]
     np.testing.assert_allclose(est, truth, atol=0.1)
     assert set(np.asarray(comp).tolist()) == {0, 1, 2}
@@ -98,11 +104,11 @@ def test_normal_bundle_returns_d(D, d, key):
     gm = random_gaussian_mixture(D + d, [d], D)
     xs = _points(gm, 4)
     keys = jax.random.split(key, 4)
-    est = jax.vmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=0.01, sde=VP))(xs, keys)
+    est = _jvmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=0.01, sde=VP))(xs, keys)
     np.testing.assert_array_equal(est, d)
     # The threshold variant must sit above the tangential "drift" of the scores towards the mode,
     # of relative size ~ sigma(t)*|x - mean|, hence a smaller t than the gap rule needs.
-    thr = jax.vmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=1e-3, sde=VP, threshold=0.1))(xs, keys)
+    thr = _jvmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=1e-3, sde=VP, threshold=0.1))(xs, keys)
     np.testing.assert_array_equal(thr, d)
 
 
@@ -111,7 +117,7 @@ def test_flipd_curve_knee_reads_the_plateau():
     gm = random_gaussian_mixture(5, [d], D)
     xs = _points(gm, 6)
     t0s = jnp.geomspace(1e-4, 1.0, 40)
-    curves = jax.vmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(xs)
+    curves = _jvmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(xs)
     assert curves.shape == (6, 40)
     # plateau at d for small t0, towards 0 at t0 = T
     np.testing.assert_allclose(curves[:, 0], d, atol=0.05)
@@ -190,7 +196,7 @@ def test_flipd_is_differentiable_in_x_t0_and_params(trace, key):
 def test_fp_regress_recovers_d(D, d, key):
     gm = random_gaussian_mixture(D + 2 * d, [d], D)
     xs = _points(gm, 4)
-    est = jax.vmap(lambda x: lid.fp_regress(gm.score_fn(VP), x, sde=VP))(xs)
+    est = _jvmap(lambda x: lid.fp_regress(gm.score_fn(VP), x, sde=VP))(xs)
     np.testing.assert_allclose(est, d, atol=0.05 * max(d, 1))
     hut = lid.fp_regress(gm.score_fn(VP), xs[0], key, sde=VP, trace="hutchinson", num_probes=64)
     assert abs(float(hut) - d) < 1.0
@@ -203,9 +209,9 @@ def test_cfdm_is_zero_at_training_points():
     nearest = float(jnp.sqrt(jnp.min(d2)))
     # "small t": a noise scale delta = e^delta(t) ten times below the closest pair of training points
     t = float(VP.t_from_delta(np.log(nearest / 10)))
-    est = jax.vmap(lambda x: lid.cfdm(x, data, t=t, sde=VP))(data[:20])
+    est = _jvmap(lambda x: lid.cfdm(x, data, t=t, sde=VP))(data[:20])
     np.testing.assert_allclose(est, 0.0, atol=1e-6)
-    chunked = jax.vmap(lambda x: lid.cfdm(x, data, t=t, sde=VP, chunk_size=128))(data[:20])
+    chunked = _jvmap(lambda x: lid.cfdm(x, data, t=t, sde=VP, chunk_size=128))(data[:20])
     np.testing.assert_allclose(chunked, est, atol=1e-6)
 
 
@@ -215,7 +221,7 @@ def test_cfdm_plateaus_near_d_at_held_out_points():
     data = _points(gm, 20000, seed=1)
     held_out = _points(gm, 32, seed=2)
     ts = jnp.geomspace(1e-4, 1.0, 25)
-    curves = jax.vmap(lambda x: jax.vmap(lambda t: lid.cfdm(x, data, t=t, sde=VP))(ts))(held_out)
+    curves = _jvmap(lambda x: _jvmap(lambda t: lid.cfdm(x, data, t=t, sde=VP))(ts))(held_out)
     mean_curve = np.asarray(jnp.mean(curves, axis=0))
     near = np.abs(mean_curve - d) < 0.25 * d
     # at least three consecutive grid points (half a decade of t) on the plateau
