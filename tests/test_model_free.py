@@ -29,7 +29,7 @@ import pytest
 
 from mmh_jax import lid
 
-skdim = pytest.importorskip("skdim")
+import skdim  # noqa: E402  (test extra: a missing reference must fail, not skip)
 
 U = 2.0**-24
 
