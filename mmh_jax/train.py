@@ -169,7 +169,7 @@ def make_train_loop(
     stacked over the steps of the call.
     """
 
-    def one(state, _, data, labels, probe, base_key):
+    def one(state, data, labels, probe, base_key):
         key = jax.random.fold_in(base_key, state.step)
         k_idx, k_step = jax.random.split(key)
         idx = jax.random.randint(k_idx, (batch_size,), 0, data.shape[0])
@@ -182,7 +182,7 @@ def make_train_loop(
 
     @jax.jit
     def loop(state, data, labels, probe, base_key):
-        return jax.lax.scan(lambda s, _: one(s, _, data, labels, probe, base_key), state, None,
+        return jax.lax.scan(lambda s, _: one(s, data, labels, probe, base_key), state, None,
                             length=steps_per_call)
 
     return loop
