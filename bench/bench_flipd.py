@@ -266,7 +266,7 @@ def _check_close(name, got, want, *, rtol, atol) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark; returns ``{"name", "meta", "rows", "summary", "paths"}``."""
     vp = VPSDE()
-    model = ScoreMLP(hidden=args.hidden, num_layers=args.layers, time_embed_dim=args.embed)
+    model = ScoreMLP(hidden=args.hidden, num_layers=args.layers, time_embed_dim=args.embed, skip=False)
     kp, kx, kk = jax.random.split(jax.random.key(args.seed), 3)
     params = model.init(kp, jnp.zeros(args.dim, jnp.float32), 0.5)
     xs = jax.random.normal(kx, (args.batch, args.dim), jnp.float32)

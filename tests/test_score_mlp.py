@@ -96,3 +96,28 @@ def test_flipd_through_adapter_eps_form(model_and_params, rng):
     jac = jax.jacfwd(lambda y: eps_fn(y, t0))(y)
     expected = D - sigma * jnp.trace(jac) + jnp.sum(eps_fn(y, t0) ** 2)
     np.testing.assert_allclose(run(params, x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_layers", [1, 3, 4])
+def test_skip_connections_match_the_formula(key, rng, num_layers):
+    """h_l = SiLU(W_l h_{l-1} + b_l) + h_{L-1-l} for the decoder half; skip=False drops the sums."""
+    x = jnp.asarray(rng.normal(size=D), jnp.float32)
+    for skip in (True, False):
+        model = ScoreMLP(hidden=8, num_layers=num_layers, time_embed_dim=4, skip=skip)
+        params = model.init(key, jnp.zeros(D), 0.5)
+        p = jax.tree.map(np.asarray, params["params"])
+        emb = np.asarray(sinusoidal_embedding(0.3, 4))
+        h = np.asarray(jax.nn.silu(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"] + emb @ p["time_0"]["kernel"]))
+        hs = [h]
+        for i in range(1, num_layers):
+            h = np.asarray(jax.nn.silu(h @ p[f"hidden_{i}"]["kernel"] + p[f"hidden_{i}"]["bias"]))
+            if skip and num_layers - 1 - i < i:
+                h = h + hs[num_layers - 1 - i]
+            hs.append(h)
+        want = h @ p["out"]["kernel"] + p["out"]["bias"]
+        np.testing.assert_allclose(model.apply(params, x, 0.3), want, rtol=1e-5, atol=1e-5)
+    if num_layers >= 3:  # the skips change the function (same parameters, different outputs)
+        a = ScoreMLP(hidden=8, num_layers=num_layers, time_embed_dim=4, skip=True)
+        b = ScoreMLP(hidden=8, num_layers=num_layers, time_embed_dim=4, skip=False)
+        params = a.init(key, jnp.zeros(D), 0.5)
+        assert not np.allclose(a.apply(params, x, 0.3), b.apply(params, x, 0.3))

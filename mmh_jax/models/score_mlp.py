@@ -46,8 +46,14 @@ def sinusoidal_embedding(t, dim: int, *, scale: float = 1000.0, max_period: floa
 
 
 class ScoreMLP(nn.Module):
-    """ε-prediction MLP: ε̂(x, t) = W_out·h_L + b_out,  h_{l+1} = SiLU(W_l h_l + b_l)  (l ≥ 1),
-    h_1 = SiLU(W_x x + W_t emb(t) + b_0).
+    """ε-prediction MLP: ε̂(x, t) = W_out·h_{L−1} + b_out with hidden layers
+    h_0 = SiLU(W_x x + W_t emb(t) + b_0),  h_l = SiLU(W_l h_{l−1} + b_l) [+ h_{L−1−l}].
+
+    With ``skip=True`` the network is a U-shaped MLP: the second half of the layers (the
+    "decoder", l > L−1−l) adds the output of its mirror layer in the first half (the "encoder"),
+    as U-ViT's long skips do. For L = 3 layer 2 receives h_0; for L = 4 layer 3 receives h_0 and
+    layer 2 receives h_1. The skips are additions of equal-width activations, so they cost no
+    parameters and almost no FLOPs, and they let the fine detail of x reach the output at small t.
 
     The first layer is a Dense of the concatenation [x, emb(t)], written as the sum of a Dense of x
     (``hidden_0``) and a bias-free Dense of the time embedding (``time_0``): the same function, but
@@ -59,6 +65,8 @@ class ScoreMLP(nn.Module):
       num_layers: number of hidden Dense + SiLU layers (≥ 1).
       time_embed_dim: size of the sinusoidal time embedding.
       time_scale: multiplier of ``t`` inside the embedding (1000 for t ∈ (0, 1]).
+      skip: long skip connections between mirrored encoder and decoder layers (see above);
+        ``False`` gives a plain MLP (the throughput benchmark's network).
 
     ``apply(params, x, t)``: ``x`` of shape ``(..., D)``, ``t`` of shape ``()`` (shared) or
     ``x.shape[:-1]``; returns an array of the shape of ``x``, in the float dtype of ``x``.
@@ -77,6 +85,7 @@ class ScoreMLP(nn.Module):
     num_layers: int = 3
     time_embed_dim: int = 128
     time_scale: float = 1000.0
+    skip: bool = True
 
     @nn.compact
     def __call__(self, x, t) -> Array:
@@ -97,6 +106,11 @@ class ScoreMLP(nn.Module):
         temb = nn.Dense(self.hidden, use_bias=False, name="time_0")(emb)  # shape (*t.shape, hidden)
         h = nn.Dense(self.hidden, name="hidden_0")(x) + jnp.broadcast_to(temb, (*batch, self.hidden))
         h = nn.silu(h)
+        hs = [h]
         for i in range(1, self.num_layers):
             h = nn.silu(nn.Dense(self.hidden, name=f"hidden_{i}")(h))
+            mirror = self.num_layers - 1 - i
+            if self.skip and mirror < i:
+                h = h + hs[mirror]
+            hs.append(h)
         return nn.Dense(x.shape[-1], name="out")(h)
