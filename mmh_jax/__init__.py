@@ -8,9 +8,9 @@ Subpackages are imported lazily so that ``import mmh_jax.lid`` never pulls in fl
 
 __version__ = "0.1.0"
 
-from mmh_jax import lid, parallel, sde  # noqa: F401  (jax/numpy only)
+from mmh_jax import lid, memorization, parallel, quality, sde  # noqa: F401  (jax/numpy only)
 
-__all__ = ["lid", "load", "parallel", "sde", "__version__"]
+__all__ = ["lid", "load", "memorization", "parallel", "quality", "sde", "__version__"]
 
 
 def load(checkpoint_dir: str, *, step: int | None = None):
