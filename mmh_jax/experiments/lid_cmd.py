@@ -27,7 +27,8 @@ import numpy as np
 
 from mmh_jax.experiments._presets import from_preset
 
-__all__ = ["DATA_DEFAULTS", "ESTIMATORS", "LidConfig", "PRESETS", "load_array", "preset", "run"]
+__all__ = ["DATA_DEFAULTS", "ESTIMATORS", "LidConfig", "PRESETS", "load_array", "out_path", "preset",
+           "print_summary", "run", "summarize"]
 
 #: Estimator names accepted by ``--estimator`` (functions of :mod:`mmh_jax.lid` of the same name).
 ESTIMATORS = ("lpca", "mle", "twonn", "ess")
@@ -235,30 +236,65 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _print_summary(summary: dict[str, Any], file=None) -> None:
+def summarize(est: np.ndarray, truth, comp) -> dict[str, Any]:
+    """Overall and per-group statistics of per-point estimates (shared by both ``mmh-jax lid`` paths).
+
+    Args:
+      est: ``(N,)`` estimates; NaN/inf are counted as ``non_finite`` and left out of the statistics.
+      truth: ``(N,)`` true LID, or None.
+      comp: ``(N,)`` mixture component, or None.
+
+    Returns:
+      ``{"overall", "group_by", "groups"}``: ``overall`` holds mean/median/std/non_finite, plus the
+      :func:`mmh_jax.lid.evaluate` metrics of the finite estimates when ``truth`` is known;
+      ``groups`` one row per component (else per true LID value; empty when neither is known) with
+      count, truth, mean, std, mae, non_finite.
+    """
+    from mmh_jax import lid as lid_lib
+
+    est = np.asarray(est, np.float32)
+    overall = _stats(est)
+    if truth is not None and np.isfinite(est).any():
+        # evaluate() scores the finite estimates; it counts the others as n_nonfinite = non_finite.
+        metrics = lid_lib.evaluate(est, np.asarray(truth, np.float32))
+        overall.update({str(k): float(v) for k, v in metrics.items() if k != "n_nonfinite"})
+    return {
+        "overall": overall,
+        "group_by": "component" if comp is not None else "truth",
+        "groups": _summary_rows(est, truth, comp),
+    }
+
+
+def print_summary(header: str, stats: dict[str, Any], file=None) -> None:
+    """Print ``header``, the overall line and the per-group table of a :func:`summarize` result."""
     file = sys.stdout if file is None else file
-    o = summary["overall"]
-    print(
-        f"mmh-jax lid: {summary['estimator']} (k={summary['k']}) on {summary['data']}: "
-        f"{summary['num_points']} points in R^{summary['ambient_dim']}"
-        + (f", estimated at {summary['num_queries']} query points" if summary["queries"] else ""),
-        file=file,
-    )
+    print(header, file=file)
+    o = stats["overall"]
     shown = {k: v for k, v in o.items() if k != "non_finite" or v}
     print("overall: " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items()), file=file)
-    rows = summary["groups"]
+    rows = stats["groups"]
     if rows:
         cols = [c for c in ("group", "count", "truth", "mean", "std", "mae") if c in rows[0]]
         if any(r["non_finite"] for r in rows):
             cols.append("non_finite")
-        head = {"group": summary["group_by"]}
+        head = {"group": stats["group_by"]}
         widths = [max(len(head.get(c, c)), *(len(_fmt(r[c])) for r in rows)) for c in cols]
         print("  ".join(head.get(c, c).rjust(w) for c, w in zip(cols, widths)), file=file)
         for r in rows:
             print("  ".join(_fmt(r[c]).rjust(w) for c, w in zip(cols, widths)), file=file)
 
 
-def _out_path(out: str) -> str:
+def _print_summary(summary: dict[str, Any], file=None) -> None:
+    header = (
+        f"mmh-jax lid: {summary['estimator']} (k={summary['k']}) on {summary['data']}: "
+        f"{summary['num_points']} points in R^{summary['ambient_dim']}"
+        + (f", estimated at {summary['num_queries']} query points" if summary["queries"] else "")
+    )
+    print_summary(header, summary, file=file)
+
+
+def out_path(out: str) -> str:
+    """``out`` as an ``.npz`` path: ``lid.npz`` inside a directory, ``.npz`` appended when missing."""
     if out.endswith(os.sep) or os.path.isdir(out):
         out = os.path.join(out, "lid.npz")
     if not out.endswith(".npz"):
@@ -319,14 +355,9 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     print(f"mmh-jax lid: done in {seconds:.2f} s", file=sys.stderr, flush=True)
 
-    overall = _stats(est)
-    finite = np.isfinite(est)
-    if truth is not None and finite.any():
-        # evaluate() scores the finite estimates; it counts the others as n_nonfinite = non_finite.
-        metrics = lid_lib.evaluate(est, np.asarray(truth, np.float32))
-        overall.update({str(k): float(v) for k, v in metrics.items() if k != "n_nonfinite"})
+    stats = summarize(est, truth, comp)
 
-    path = _out_path(out)
+    path = out_path(out)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     arrays: dict[str, np.ndarray] = {"lid": est}
     if truth is not None:
@@ -344,9 +375,7 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
         "queries": config.queries,
         "num_queries": n_est,
         "seconds": seconds,
-        "overall": overall,
-        "group_by": "component" if comp is not None else "truth",
-        "groups": _summary_rows(est, truth, comp),
+        **stats,
         "out": path,
     }
     _print_summary(summary)
