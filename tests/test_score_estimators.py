@@ -295,3 +295,23 @@ def test_concrete_checks_do_not_break_tracing():
     # Under jit, t0 is a tracer: the range check is skipped rather than failing.
     f = jax.jit(lambda t0: lid.flipd(SCORE, jnp.ones(3), t0=t0, sde=VP))
     assert np.isfinite(float(f(0.05)))
+
+
+def test_knee_at_a_point_mass_reads_the_plateau_not_the_bump():
+    """Exact scores of a point mass (d = 0) beside a disk (d = 2): the curve plateaus at 0, rises
+    while the noise reaches the disk, then falls. The knee must sit on the 0 plateau."""
+    gm = random_gaussian_mixture(3, [0, 2], 2, separation=4.0, weights=[0.2, 0.8])
+    t0s = jnp.geomspace(1e-3, 1.0, 24)
+    curves = _jvmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(gm.means)
+    assert float(jnp.max(curves[0])) > 0.5  # the bump is there: plain kneedle would land on it
+    _, v = jax.vmap(lid.knee, in_axes=(None, 0))(t0s, curves)
+    np.testing.assert_allclose(v, [0.0, 2.0], atol=0.15)
+
+
+def test_knee_of_a_plateau_then_bump():
+    t0s = jnp.geomspace(1e-3, 1.0, 31)
+    u = jnp.log10(t0s)
+    bump = jnp.where(u < -1.5, 0.0, jnp.where(u < -0.5, 2.0 * (u + 1.5), 2.0 - 4.0 * (u + 0.5)))
+    t_star, v = lid.knee(t0s, jnp.maximum(bump, 0.0))
+    np.testing.assert_allclose(t_star, 10**-1.5, rtol=1e-4)
+    np.testing.assert_allclose(v, 0.0, atol=1e-6)

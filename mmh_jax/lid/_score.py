@@ -143,21 +143,29 @@ def flipd_curve(
 
 
 def knee(t0s, curve) -> tuple[Array, Array]:
-    """Knee of a FLIPD curve by the kneedle rule; jittable.
+    """Knee of a FLIPD curve by the kneedle rule on its first excursion; jittable.
 
-    Both axes are rescaled to [0, 1] (time on a log scale, since grids are geometric) and the knee
-    is the grid point farthest, vertically, from the chord joining the curve's two ends. For a FLIPD
-    curve (a plateau at LID_θ at small t₀, falling towards 0 at large t₀) this is where the plateau
-    ends.
+    Kneedle (Satopää et al.): rescale both axes to [0, 1] (time on a log scale, since grids are
+    geometric) and take the grid point farthest, vertically, from the chord joining the segment's
+    ends. The segment runs from the smallest t₀ to the point where the curve is farthest from its
+    starting value, ``e = argmax |FLIPD(t₀) − FLIPD(t₀[0])|``:
+
+    * a FLIPD curve that plateaus at LID_θ and then falls (the usual shape) has its largest
+      departure at the end of the grid, so this is plain kneedle over the whole curve;
+    * at an isolated low-dimensional point (a point mass, a thin stick beside a disk) the curve
+      first plateaus at the point's small LID and then *rises* while the noise reaches the
+      neighbouring components, before falling again. Kneedle over the whole curve would pick the
+      top of that bump; cutting the segment at the bump puts the knee where the plateau ends.
 
     Args:
-      t0s: ``(n,)`` positive times, in any order.
+      t0s: ``(n,)`` positive times, in any order; n ≥ 3.
       curve: ``(n,)`` values at those times.
 
     Returns:
       ``(t0_star, value_at_knee)``, two scalars.
 
-    Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011).
+    Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011); FLIPD's knee readout,
+    Kamkari et al. (arXiv 2406.03537).
 
     Example:
       >>> import jax.numpy as jnp
@@ -166,6 +174,9 @@ def knee(t0s, curve) -> tuple[Array, Array]:
       >>> t, v = lid.knee(t0s, jnp.array([2.0, 2.0, 2.0, 2.0, 1.0, 0.5, 0.0]))
       >>> float(v)
       2.0
+      >>> t, v = lid.knee(t0s, jnp.array([0.0, 0.0, 0.0, 0.0, 1.5, 0.6, 0.1]))  # plateau, bump
+      >>> float(v)
+      0.0
     """
     t0s = _checks.float_array("t0s", t0s, ndim=1)
     curve = _checks.float_array("curve", curve, ndim=1)
@@ -174,12 +185,17 @@ def knee(t0s, curve) -> tuple[Array, Array]:
         raise ValueError(f"knee needs at least 3 points on the curve, got {t0s.shape[0]}.")
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
+    idx = jnp.arange(t.shape[0])
+    end = jnp.maximum(jnp.argmax(jnp.abs(y - y[0])), 2)  # at least 3 points in the segment
+    inside = idx <= end
     u = jnp.log(t)
     tiny = jnp.finfo(jnp.float32).tiny
-    u = (u - u[0]) / jnp.maximum(u[-1] - u[0], tiny)
-    yn = (y - jnp.min(y)) / jnp.maximum(jnp.max(y) - jnp.min(y), tiny)
-    chord = yn[0] + (yn[-1] - yn[0]) * u
-    i = jnp.argmax(jnp.abs(yn - chord))
+    u = (u - u[0]) / jnp.maximum(u[end] - u[0], tiny)
+    y_lo = jnp.min(jnp.where(inside, y, jnp.inf))
+    y_hi = jnp.max(jnp.where(inside, y, -jnp.inf))
+    yn = (y - y_lo) / jnp.maximum(y_hi - y_lo, tiny)
+    chord = yn[0] + (yn[end] - yn[0]) * u
+    i = jnp.argmax(jnp.where(inside, jnp.abs(yn - chord), -1.0))
     return t[i], y[i]
 
 
