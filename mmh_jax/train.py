@@ -160,6 +160,7 @@ def make_train_loop(
     *,
     batch_size: int,
     steps_per_call: int,
+    unroll: bool = False,
 ) -> Callable:
     """``loop(state, data, labels, probe, base_key) -> (state, metrics)``: ``steps_per_call`` steps.
 
@@ -183,6 +184,6 @@ def make_train_loop(
     @jax.jit
     def loop(state, data, labels, probe, base_key):
         return jax.lax.scan(lambda s, _: one(s, data, labels, probe, base_key), state, None,
-                            length=steps_per_call)
+                            length=steps_per_call, unroll=unroll)
 
     return loop

@@ -8,6 +8,7 @@ computes everything it compares.
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,3 +159,18 @@ def test_flipd_through_unet(digits):
     hutch, formula = estimates(params, _images(4, (8, 8, 1)), jax.random.key(5))
     assert bool(jnp.isfinite(hutch))
     np.testing.assert_allclose(hutch, formula, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("shape,kernel,strides", [((8, 8, 3), (3, 3), (1, 1)), ((8, 8, 3), (3, 3), (2, 2)),
+                                                  ((7, 5, 2), (3, 3), (2, 2)), ((4, 4, 6), (1, 1), (1, 1))])
+def test_patch_conv_equals_flax_conv(shape, kernel, strides):
+    """_Conv (im2col matmul) is nn.Conv with SAME padding: same parameters, same outputs."""
+    from mmh_jax.models.unet import _Conv
+
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    ours = _Conv(4, kernel, strides)
+    params = ours.init(jax.random.key(0), x)
+    ref = nn.Conv(4, kernel, strides, padding="SAME")
+    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)

@@ -36,6 +36,46 @@ _IMAGE_AXES = (-3, -2, -1)
 _INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
+class _Conv(nn.Module):
+    """2-D convolution with SAME padding as a matmul over patches (im2col); ``nn.Conv``'s parameters.
+
+    The same function and the same parameter names and shapes as ``nn.Conv(features, kernel_size,
+    strides)`` (``kernel`` (kh, kw, C_in, C_out) in HWIO order, ``bias`` (C_out,)), but written as
+    ``patches @ kernel.reshape(kh·kw·C_in, C_out)``. Reason: on XLA:CPU the gradients of
+    ``lax.conv_general_dilated`` inside a ``while`` loop (the ``lax.scan`` that runs several train
+    steps per dispatch) fall off the fast path: measured 55 ms vs 1.0 ms for the kernel gradient of
+    a 3×3, 16→16 conv over 128 8×8 images, which made a U-Net train step ~10× slower inside the scan
+    than outside it. Matmul gradients have no such problem, and for the small images this network
+    is for, the kh·kw-fold patch tensor is cheap.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+
+    @nn.compact
+    def __call__(self, h: Array) -> Array:
+        # h: (N, H, W, C_in) -> (N, ceil(H/s), ceil(W/s), features)
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        c_in = h.shape[-1]
+        kernel = self.param("kernel", _INIT, (kh, kw, c_in, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        out_h, out_w = -(-h.shape[1] // sh), -(-h.shape[2] // sw)
+        pads = []
+        for size, k, s, out in ((h.shape[1], kh, sh, out_h), (h.shape[2], kw, sw, out_w)):
+            total = max((out - 1) * s + k - size, 0)  # XLA's SAME padding
+            pads.append((total // 2, total - total // 2))
+        hp = jnp.pad(h, ((0, 0), *pads, (0, 0)))
+        cols = [
+            hp[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+        y = patches @ kernel.reshape(kh * kw * c_in, self.features).astype(h.dtype)
+        return y + bias.astype(h.dtype).reshape(1, 1, 1, self.features)
+
+
 def _group_norm(num_groups: int, name: str | None = None) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups, reduction_axes=_IMAGE_AXES, name=name)
 
@@ -51,14 +91,14 @@ class _ResBlock(nn.Module):
     def __call__(self, h: Array, temb: Array, train: bool) -> Array:
         # h: (N, H, W, C_in), temb: (N, E)
         y = nn.silu(_group_norm(self.num_groups, "norm_0")(h))
-        y = nn.Conv(self.features, (3, 3), kernel_init=_INIT, name="conv_0")(y)
+        y = _Conv(self.features, (3, 3), name="conv_0")(y)
         y = y + nn.Dense(self.features, kernel_init=_INIT, name="time")(nn.silu(temb))[:, None, None, :]
         y = nn.silu(_group_norm(self.num_groups, "norm_1")(y))
         if self.dropout > 0.0:
             y = nn.Dropout(self.dropout, deterministic=not train)(y)
-        y = nn.Conv(self.features, (3, 3), kernel_init=_INIT, name="conv_1")(y)
+        y = _Conv(self.features, (3, 3), name="conv_1")(y)
         if h.shape[-1] != self.features:
-            h = nn.Conv(self.features, (1, 1), kernel_init=_INIT, name="skip")(h)
+            h = _Conv(self.features, (1, 1), name="skip")(h)
         return h + y
 
 
@@ -235,7 +275,7 @@ class UNet(nn.Module):
         last = len(self.channel_mults) - 1
 
         # Encoder.
-        h = nn.Conv(self.channels, (3, 3), kernel_init=_INIT, name="conv_in")(h)
+        h = _Conv(self.channels, (3, 3), name="conv_in")(h)
         skips = [h]
         for lvl, mult in enumerate(self.channel_mults):
             for i in range(self.num_res_blocks):
@@ -244,7 +284,7 @@ class UNet(nn.Module):
                     h = attn(f"down_{lvl}_attn_{i}")(h)
                 skips.append(h)
             if lvl != last:
-                down = nn.Conv(h.shape[-1], (3, 3), (2, 2), kernel_init=_INIT, name=f"down_{lvl}_sample")
+                down = _Conv(h.shape[-1], (3, 3), (2, 2), name=f"down_{lvl}_sample")
                 h = down(h)
                 skips.append(h)
 
@@ -265,8 +305,8 @@ class UNet(nn.Module):
             if lvl != 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
                 feats = self.channels * self.channel_mults[lvl - 1]
-                h = nn.Conv(feats, (3, 3), kernel_init=_INIT, name=f"up_{lvl}_sample")(h)
+                h = _Conv(feats, (3, 3), name=f"up_{lvl}_sample")(h)
 
         h = nn.silu(_group_norm(self.num_groups, "norm_out")(h))
-        h = nn.Conv(in_ch, (3, 3), kernel_init=_INIT, name="conv_out")(h)
+        h = _Conv(in_ch, (3, 3), name="conv_out")(h)
         return h.reshape(x.shape).astype(x.dtype)
