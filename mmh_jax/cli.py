@@ -244,8 +244,8 @@ def _add_train(sub) -> None:
     p.add_argument("--model", choices=("mlp", "unet"), default=None,
                    help="mlp for vector data (images are flattened), unet for images (default: unet for images, else mlp)")
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps (default: 4000; quick: 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 256)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 mlp, 2e-4 unet)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 256 mlp, 128 unet)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 mlp, 5e-4 unet)")
     p.add_argument("--n", type=int, default=None, help="points drawn from a synthetic generator (default: 20000)")
     p.add_argument("--class-conditional", action="store_true",
                    help="condition on labels (labelled images), with a null class for classifier-free guidance")
@@ -273,8 +273,6 @@ def _cmd_train(args) -> int:
     overrides["model"] = model
     if args.class_conditional:
         overrides["class_conditional"] = True
-    if args.preset == "quick" and model == "unet":
-        overrides.setdefault("model_kwargs", {"channels": 16})
     try:
         config = train_cmd.preset(args.preset, **overrides)
         result = train_cmd.run(config, args.out, resume=args.resume)

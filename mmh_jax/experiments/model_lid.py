@@ -327,7 +327,7 @@ def _point_fn(model, config: ModelLidConfig):
     return one
 
 
-def _estimate(config: ModelLidConfig, model, x: np.ndarray, keys, *, progress: bool):
+def estimate(config: ModelLidConfig, model, x: np.ndarray, keys, *, progress: bool):
     """Outputs (dict of numpy arrays, leading axis N), compile seconds, run seconds."""
     import jax
     import jax.numpy as jnp
@@ -420,7 +420,7 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
     keys = jax.random.split(k_est, n)
     print(f"mmh-jax lid: {config.estimator} of the model in {config.checkpoint} (step {model.step}) at {n} "
           f"points of shape {tuple(x.shape[1:])} ...", file=sys.stderr, flush=True)
-    res, compile_s, run_s = _estimate(config, model, x, keys, progress=progress)
+    res, compile_s, run_s = estimate(config, model, x, keys, progress=progress)
     print(f"mmh-jax lid: compiled in {compile_s:.2f} s, estimated in {run_s:.2f} s "
           f"({n / max(run_s, 1e-9):.1f} points/s, batch size {config.batch_size})", file=sys.stderr, flush=True)
 

@@ -77,10 +77,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Defaults of the U-Net (images) that differ from the MLP's. 16 base channels, batch 128: on 8×8
+#: digits a step takes ~70 ms on 2 CPU cores, so the default 4000 steps train in ~5 minutes.
+UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "model_kwargs": {"channels": 16}}
+
+
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset with overrides; the U-Net gets image-appropriate defaults."""
+    """The named preset with overrides; the U-Net gets image-appropriate defaults (``UNET_DEFAULTS``)."""
     if overrides.get("model") == "unet":
-        overrides = {"learning_rate": 2e-4, "model_kwargs": {}, **overrides}
+        overrides = {**UNET_DEFAULTS, **overrides}
     return from_preset(TrainConfig, PRESETS, name, overrides)
 
 

@@ -1,0 +1,171 @@
+"""What the experiments of ``mmh-jax run`` share: the run context, cached training, batched LID_θ.
+
+Models are trained into ``<out>/models/<name>/`` with :func:`mmh_jax.experiments.train_cmd.run`
+and ``resume=True``: a rerun (or a second experiment that needs the same model, e.g. ``images``
+and ``conditional`` share the class-conditional digits U-Net) continues or reuses the checkpoint
+instead of training again, and a config that differs from the saved one is a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Context", "lid_theta", "train_model"]
+
+
+@dataclasses.dataclass
+class Context:
+    """Where an experiment writes and how loudly. ``timings`` collects seconds per stage."""
+
+    out: str
+    progress: bool = True
+    seed: int = 0
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def path(self, *parts: str) -> str:
+        p = os.path.join(self.out, *parts)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    def timed(self, name: str):
+        """Context manager adding the seconds of a block to ``timings[name]``."""
+        ctx = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _Timer()
+
+
+def train_model(ctx: Context, name: str, config) -> Any:
+    """Train (or reuse) ``config`` (a :class:`~mmh_jax.experiments.train_cmd.TrainConfig`) in
+    ``<out>/models/<name>`` and return the loaded :class:`~mmh_jax.trained.TrainedModel`."""
+    from mmh_jax.experiments import train_cmd
+    from mmh_jax.trained import load
+
+    run_dir = ctx.path("models", name, "")
+    with ctx.timed(f"train_{name}"):
+        ctx.log(f"[{name}] training {config.model} for {config.steps} steps on {config.data} -> {run_dir}")
+        train_cmd.run(config, run_dir, resume=True, progress=ctx.progress)
+    return load(run_dir)
+
+
+def lid_theta(model, x: np.ndarray, key, *, estimator: str = "flipd", progress: bool = False,
+              **options: Any) -> dict[str, np.ndarray]:
+    """LID_θ of ``model`` at the points ``x`` (N, *event), one jitted pass (see
+    :func:`mmh_jax.experiments.model_lid.estimate`); ``options`` are ``ModelLidConfig`` fields
+    (``t0``, ``t0_grid``, ``trace``, ``t``, ``num_samples``, ``batch_size``). Keys are split per point.
+    Returns ``{"lid": (N,)}`` plus, for FLIPD, ``curves``, ``lid_knee``, ``t0_knee`` and ``t0s``."""
+    import jax
+
+    from mmh_jax.experiments import model_lid
+
+    cfg = model_lid.ModelLidConfig(checkpoint="", estimator=estimator, **options)
+    keys = jax.random.split(key, x.shape[0])
+    res, _, _ = model_lid.estimate(cfg, model, np.asarray(x, np.float32), keys, progress=progress)
+    if estimator == "flipd":
+        res["t0s"] = cfg.t0s
+    return res
+
+
+def map_model(model, point_fn, *arrays, batch_size: int = 64):
+    """``point_fn(score_fn_of_label, *single_arrays)`` at every row of ``arrays``, one jitted pass.
+
+    ``point_fn`` receives ``score_for(label)`` (a function giving the single-example score with
+    class ``label``; ``None`` or the null class = unconditional) and one row of each array. The
+    parameters stay traced (one compile per shape, whatever the checkpoint), and rows are mapped
+    with :func:`mmh_jax.parallel.map_points` ``batch_size`` at a time.
+    """
+    import jax
+
+    from mmh_jax import parallel
+
+    cache = model._cache.setdefault("map_model", {})
+    fn = cache.get((point_fn, batch_size))
+    if fn is None:
+        def run(params, *arrs):
+            score_for = lambda label: model.score_fn_for(label, params=params)  # noqa: E731
+            return parallel.map_points(lambda *row: point_fn(score_for, *row), *arrs, batch_size=batch_size)
+
+        fn = cache[(point_fn, batch_size)] = jax.jit(run)
+    params = model.params
+    if jax.device_count() > 1:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        params = jax.device_put(params, NamedSharding(parallel.make_mesh(), PartitionSpec()))
+    return jax.device_get(fn(params, *arrays))
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsSetup:
+    """The digits experiment's data and model.
+
+    Attributes:
+      model: the class-conditional U-Net (CFG; null class = unconditional).
+      train_x, train_labels: the training set as trained on (duplicates included).
+      unique_x, unique_labels: its distinct images (``n_train`` of them).
+      duplicated: ``(n_train,)`` bool, which distinct images were repeated ``copies`` times.
+      heldout_x, heldout_labels: digits never trained on (for sample quality).
+    """
+
+    model: Any
+    train_x: np.ndarray
+    train_labels: np.ndarray
+    unique_x: np.ndarray
+    unique_labels: np.ndarray
+    duplicated: np.ndarray
+    heldout_x: np.ndarray
+    heldout_labels: np.ndarray
+
+
+def digits_setup(cfg, ctx: Context) -> DigitsSetup:
+    """Build the duplicated-digits training set, train (or reuse) the conditional U-Net on it."""
+    from mmh_jax.data import images
+    from mmh_jax.experiments import train_cmd
+
+    d = images.digits()
+    rng = np.random.default_rng(ctx.seed)
+    perm = rng.permutation(d.x.shape[0])
+    tr, ho = perm[: cfg.n_train], perm[cfg.n_train:]
+    dup = np.zeros(cfg.n_train, bool)
+    dup[rng.choice(cfg.n_train, cfg.n_duplicated, replace=False)] = True
+    reps = np.where(dup, cfg.copies, 1)
+    train_x = np.repeat(d.x[tr], reps, axis=0)
+    train_labels = np.repeat(d.labels[tr], reps)
+    path = ctx.path("data", "digits_train.npz")
+    np.savez(path, x=train_x, labels=train_labels)
+    train_cfg = train_cmd.TrainConfig(
+        data=os.path.abspath(path), model="unet", model_kwargs={"channels": cfg.channels}, steps=cfg.steps,
+        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, class_conditional=True,
+        checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed,
+    )
+    model = train_model(ctx, "digits_cfg", train_cfg)
+    return DigitsSetup(model, train_x, train_labels, d.x[tr], d.labels[tr], dup, d.x[ho], d.labels[ho])
+
+
+def memorization_labels(samples: np.ndarray, setup: DigitsSetup, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibrated ℓ2, memorized, index of the nearest distinct training image) of each sample.
+
+    Calibrated against the *distinct* training images: with duplicates among the n nearest, the
+    mean distance would shrink and a copy of a duplicated image would look less like a copy.
+    """
+    from mmh_jax import memorization
+
+    n = min(cfg.calibration_n, setup.unique_x.shape[0])
+    calib = np.asarray(memorization.calibrated_l2(samples, setup.unique_x, n=n))
+    _, idx = memorization.nearest_training(samples, setup.unique_x, k=1)
+    return calib, np.asarray(memorization.memorized(calib, threshold=cfg.threshold)), np.asarray(idx)[:, 0]

@@ -1,0 +1,132 @@
+"""Configuration of ``mmh-jax run``: one frozen dataclass per experiment, and the presets.
+
+``quick`` (< 60 s on 2 CPU cores; tiny sizes, for tests), ``default`` (~10 minutes on 2 CPU
+cores: the paper's findings on embedded data) and ``full`` (larger models and samples, for a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["EXPERIMENTS", "ImagesConfig", "MitigationConfig", "PRESETS", "RunConfig", "ToyConfig", "preset"]
+
+#: The experiments of ``mmh-jax run``, in the order they run.
+EXPERIMENTS = ("toy", "images", "conditional", "mitigation")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    """The MMH toy: ``von_mises_point_mass`` (circle LID 1 + point mass LID 0) in R².
+
+    Few training points, so the sparse side of the circle holds isolated points that the model
+    overfits (OD-Mem), while the point mass is a real zero-dimensional piece of the data (DD-Mem).
+    """
+
+    n_train: int = 400
+    steps: int = 6000
+    hidden: int = 256
+    num_layers: int = 4
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    n_samples: int = 1000
+    sample_steps: int = 200
+    t0: float = 0.02
+    t0_grid: tuple[float, float, int] = (1e-3, 1.0, 24)
+    normal_bundle_t: float = 0.01
+    gap: float = 0.5
+    small: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesConfig:
+    """Digits with duplicates: the model shared by ``images``, ``conditional`` and ``mitigation``.
+
+    ``n_train`` digits (chosen at random), of which ``n_duplicated`` are repeated ``copies`` times,
+    train a class-conditional U-Net with classifier-free guidance (10% label dropout), so the same
+    network gives the unconditional ε(x, t, ∅) (``images``) and the conditional ε(x, t, c)
+    (``conditional``). The digits not used for training are the held-out set of sample quality.
+    """
+
+    n_train: int = 300
+    n_duplicated: int = 10
+    copies: int = 20
+    steps: int = 3000
+    channels: int = 16
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    n_samples: int = 500
+    sample_steps: int = 100
+    guidance_scale: float = 0.0
+    t0: float = 0.05
+    t0_grid: tuple[float, float, int] = (1e-3, 1.0, 16)
+    curve_points: int = 128
+    normal_bundle_t: float = 0.01
+    calibration_n: int = 50
+    threshold: float = 1.0 / 3.0
+    model_free_k: int = 20
+    batch: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class MitigationConfig:
+    """Sampling steered towards higher LID_θ: λ·∇ₓFLIPD added to the reverse drift."""
+
+    lambdas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    n_samples: int = 200
+    sample_steps: int = 50
+    t0: float = 0.05
+    embedding_steps: int = 10
+    embedding_lr: float = 0.1
+    late_t: float = 0.2
+    quality_k: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The whole run: which experiments, and each one's settings."""
+
+    experiments: tuple[str, ...] = EXPERIMENTS
+    seed: int = 0
+    toy: ToyConfig = ToyConfig()
+    images: ImagesConfig = ImagesConfig()
+    mitigation: MitigationConfig = MitigationConfig()
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "toy": {"n_train": 60, "steps": 200, "hidden": 64, "num_layers": 2, "n_samples": 128, "sample_steps": 30,
+                "t0_grid": (1e-3, 1.0, 8)},
+        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "steps": 40, "channels": 8, "batch_size": 32,
+                   "n_samples": 32, "sample_steps": 10, "t0_grid": (1e-3, 1.0, 6), "curve_points": 8,
+                   "calibration_n": 10, "model_free_k": 10, "batch": 32},
+        "mitigation": {"lambdas": (0.0, 1.0), "n_samples": 16, "sample_steps": 8, "embedding_steps": 2},
+    },
+    "default": {},
+    "full": {
+        "toy": {"n_train": 200, "steps": 10000, "n_samples": 5000},
+        "images": {"n_train": 1000, "n_duplicated": 30, "steps": 20000, "channels": 32, "n_samples": 2000,
+                   "t0_grid": (1e-3, 1.0, 24), "curve_points": 512},
+        "mitigation": {"lambdas": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), "n_samples": 1000, "sample_steps": 100},
+    },
+}
+
+
+def preset(name: str, *, experiments=None, seed: int | None = None) -> RunConfig:
+    """The named preset; ``experiments`` (names from :data:`EXPERIMENTS`) selects a subset."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}.")
+    p = PRESETS[name]
+    fields: dict[str, Any] = {
+        "toy": ToyConfig(**p.get("toy", {})),
+        "images": ImagesConfig(**p.get("images", {})),
+        "mitigation": MitigationConfig(**p.get("mitigation", {})),
+    }
+    if experiments:
+        bad = [e for e in experiments if e not in EXPERIMENTS]
+        if bad:
+            raise ValueError(f"experiments must be among {EXPERIMENTS}, got {bad}.")
+        fields["experiments"] = tuple(e for e in EXPERIMENTS if e in experiments)
+    if seed is not None:
+        fields["seed"] = seed
+    return RunConfig(**fields)
