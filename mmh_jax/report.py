@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["format_value", "markdown_table", "plot_flipd_curves", "write_json", "write_text"]
+__all__ = ["format_value", "html_report", "markdown_table", "plot_flipd_curves", "write_json", "write_text"]
 
 
 def format_value(v: Any, digits: int = 3) -> str:
@@ -122,3 +122,53 @@ def plot_flipd_curves(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: str, footer: str = "") -> str:
+    """A self-contained HTML page: each section's reading, table and figures (PNGs embedded as base64).
+
+    Each section is a mapping with ``title``, optional ``reading`` (plain text), ``rows`` (a list of
+    mappings shown as a table) and ``figures`` (PNG paths relative to ``base_dir``; missing ones are
+    listed as missing, never silently dropped).
+
+    Example:
+      >>> page = html_report("r", [{"title": "toy", "reading": "a < b", "rows": [{"k": 1}]}], base_dir=".")
+      >>> "<h2>toy</h2>" in page and "a &lt; b" in page
+      True
+    """
+    import base64
+    import html
+
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
+        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "font-size:0.9em;text-align:left}img{max-width:100%;margin:0.4em 0}.reading{background:#f4f6f8;"
+        "padding:0.6em 1em;border-left:4px solid #4a7}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(str(sec['title']))}</h2>")
+        if sec.get("reading"):
+            parts.append(f"<p class='reading'>{html.escape(str(sec['reading']))}</p>")
+        rows = list(sec.get("rows") or [])
+        if rows:
+            cols = list(dict.fromkeys(k for r in rows for k in r))
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+            for r in rows:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c, '')))}</td>" for c in cols)
+                             + "</tr>")
+            parts.append("</table>")
+        for fig in sec.get("figures") or []:
+            path = os.path.join(base_dir, fig)
+            if os.path.exists(path):
+                with open(path, "rb") as fh:
+                    data = base64.b64encode(fh.read()).decode("ascii")
+                parts.append(f"<div><img alt='{html.escape(fig)}' src='data:image/png;base64,{data}'></div>")
+            else:
+                parts.append(f"<p><em>figure {html.escape(fig)} is missing</em></p>")
+    if footer:
+        parts.append(f"<hr><p style='font-size:0.8em;color:#666'>{html.escape(footer)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -149,7 +149,8 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     path = ctx.path("data", "digits_train.npz")
     np.savez(path, x=train_x, labels=train_labels)
     train_cfg = train_cmd.TrainConfig(
-        data=os.path.abspath(path), model="unet", model_kwargs={"channels": cfg.channels}, steps=cfg.steps,
+        data=os.path.abspath(path), model="unet", model_kwargs={"channels": cfg.channels, "channel_mults": tuple(cfg.channel_mults),
+                                                   "attention": cfg.attention}, steps=cfg.steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, class_conditional=True,
         checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed,
     )

@@ -74,6 +74,11 @@ def run(config, ctx: Context) -> dict[str, Any]:
         flipd = lid_theta(model, samples, k_flipd, estimator="flipd", t0=cfg.t0, t0_grid=cfg.t0_grid,
                           trace="exact", batch_size=256)
         nb = lid_theta(model, samples, k_nb, estimator="normal-bundle", t=cfg.normal_bundle_t, batch_size=256)
+        # Where OD-Mem would come from: the training points on the sparse side of the circle.
+        circle = data.x[data.component == 0]
+        sparse = circle[circle[:, 0] < -0.6]  # angle beyond ±127°, where the von Mises density is lowest
+        at_sparse = lid_theta(model, sparse, k_flipd, estimator="flipd", t0=cfg.t0, t0_grid=cfg.t0_grid,
+                              trace="exact", batch_size=256)["lid"] if sparse.shape[0] else np.zeros(0)
     lid_star = _lid_star(samples, point)
     lid_t = flipd["lid"]
     codes = np.asarray(memorization.classify(lid_t, lid_star, gap=cfg.gap, small=cfg.small))
@@ -86,6 +91,8 @@ def run(config, ctx: Context) -> dict[str, Any]:
         "mean_lid_theta": {}, "mean_lid_theta_knee": {}, "mean_normal_bundle": {}, "fraction_copies": {},
         "config": dataclasses.asdict(cfg),
         "n_train": int(cfg.n_train), "n_train_point_mass": int(np.sum(data.component == 1)),
+        "sparse_train_points": int(sparse.shape[0]),
+        "mean_lid_theta_sparse_train": float(np.mean(at_sparse)) if at_sparse.size else float("nan"),
     }
     for i, name in enumerate(memorization.CLASSES):
         sel = codes == i
@@ -119,8 +126,10 @@ def _reading(m: dict[str, Any]) -> str:
              and (c["od_mem"] == 0 or mean["od_mem"] < 1.0))
     lines.append("Finding " + ("holds" if holds else "does NOT hold") + ": DD-Mem at the atom has LID_θ ≈ 0, "
                  "OD-Mem copies have LID_θ < 1, generalized samples sit near 1."
-                 + ("" if c["od_mem"] else " (No OD-Mem sample was drawn: the model did not overfit any "
-                    "isolated circle point at this training length.)"))
+                 + ("" if c["od_mem"] else
+                    f" No OD-Mem sample was drawn: at the {m['sparse_train_points']} training points on the sparse "
+                    f"side of the circle LID_θ is {f(m['mean_lid_theta_sparse_train'])} on average, i.e. the "
+                    "model did not collapse them to points at this training length."))
     return " ".join(lines)
 
 

@@ -1,0 +1,91 @@
+"""`mmh-jax run --preset quick`: every experiment end to end, the report and the metrics.json contract.
+
+One quick run (tiny models, a few dozen training steps) serves every test here; the numbers it gives
+are not findings (the models are barely trained), so only structure, consistency and finiteness are
+checked. The findings are checked on the default preset and stated in the report.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from mmh_jax import cli
+from mmh_jax.experiments.pipeline import config as pipeline_config
+from mmh_jax.experiments.pipeline.run import summary_rows
+
+# metrics.json keys the issue fixes (others may be added).
+REQUIRED = [
+    "toy.counts.generalized", "toy.counts.od_mem", "toy.counts.dd_mem",
+    "toy.mean_lid_theta.generalized", "toy.mean_lid_theta.od_mem", "toy.mean_lid_theta.dd_mem",
+    "images.memorized_fraction", "images.auroc_flipd", "images.tpr_at_1fpr_flipd", "images.auroc_normal_bundle",
+    "images.auroc_duplicated_vs_unique", "images.counts.od_mem", "images.counts.dd_mem",
+    "conditional.auroc_cfg_norm", "conditional.auroc_flipd_conditional", "conditional.auroc_flipd_unconditional",
+    "conditional.fraction_cond_le_uncond",
+    "mitigation.lambdas", "mitigation.memorized_fraction", "mitigation.quality",
+    "config", "timing",
+]
+
+
+def _has(d, path):
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return False
+        d = d[part]
+    return True
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rc = cli.main(["run", "--preset", "quick", "--out", str(out)])
+    return rc, out, json.loads((out / "metrics.json").read_text())
+
+
+def test_quick_run_writes_the_contracted_metrics_and_report(quick_run, capsys):
+    rc, out, metrics = quick_run
+    assert rc == 0
+    missing = [k for k in REQUIRED if not _has(metrics, k)]
+    assert not missing, missing
+    page = (out / "report.html").read_text()
+    for exp in pipeline_config.EXPERIMENTS:
+        for fig in metrics[exp]["figures"]:
+            assert (out / fig).stat().st_size > 0
+        assert metrics[exp]["reading"] and metrics[exp]["reading"][:40] in page.replace("&#x27;", "'")
+    assert page.count("data:image/png;base64,") == sum(len(metrics[e]["figures"]) for e in pipeline_config.EXPERIMENTS)
+    assert "is missing" not in page
+
+
+def test_quick_run_counts_and_samples_are_consistent(quick_run):
+    _, out, metrics = quick_run
+    q = pipeline_config.preset("quick")
+    assert sum(metrics["toy"]["counts"].values()) == q.toy.n_samples
+    toy = np.load(out / "toy.npz")
+    for i, name in enumerate(("generalized", "od_mem", "dd_mem")):
+        assert int(np.sum(toy["mmh_class"] == i)) == metrics["toy"]["counts"][name]
+    img = np.load(out / "images.npz")
+    assert img["samples"].shape == (q.images.n_samples, 8, 8, 1)
+    assert metrics["images"]["memorized_fraction"] == pytest.approx(float(np.mean(img["memorized"])))
+    # memorized samples split into OD and DD; the rest are generalized
+    c = metrics["images"]["counts"]
+    assert c["od_mem"] + c["dd_mem"] == int(np.sum(img["memorized"]))
+    assert np.all(np.isfinite(img["flipd"])) and np.all(np.isfinite(img["lid_star"]))
+
+
+def test_rerun_reuses_the_trained_models(quick_run, tmp_path):
+    _, out, _ = quick_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file() and "checkpoints" in str(p)}
+    assert cli.main(["run", "toy", "--preset", "quick", "--out", str(out)]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file() and "checkpoints" in str(p)}
+    assert before == after  # no checkpoint rewritten: training was skipped
+
+
+def test_summary_rows_and_cli_errors(quick_run, capsys):
+    _, _, metrics = quick_run
+    rows = summary_rows(metrics)
+    assert {r["experiment"] for r in rows} == set(pipeline_config.EXPERIMENTS)
+    assert cli.main(["run", "bogus"]) == 2
+    assert "unknown experiment 'bogus'" in capsys.readouterr().err
+    assert cli.main(["run", "validation", "toy"]) == 2
+    with pytest.raises(ValueError, match="preset"):
+        pipeline_config.preset("huge")
