@@ -23,11 +23,11 @@ class ToyConfig:
     overfits (OD-Mem), while the point mass is a real zero-dimensional piece of the data (DD-Mem).
     """
 
-    n_train: int = 400
-    steps: int = 6000
-    hidden: int = 256
+    n_train: int = 60
+    steps: int = 10000
+    hidden: int = 512
     num_layers: int = 4
-    batch_size: int = 128
+    batch_size: int = 64
     learning_rate: float = 1e-3
     n_samples: int = 1000
     sample_steps: int = 200
@@ -46,6 +46,8 @@ class ImagesConfig:
     train a class-conditional U-Net with classifier-free guidance (10% label dropout), so the same
     network gives the unconditional ε(x, t, ∅) (``images``) and the conditional ε(x, t, c)
     (``conditional``). The digits not used for training are the held-out set of sample quality.
+    ``cfg_guidance`` is the guidance scale w of ``conditional``'s samples, ε_∅ + w(ε_c − ε_∅), used
+    when ``guidance_scale`` is 0 (a positive ``guidance_scale`` overrides it).
     """
 
     n_train: int = 300
@@ -53,11 +55,14 @@ class ImagesConfig:
     copies: int = 20
     steps: int = 3000
     channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2)
+    attention: bool = True
     batch_size: int = 128
     learning_rate: float = 5e-4
     n_samples: int = 500
     sample_steps: int = 100
     guidance_scale: float = 0.0
+    cfg_guidance: float = 2.0
     t0: float = 0.05
     t0_grid: tuple[float, float, int] = (1e-3, 1.0, 16)
     curve_points: int = 128
@@ -70,15 +75,26 @@ class ImagesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MitigationConfig:
-    """Sampling steered towards higher LID_θ: λ·∇ₓFLIPD added to the reverse drift."""
+    """Steering towards higher LID_θ: λ·∇ₓFLIPD added to the score, and FLIPD-optimised class embeddings.
 
-    lambdas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    ``lambdas`` are relative: λ_raw = λ·u, u = median ‖s‖/‖∇ₓFLIPD‖ over unguided sampling states
+    (λ = 1: a guidance term as large as the score). ``t0`` floors the time at which FLIPD is read
+    (guidance) and is the readout time of the samples' FLIPD. ``num_probes`` Hutchinson probes for
+    the guidance and the embedding objective, ``readout_probes`` for the readout. ``cfg_guidance``
+    is the CFG scale w of the conditional samples; ``embedding_lr`` is the step length of the
+    normalised gradient ascent relative to the norm of the class's embedding row.
+    """
+
+    lambdas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
     n_samples: int = 200
     sample_steps: int = 50
     t0: float = 0.05
+    num_probes: int = 1
+    readout_probes: int = 4
     embedding_steps: int = 10
     embedding_lr: float = 0.1
     late_t: float = 0.2
+    cfg_guidance: float = 2.0
     quality_k: int = 3
 
 
@@ -97,7 +113,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "toy": {"n_train": 60, "steps": 200, "hidden": 64, "num_layers": 2, "n_samples": 128, "sample_steps": 30,
                 "t0_grid": (1e-3, 1.0, 8)},
-        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "steps": 40, "channels": 8, "batch_size": 32,
+        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "steps": 40, "channels": 8, "channel_mults": (1,),
+                   "attention": False, "batch_size": 32,
                    "n_samples": 32, "sample_steps": 10, "t0_grid": (1e-3, 1.0, 6), "curve_points": 8,
                    "calibration_n": 10, "model_free_k": 10, "batch": 32},
         "mitigation": {"lambdas": (0.0, 1.0), "n_samples": 16, "sample_steps": 8, "embedding_steps": 2},
