@@ -69,6 +69,12 @@ def _add_run(sub) -> None:
                    help=f"any of {', '.join(EXPERIMENTS)} (default: all), or 'validation'")
     p.add_argument("--preset", choices=("quick", "default", "full"), default="default",
                    help="quick: tiny, for tests; default: ~10 min on 2 CPU cores; full: larger, for a GPU")
+    p.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="run the detection experiment (images) on your own model: a run directory of "
+                   "`mmh-jax train`; needs --data")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="the training data of --checkpoint (any path `mmh-jax train --data` reads); repeated "
+                   "points are treated as the duplicated ones")
     p.set_defaults(func=_cmd_run)
 
 
@@ -94,7 +100,14 @@ def _cmd_run(args) -> int:
     from mmh_jax.experiments.pipeline import config as pipeline_config
     from mmh_jax.experiments.pipeline import run as pipeline_run
 
-    config = pipeline_config.preset(args.preset, experiments=exps or None, seed=args.seed)
+    try:
+        config = pipeline_config.preset(args.preset, experiments=exps or None, seed=args.seed,
+                                        checkpoint=args.checkpoint, data=args.data)
+        if config.checkpoint and not os.path.isdir(config.checkpoint):
+            raise ValueError(f"--checkpoint {config.checkpoint!r} is not a directory; pass the --out of `mmh-jax train`.")
+    except ValueError as e:
+        print(f"mmh-jax run: error: {e}", file=sys.stderr)
+        return 2
     pipeline_run.run(config, out)
     return 0
 

@@ -89,3 +89,20 @@ def test_summary_rows_and_cli_errors(quick_run, capsys):
     assert cli.main(["run", "validation", "toy"]) == 2
     with pytest.raises(ValueError, match="preset"):
         pipeline_config.preset("huge")
+
+
+def test_detection_on_a_users_checkpoint_and_data(quick_run, tmp_path):
+    """--checkpoint/--data: the images experiment on a given model; duplicates are found as exact repeats."""
+    _, out, metrics = quick_run
+    q = pipeline_config.preset("quick")
+    user_out = tmp_path / "user"
+    rc = cli.main(["run", "--preset", "quick", "--checkpoint", str(out / "models" / "digits_cfg"),
+                   "--data", str(out / "data" / "digits_train.npz"), "--out", str(user_out)])
+    assert rc == 0
+    got = json.loads((user_out / "metrics.json").read_text())
+    assert set(pipeline_config.EXPERIMENTS) & set(got) == {"images"}
+    img = np.load(user_out / "images.npz")
+    assert int(img["duplicated"].sum()) == q.images.n_duplicated  # the repeats of the digits training set
+    # same model, same seed, same samples: detection numbers equal the embedded run's
+    assert got["images"]["memorized_fraction"] == pytest.approx(metrics["images"]["memorized_fraction"])
+    assert not (user_out / "models").exists()  # nothing trained

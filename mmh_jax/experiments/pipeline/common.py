@@ -158,6 +158,31 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     return DigitsSetup(model, train_x, train_labels, d.x[tr], d.labels[tr], dup, d.x[ho], d.labels[ho])
 
 
+def user_setup(checkpoint: str, data: str, ctx: Context) -> DigitsSetup:
+    """A user's own model (``mmh-jax train`` run directory) and training data (any path that
+    ``mmh-jax train`` reads), for the detection experiment. Duplicated training points are found as
+    exact repeats in the data; there is no held-out set."""
+    from mmh_jax.experiments import train_cmd
+    from mmh_jax.trained import load
+
+    model = load(checkpoint)
+    cfg = train_cmd.TrainConfig(data=data, model=model.config["model"])
+    x, labels = train_cmd.load_training_data(cfg)
+    if tuple(x.shape[1:]) != tuple(model.event_shape):
+        raise ValueError(f"data {data!r} has points of shape {x.shape[1:]}, but the model at {checkpoint!r} was "
+                         f"trained on shape {tuple(model.event_shape)}; pass the data it was trained on.")
+    flat = x.reshape(x.shape[0], -1)
+    uniq, inverse, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    labels = np.full(x.shape[0], -1, np.int32) if labels is None else np.asarray(labels, np.int32)
+    first = np.zeros(uniq.shape[0], np.int64)
+    first[inverse[::-1]] = np.arange(x.shape[0])[::-1]
+    ctx.log(f"[user] {checkpoint}: {x.shape[0]} training points, {uniq.shape[0]} distinct, "
+            f"{int(np.sum(counts > 1))} repeated")
+    empty = np.zeros((0, *x.shape[1:]), np.float32)
+    return DigitsSetup(model, x, labels, x[first], labels[first], counts > 1, empty, np.zeros(0, np.int32))
+
+
 def memorization_labels(samples: np.ndarray, setup: DigitsSetup, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibrated ℓ2, memorized, index of the nearest distinct training image) of each sample.
 

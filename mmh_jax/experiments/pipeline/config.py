@@ -100,10 +100,16 @@ class MitigationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The whole run: which experiments, and each one's settings."""
+    """The whole run: which experiments, and each one's settings.
+
+    ``checkpoint`` and ``data`` (together) run the detection part (``images``) on a user's own model
+    (an ``mmh-jax train`` run directory) and its training data instead of the embedded digits.
+    """
 
     experiments: tuple[str, ...] = EXPERIMENTS
     seed: int = 0
+    checkpoint: str | None = None
+    data: str | None = None
     toy: ToyConfig = ToyConfig()
     images: ImagesConfig = ImagesConfig()
     mitigation: MitigationConfig = MitigationConfig()
@@ -129,7 +135,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def preset(name: str, *, experiments=None, seed: int | None = None) -> RunConfig:
+def preset(name: str, *, experiments=None, seed: int | None = None, checkpoint: str | None = None,
+           data: str | None = None) -> RunConfig:
     """The named preset; ``experiments`` (names from :data:`EXPERIMENTS`) selects a subset."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}.")
@@ -146,4 +153,14 @@ def preset(name: str, *, experiments=None, seed: int | None = None) -> RunConfig
         fields["experiments"] = tuple(e for e in EXPERIMENTS if e in experiments)
     if seed is not None:
         fields["seed"] = seed
+    if (checkpoint is None) != (data is None):
+        raise ValueError("checkpoint and data go together: pass both --checkpoint DIR and --data PATH "
+                         f"(got checkpoint={checkpoint!r}, data={data!r}).")
+    if checkpoint is not None:
+        fields.update(checkpoint=checkpoint, data=data)
+        allowed = ("images",)
+        chosen = fields.get("experiments", allowed)
+        if any(e not in allowed for e in chosen):
+            raise ValueError(f"with --checkpoint only the detection experiment 'images' runs, got {list(chosen)}.")
+        fields["experiments"] = allowed
     return RunConfig(**fields)

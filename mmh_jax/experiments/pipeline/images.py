@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mmh_jax.experiments.pipeline.common import Context, digits_setup, map_model, memorization_labels
+from mmh_jax.experiments.pipeline.common import Context, digits_setup, map_model, memorization_labels, user_setup
 
 __all__ = ["run"]
 
@@ -59,7 +59,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
     from mmh_jax import lid, memorization
 
     cfg = config.images
-    setup = digits_setup(cfg, ctx)
+    setup = user_setup(config.checkpoint, config.data, ctx) if config.checkpoint else digits_setup(cfg, ctx)
     model = setup.model
     _check_default_sde(model)
     key = jax.random.key(ctx.seed + 2)
@@ -81,9 +81,17 @@ def run(config, ctx: Context) -> dict[str, Any]:
         knee_t, knee_v = jax.device_get(jax.vmap(lid.knee, in_axes=(None, 0))(t0s, jnp.asarray(curves)))
         nb = map_model(model, _normal_bundle, samples, jax.random.split(k_nb, n),
                        jnp.full((n,), cfg.normal_bundle_t, jnp.float32), batch_size=cfg.batch)
-        u = setup.unique_x.shape[0]
-        flipd_train = map_model(model, _flipd, setup.unique_x, jax.random.split(k_tr, u),
+        # LID_θ at the training images: every duplicated one, and unique ones up to 2·n_samples in all.
+        rng = np.random.default_rng(ctx.seed)
+        uniq_idx = np.flatnonzero(~setup.duplicated)
+        keep = max(2 * n - int(setup.duplicated.sum()), 1)
+        if uniq_idx.size > keep:
+            uniq_idx = np.sort(rng.choice(uniq_idx, keep, replace=False))
+        train_idx = np.sort(np.concatenate([np.flatnonzero(setup.duplicated), uniq_idx]))
+        u = train_idx.size
+        flipd_train = map_model(model, _flipd, setup.unique_x[train_idx], jax.random.split(k_tr, u),
                                 jnp.broadcast_to(t0, (u,)), batch_size=cfg.batch)
+        dup_train = setup.duplicated[train_idx]
     with ctx.timed("images_lid_star"):
         flat_train = setup.train_x.reshape(setup.train_x.shape[0], -1)
         k = min(cfg.model_free_k, flat_train.shape[0] - 1)
@@ -92,7 +100,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
     det = memorization.detection_metrics(-flipd, mem)
     det_nb = memorization.detection_metrics(-nb, mem)
     det_knee = memorization.detection_metrics(-knee_v, mem[order])
-    det_dup = memorization.detection_metrics(-flipd_train, setup.duplicated)
+    det_dup = memorization.detection_metrics(-flipd_train, dup_train)  # NaN when nothing is duplicated
     gap = 0.5 * float(np.median(lid_star))
     codes = np.asarray(memorization.classify(flipd, lid_star, gap=gap, memorized=mem))
     counts = memorization.class_counts(codes)
@@ -109,8 +117,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
         "auroc_duplicated_vs_unique": det_dup["auroc"],
         "mean_flipd": {"memorized": mean(flipd, mem), "not_memorized": mean(flipd, ~mem)},
         "mean_normal_bundle": {"memorized": mean(nb, mem), "not_memorized": mean(nb, ~mem)},
-        "mean_flipd_train": {"duplicated": mean(flipd_train, setup.duplicated),
-                             "unique": mean(flipd_train, ~setup.duplicated)},
+        "mean_flipd_train": {"duplicated": mean(flipd_train, dup_train), "unique": mean(flipd_train, ~dup_train)},
         "mean_lid_star": {"memorized": mean(lid_star, mem), "not_memorized": mean(lid_star, ~mem)},
         "counts": {"od_mem": counts["od_mem"], "dd_mem": counts["dd_mem"], "generalized": counts["generalized"]},
         "od_dd_gap": gap,
@@ -119,12 +126,14 @@ def run(config, ctx: Context) -> dict[str, Any]:
     }
     np.savez(ctx.path("images.npz"), samples=samples, calibrated_l2=calib, memorized=mem, nearest=nearest,
              flipd=flipd, normal_bundle=nb, curve_index=order, curves=curves, t0s=np.asarray(t0s),
-             knee_t=knee_t, knee_value=knee_v, flipd_train=flipd_train, duplicated=setup.duplicated,
+             knee_t=knee_t, knee_value=knee_v, flipd_train=flipd_train, train_index=train_idx, duplicated=dup_train,
              lid_star=lid_star, mmh_class=codes)
-    _hist(ctx.path("images_lid_hist.png"), flipd, nb, mem, flipd_train, setup.duplicated, cfg.t0)
-    _grid(ctx.path("images_memorized.png"), samples, mem, nearest, setup.unique_x, flipd)
+    _hist(ctx.path("images_lid_hist.png"), flipd, nb, mem, flipd_train, dup_train, cfg.t0)
     _curves(ctx.path("images_flipd_curves.png"), np.asarray(t0s), curves, knee_t, knee_v, mem[order])
-    metrics["figures"] = ["images_lid_hist.png", "images_memorized.png", "images_flipd_curves.png"]
+    metrics["figures"] = ["images_lid_hist.png", "images_flipd_curves.png"]
+    if samples.ndim == 4:  # images: memorized samples beside their nearest training images
+        _grid(ctx.path("images_memorized.png"), samples, mem, nearest, setup.unique_x, flipd)
+        metrics["figures"].insert(1, "images_memorized.png")
     metrics["reading"] = _reading(metrics)
     return metrics
 
