@@ -121,7 +121,7 @@ _LID_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
     "With --checkpoint DIR: LID_theta of the diffusion model trained by `mmh-jax train --out DIR` (flipd, "
     "normal-bundle, fp-regress) at its training data (--data train), at its own samples (--data samples) or at "
     "the points of a file; the .npz holds lid, x, index, truth/component when known and, for flipd, t0, t0s, "
-    "curves, lid_knee, t0_knee. All points go through one jitted function, --batch-size points at a time per "
+    "curves, lid_knee, t0_knee, lid_plateau, t0_plateau. All points go through one jitted function, --batch-size points at a time per "
     "device.",
 )) + """
 

@@ -53,7 +53,8 @@ def test_flipd_on_training_data_matches_direct_calls(run_dir, tmp_path, capsys):
     assert rc == 0, err
     with np.load(out) as f:
         res = dict(f)
-    assert set(res) == {"lid", "x", "index", "truth", "component", "t0", "t0s", "curves", "lid_knee", "t0_knee"}
+    assert set(res) == {"lid", "x", "index", "truth", "component", "t0", "t0s", "curves", "lid_knee", "t0_knee",
+                        "lid_plateau", "t0_plateau"}
     assert res["lid"].shape == res["lid_knee"].shape == res["t0_knee"].shape == (48,)
     assert res["curves"].shape == (48, 6) and res["x"].shape == (48, 2)
     np.testing.assert_allclose(res["t0s"], np.geomspace(1e-3, 1.0, 6), rtol=1e-6)
@@ -82,6 +83,9 @@ def test_flipd_on_training_data_matches_direct_calls(run_dir, tmp_path, capsys):
     t_knee, v_knee = jax.jit(jax.vmap(lid.knee, in_axes=(None, 0)))(res["t0s"], res["curves"])
     np.testing.assert_array_equal(res["t0_knee"], np.asarray(t_knee))
     np.testing.assert_array_equal(res["lid_knee"], np.asarray(v_knee))
+    t_flat, v_flat = jax.jit(jax.vmap(lambda c: lid.plateau(res["t0s"], c, window=1)))(res["curves"])
+    np.testing.assert_array_equal(res["t0_plateau"], np.asarray(t_flat))
+    np.testing.assert_allclose(res["lid_plateau"], np.asarray(v_flat), rtol=1e-6)
 
     # The printed per-component table is that of the direct values.
     assert "on its training data (lollipop): 48 points (a seeded subsample of 200)" in text

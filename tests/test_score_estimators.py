@@ -315,3 +315,29 @@ def test_knee_of_a_plateau_then_bump():
     t_star, v = lid.knee(t0s, jnp.maximum(bump, 0.0))
     np.testing.assert_allclose(t_star, 10**-1.5, rtol=1e-4)
     np.testing.assert_allclose(v, 0.0, atol=1e-6)
+
+
+def test_plateau_reads_the_level_where_knee_reads_a_corner():
+    """A trained-model-like curve at an atom: unresolved (≈ D) at tiny t0, flat at 0, bump, collapse."""
+    t0s = jnp.geomspace(1e-3, 1.0, 24)
+    u = np.log10(np.asarray(t0s))
+    curve = np.where(u < -2.2, 1.8 * (1.0 - ((u + 3.0) / 0.8) ** 2), 0.0)  # concave fall from 1.8 to 0 by 6e-3
+    curve = curve + np.where((u > -0.6) & (u < -0.2), 1.3, 0.0)  # bump near t0 ≈ 0.4
+    curve = jnp.asarray(curve, jnp.float32)
+    _, v = lid.plateau(t0s, curve)
+    np.testing.assert_allclose(v, 0.0, atol=1e-6)
+    _, v_knee = lid.knee(t0s, curve)
+    assert float(v_knee) > 0.5  # kneedle lands on the corner of the unresolved drop: why plateau exists
+
+
+def test_plateau_with_exact_scores_and_errors():
+    gm = random_gaussian_mixture(3, [0, 2], 2, separation=4.0, weights=[0.2, 0.8])
+    t0s = jnp.geomspace(1e-3, 1.0, 24)
+    curves = _jvmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(gm.means)
+    t, v = jax.jit(jax.vmap(lambda c: lid.plateau(t0s, c)))(curves)
+    np.testing.assert_allclose(v, [0.0, 2.0], atol=0.05)
+    assert np.all(np.asarray(t) <= 0.5)
+    with pytest.raises(ValueError, match="window"):
+        lid.plateau(t0s, curves[0], window=0)
+    with pytest.raises(ValueError, match="at least"):
+        lid.plateau(t0s[:4], curves[0][:4], window=2)

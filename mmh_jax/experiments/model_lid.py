@@ -41,7 +41,8 @@ Output ``.npz`` keys (N points, G = ``t0_grid[2]``):
   int32: ground truth, when known;
 - ``flipd`` only: ``t0`` ``()`` float32, ``t0s`` ``(G,)`` float32 the grid, ``curves`` ``(N, G)``
   float32 FLIPD over the grid, ``lid_knee`` ``(N,)`` and ``t0_knee`` ``(N,)`` float32 the knee
-  (:func:`mmh_jax.lid.knee`) of each curve.
+  (:func:`mmh_jax.lid.knee`) of each curve, ``lid_plateau`` and ``t0_plateau`` the level and centre
+  of its flattest stretch (:func:`mmh_jax.lid.plateau`, window 1, t0 ≤ 0.5).
 
 A summary is printed (overall statistics, per component with mean, std and MAE when the truth is
 known) through the same helpers as the model-free path (:mod:`mmh_jax.experiments.lid_cmd`).
@@ -319,7 +320,9 @@ def _point_fn(model, config: ModelLidConfig):
                                    trace=config.trace, num_probes=config.num_probes)
             curve = both[1:]
             t_star, v_star = lid.knee(t0s, curve)
-            return {"lid": both[0], "curves": curve, "lid_knee": v_star, "t0_knee": t_star}
+            t_flat, v_flat = lid.plateau(t0s, curve, window=1)
+            return {"lid": both[0], "curves": curve, "lid_knee": v_star, "t0_knee": t_star,
+                    "lid_plateau": v_flat, "t0_plateau": t_flat}
         if config.estimator == "normal-bundle":
             return {"lid": lid.normal_bundle(score, x, key, t=config.t, sde=sde, num_samples=config.num_samples)}
         return {"lid": lid.fp_regress(score, x, key, sde=sde, trace=config.trace, num_probes=config.num_probes)}
@@ -433,7 +436,7 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
         arrays["component"] = np.asarray(comp, np.int32)
     if config.estimator == "flipd":
         arrays.update(t0=np.float32(config.t0), t0s=config.t0s, curves=res["curves"], lid_knee=res["lid_knee"],
-                      t0_knee=res["t0_knee"])
+                      t0_knee=res["t0_knee"], lid_plateau=res["lid_plateau"], t0_plateau=res["t0_plateau"])
     np.savez(path, **arrays)
 
     summary: dict[str, Any] = {
@@ -460,5 +463,8 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
         med = float(np.median(finite)) if finite.size else float("nan")
         print_summary(f"lid_knee = FLIPD at the knee of its curve over {num} t0 in [{lo:g}, {hi:g}] "
                       f"(median t0_knee {med:.3g})", summary["knee"])
+        summary["plateau"] = summarize(res["lid_plateau"], truth, comp)
+        print_summary(f"lid_plateau = FLIPD on the flattest stretch of its curve (t0 <= 0.5; median t0 "
+                      f"{float(np.median(res['t0_plateau'])):.3g})", summary["plateau"])
     print(f"mmh-jax lid: wrote {path}", file=sys.stderr)
     return summary

@@ -199,6 +199,58 @@ def knee(t0s, curve) -> tuple[Array, Array]:
     return t[i], y[i]
 
 
+def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
+    """The flattest stretch of a FLIPD curve and its level; jittable.
+
+    For each grid point i (times sorted), the spread of the curve over the window
+    ``curve[i − window : i + window + 1]`` is max − min; the plateau is the window of least spread
+    among centres with t₀ ≤ ``t0_max``, and its value the window's mean.
+
+    Why, beside :func:`knee`: a trained network does not resolve a low-dimensional piece of its
+    manifold at the finest scales, so at tiny t₀ its FLIPD climbs back towards D; and at large t₀
+    every point's curve collapses to 0 (the marginal approaches N(0, I)). The LID is the level in
+    between, where the curve is flat. Kneedle takes the corner of the first drop (or of a bump) for
+    it; the plateau rule reads the level itself. ``t0_max`` keeps the collapse out of the search
+    (on the default VP-SDE, t₀ = 0.5 is σ ≈ 0.99).
+
+    Args:
+      t0s: ``(n,)`` positive times, in any order; n ≥ 2·window + 1.
+      curve: ``(n,)`` values at those times.
+      window: half-width of the window, in grid points (static).
+      t0_max: largest window centre searched; if no centre qualifies, all are searched.
+
+    Returns:
+      ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import lid
+      >>> t0s = jnp.geomspace(1e-3, 1.0, 9)
+      >>> curve = jnp.array([1.8, 1.2, 0.1, 0.0, 0.0, 0.1, 1.4, 0.3, 0.0])  # unresolved, plateau, bump, collapse
+      >>> t, v = lid.plateau(t0s, curve, window=1)
+      >>> round(float(v), 3)
+      0.033
+    """
+    t0s = _checks.float_array("t0s", t0s, ndim=1)
+    curve = _checks.float_array("curve", curve, ndim=1)
+    _checks.same_shape("t0s", t0s, "curve", curve)
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}.")
+    n = t0s.shape[0]
+    if n < 2 * window + 1:
+        raise ValueError(f"plateau needs at least 2*window + 1 = {2 * window + 1} points, got {n}.")
+    order = jnp.argsort(t0s)
+    t, y = t0s[order], curve[order]
+    centres = jnp.arange(window, n - window)
+    idx = centres[:, None] + jnp.arange(-window, window + 1)[None, :]  # (n − 2w, 2w + 1), static
+    wins = y[idx]
+    spread = jnp.max(wins, axis=1) - jnp.min(wins, axis=1)
+    allowed = t[centres] <= t0_max
+    allowed = jnp.where(jnp.any(allowed), allowed, True)
+    i = jnp.argmin(jnp.where(allowed, spread, jnp.inf))
+    return t[centres[i]], jnp.mean(wins[i])
+
+
 def fp_regress(
     score_fn: ScoreFn,
     x,
