@@ -197,9 +197,11 @@ def classify(lid_theta, lid_star, *, gap: float = 0.5, small: float = 0.5, memor
 
     - ``od_mem`` (1, overfitting-driven) if LID_θ < LID* − gap: the model's manifold is
       lower-dimensional than the data's there;
-    - else ``dd_mem`` (2, data-driven) if LID* ≤ small: the data themselves are (near)
-      zero-dimensional there;
-    - else ``generalized`` (0).
+    - else ``dd_mem`` (2, data-driven) if LID* ≤ small and LID_θ ≤ small + gap: the data
+      themselves are (near) zero-dimensional there and the model reproduces that (a copy of an atom
+      such as a duplicated training point);
+    - else ``generalized`` (0) — including a point beside an atom where the model is *not*
+      low-dimensional (LID_θ > small + gap): a blurry or novel sample, not a copy.
 
     With boolean labels ``memorized`` (e.g. from :func:`memorized` for images, where ``small`` has
     no absolute scale), ``small`` is not used: unlabelled points are ``generalized``; labelled ones
@@ -236,7 +238,7 @@ def classify(lid_theta, lid_star, *, gap: float = 0.5, small: float = 0.5, memor
         raise ValueError(f"gap must be >= 0 (a tolerance in dimensions), got gap={gap}.")
     od = lid_theta < lid_star - gap
     if memorized is None:
-        dd = lid_star <= small
+        dd = (lid_star <= small) & (lid_theta <= small + gap)
         return jnp.where(od, 1, jnp.where(dd, 2, 0)).astype(jnp.int32)
     mem_dtype = getattr(memorized, "dtype", None)
     if mem_dtype is None:

@@ -142,7 +142,9 @@ UNLABELLED = [
     (0.2, 0.5, DD),    # LID* = small counts as zero
     (0.2, 0.6, GEN),   # LID* just above small, LID_θ within the gap
     (-1.0, 0.3, OD),   # OD takes precedence over DD
-    (2.0, 0.2, DD),    # data zero-dimensional there whatever the model says
+    (2.0, 0.2, GEN),   # data zero-dimensional there but the model is not: a blurry/novel sample, no copy
+    (1.0, 0.0, DD),    # LID_θ = small + gap still counts as small
+    (1.01, 0.0, GEN),  # just above small + gap
     (3.0, 1.0, GEN),   # model higher-dimensional: generalized
 ]
 
