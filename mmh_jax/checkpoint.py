@@ -9,6 +9,7 @@ compared on resume — a checkpoint of another model or data set is refused, nev
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -24,9 +25,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, unreadable, truncated, or of another run."""
 
 
+def _as_saved(value: Any) -> Any:
+    """``value`` as it reads back from the JSON metadata (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value))
+
+
 def _diff(saved: dict, current: dict, keys) -> list[str]:
     return [f"{k}: checkpoint has {saved.get(k)!r}, this run has {current.get(k)!r}"
-            for k in keys if saved.get(k) != current.get(k)]
+            for k in keys if _as_saved(saved.get(k)) != _as_saved(current.get(k))]
 
 
 class Checkpointer:

@@ -149,3 +149,11 @@ def test_train_and_sample_cli(tmp_path, capsys):
     assert cli.main(["sample", "--checkpoint", out, "--n", "4", "--num-steps", "5", "--out", samples]) == 0
     assert np.load(samples)["x"].shape == (4, 2)
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "nope"), "--out", samples]) == 2
+
+
+def test_identity_check_compares_configs_as_saved():
+    """A tuple in the current config equals the list it was saved as (JSON); real differences still count."""
+    from mmh_jax.checkpoint import _diff
+
+    assert _diff({"m": {"mults": [1, 2]}}, {"m": {"mults": (1, 2)}}, ["m"]) == []
+    assert _diff({"m": {"mults": [1, 2]}}, {"m": {"mults": (1, 4)}}, ["m"]) != []
