@@ -21,3 +21,27 @@ def key():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def quick_pipeline(tmp_path_factory):
+    """One ``mmh-jax run --preset quick`` (all experiments) shared by the pipeline tests.
+
+    Returns ``(rc, out, metrics)`` with metrics as read back from ``metrics.json`` (where NaN is
+    written as null; read back here as NaN). Training and compiling the quick models dominates these
+    tests, so every pipeline test reads this one run instead of training its own.
+    """
+    import json
+
+    from mmh_jax import cli
+
+    out = tmp_path_factory.mktemp("quick_run")
+    rc = cli.main(["run", "--preset", "quick", "--out", str(out)])
+    def nan_for_null(obj):
+        if isinstance(obj, dict):
+            return {k: nan_for_null(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [nan_for_null(v) for v in obj]
+        return float("nan") if obj is None else obj
+
+    return rc, out, nan_for_null(json.loads((out / "metrics.json").read_text()))

@@ -36,10 +36,8 @@ def _has(d, path):
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    rc = cli.main(["run", "--preset", "quick", "--out", str(out)])
-    return rc, out, json.loads((out / "metrics.json").read_text())
+def quick_run(quick_pipeline):
+    return quick_pipeline  # the session's shared quick run (tests/conftest.py)
 
 
 def test_quick_run_writes_the_contracted_metrics_and_report(quick_run, capsys):

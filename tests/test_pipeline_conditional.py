@@ -16,7 +16,6 @@ import pytest
 
 from mmh_jax import lid
 from mmh_jax.experiments.pipeline import conditional
-from mmh_jax.experiments.pipeline.common import Context
 from mmh_jax.experiments.pipeline.config import preset
 from mmh_jax.trained import load
 
@@ -29,10 +28,11 @@ KEYS = (
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conditional")
+def result(quick_pipeline):
+    _, out, all_metrics = quick_pipeline  # the session's shared quick run (tests/conftest.py)
+    out = str(out)
     cfg = preset("quick", experiments=["conditional"])
-    metrics = conditional.run(cfg, Context(str(out), progress=False))
+    metrics = all_metrics["conditional"]
     with np.load(os.path.join(out, "conditional.npz")) as f:
         saved = dict(f)
     return cfg, out, metrics, saved, load(os.path.join(out, "models", "digits_cfg"))

@@ -16,6 +16,7 @@ from typing import Any
 
 from mmh_jax import report
 from mmh_jax.experiments.pipeline.common import Context
+from mmh_jax.experiments.pipeline.config import EXPERIMENTS
 
 __all__ = ["SUMMARY", "run", "summary_rows"]
 
@@ -79,6 +80,12 @@ def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
     ctx = Context(out=out, progress=progress, seed=config.seed)
     metrics: dict[str, Any] = {"config": dataclasses.asdict(config), "backend": jax.default_backend(),
                                "devices": jax.device_count()}
+    # Results of experiments run earlier into the same directory (and not rerun now) are kept, so
+    # `mmh-jax run images` then `mmh-jax run conditional` gives one report with both.
+    previous = _previous(out)
+    for name in EXPERIMENTS:
+        if name in previous and name not in config.experiments:
+            metrics[name] = previous[name]
     start = time.perf_counter()
     for name in config.experiments:
         module = importlib.import_module(f"mmh_jax.experiments.pipeline.{name}")
@@ -87,7 +94,7 @@ def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
         metrics[name] = module.run(config, ctx)
         metrics[name]["seconds"] = time.perf_counter() - tic
         metrics["timing"] = {"total_s": time.perf_counter() - start, **ctx.timings,
-                             **{f"{e}_s": metrics[e]["seconds"] for e in config.experiments if e in metrics}}
+                             **{f"{e}_s": metrics[e]["seconds"] for e in EXPERIMENTS if e in metrics}}
         report.write_json(os.path.join(out, "metrics.json"), metrics)
         _write_html(metrics, config, out)
     rows = summary_rows(metrics)
@@ -97,18 +104,30 @@ def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
     return metrics
 
 
+def _previous(out: str) -> dict[str, Any]:
+    """metrics.json of an earlier run in ``out`` ({} if none or unreadable)."""
+    import json
+
+    try:
+        with open(os.path.join(out, "metrics.json")) as fh:
+            old = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
 def _write_html(metrics: dict[str, Any], config, out: str) -> None:
     sections = [{"title": "Summary", "rows": summary_rows(metrics),
                  "reading": "The manifold memorization hypothesis (Ross et al., arXiv 2411.00113): a sample is "
                             "memorized where the model's local intrinsic dimension LID_θ is small; OD-Mem "
                             "(overfitting) when LID_θ < LID* of the data, DD-Mem (duplicated or degenerate data) "
                             "when LID* itself is small. Each section states whether its finding held in this run."}]
-    for name in config.experiments:
+    for name in EXPERIMENTS:
         if name in metrics:
             m = metrics[name]
             sections.append({"title": TITLES[name], "reading": m.get("reading", ""), "figures": m.get("figures", [])})
     timing = metrics.get("timing", {})
-    footer = (f"mmh-jax run, preset experiments {list(config.experiments)}, seed {config.seed}, backend "
+    footer = (f"mmh-jax run, experiments {[e for e in EXPERIMENTS if e in metrics]}, seed {config.seed}, backend "
               f"{metrics['backend']} × {metrics['devices']}; total {timing.get('total_s', 0):.0f} s. "
               "Full configuration and every number in metrics.json.")
     report.write_text(os.path.join(out, "report.html"),
