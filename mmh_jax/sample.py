@@ -4,14 +4,20 @@
 - :func:`ddim`: deterministic DDIM (η = 0) on the same time grid, from an ε-function;
 - :func:`probability_flow`: the probability-flow ODE dx/dt = −½β(t)[x + s(x, t)] with Heun's
   method — a deterministic decoder g(x_T) → x₀ whose Jacobian spectrum gives LID_θ;
-- :func:`guided_eps_fn`: classifier-free guidance, ε̃ = ε(x, t, ∅) + w·(ε(x, t, c) − ε(x, t, ∅)).
+- :func:`guided_eps_fn`: classifier-free guidance, ε̃ = ε(x, t, ∅) + w·(ε(x, t, c) − ε(x, t, ∅));
+- :func:`lid_guided_score_fn` / :func:`lid_guided_eps_fn`: LID guidance, s̃ = s + λ·∇ₓFLIPD, which
+  steers sampling towards a higher LID_θ (memorization mitigation, Ross et al. arXiv 2411.00113);
+  :func:`state_flipd` is the FLIPD read at a sampler's state, :func:`lid_guidance_term` its gradient;
+- :func:`eps_to_score` / :func:`score_to_eps`: s = −ε/σ(t) and back, to plug a guided score into
+  :func:`ddim` or a network's ε into :func:`euler_maruyama`.
 
 Each returns the final sample, or ``(sample, trajectory)`` with ``return_trajectory=True`` where
 ``trajectory = (xs, ts)`` holds the state before each step and its time (for the CFG norm). The
 last step denoises with Tweedie's formula x₀ = (x + σ² s)/α unless ``denoise=False``.
 
 References: Song et al., arXiv 2011.13456 (reverse SDE, PF-ODE); Song, Meng & Ermon, arXiv
-2010.02502 (DDIM); Ho & Salimans, arXiv 2207.12598 (classifier-free guidance).
+2010.02502 (DDIM); Ho & Salimans, arXiv 2207.12598 (classifier-free guidance); Ross et al., arXiv
+2411.00113 (LID guidance); Kamkari et al., arXiv 2406.03537 (FLIPD).
 """
 
 from __future__ import annotations
@@ -23,7 +29,19 @@ import jax.numpy as jnp
 
 from mmh_jax.lid import _checks
 
-__all__ = ["ddim", "euler_maruyama", "guided_eps_fn", "probability_flow", "time_grid"]
+__all__ = [
+    "ddim",
+    "eps_to_score",
+    "euler_maruyama",
+    "guided_eps_fn",
+    "lid_guidance_term",
+    "lid_guided_eps_fn",
+    "lid_guided_score_fn",
+    "probability_flow",
+    "score_to_eps",
+    "state_flipd",
+    "time_grid",
+]
 
 Array = jax.Array
 
@@ -170,3 +188,196 @@ def guided_eps_fn(eps_cond_fn: Callable, eps_uncond_fn: Callable, scale) -> Call
         return u + scale * (eps_cond_fn(x, t) - u)
 
     return eps
+
+
+def eps_to_score(eps_fn: Callable, *, sde) -> Callable:
+    """The score of an ε-prediction: s(x, t) = −ε̂(x, t)/σ(t) (DESIGN §2).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import sde
+      >>> vp = sde.VPSDE()
+      >>> s = eps_to_score(lambda x, t: x, sde=vp)
+      >>> bool(jnp.allclose(s(jnp.ones(2), 0.5), -1.0 / vp.marginal_coefs(0.5)[1]))
+      True
+    """
+    return lambda x, t: -eps_fn(x, t) / sde.marginal_coefs(t)[1]
+
+
+def score_to_eps(score_fn: Callable, *, sde) -> Callable:
+    """The ε-prediction of a score: ε̂(x, t) = −σ(t)·s(x, t), e.g. to run :func:`ddim` on a guided score.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import sde
+      >>> vp = sde.VPSDE()
+      >>> e = score_to_eps(eps_to_score(lambda x, t: 2 * x, sde=vp), sde=vp)
+      >>> bool(jnp.allclose(e(jnp.ones(2), 0.3), 2.0))
+      True
+    """
+    return lambda x, t: -sde.marginal_coefs(t)[1] * score_fn(x, t)
+
+
+def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: str = "hutchinson",
+                num_probes: int = 1):
+    """FLIPD of the model at a sampler's state: F(x, t) = FLIPD(x / α(t), τ), τ = max(t, t0_min).
+
+    :func:`mmh_jax.lid.flipd` reads the model's density at y = α(τ)·x̂ for a clean point x̂. A
+    sampler's state x = x_t is already on the noisy scale, so its clean-scale proxy is x̂ = x/α(t):
+    for t ≥ ``t0_min``, y = x itself and F is the LID of the model's noisy density at the iterate,
+    F = D + σ(t)²·[tr ∇ s(x, t) + ‖s(x, t)‖²]; below ``t0_min`` it is read at the floor τ on the
+    clean scale (scores at tiny t are unreliable, and F's gradient explodes there).
+
+    Args:
+      score_fn: single-example score ``score_fn(x, t) -> array like x``.
+      x: the state, one example of any event shape.
+      t: its time in (0, T], scalar (may be traced).
+      key: PRNG key of the Hutchinson probes (may be None for ``trace="exact"``).
+      sde: a :class:`mmh_jax.sde.VPSDE`.
+      t0_min: floor of the readout time (default 0.05, FLIPD's usual t₀); may be traced.
+      trace, num_probes: as in :func:`mmh_jax.lid.flipd` (default: Hutchinson, one probe).
+
+    Returns:
+      float32 scalar, differentiable in x, t and the network's parameters.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import sample, sde
+      >>> vp = sde.VPSDE()   # data N(0, I) in R^3: F = D·α(t)² + σ(t)²·‖x‖² for t ≥ t0_min
+      >>> f = sample.state_flipd(lambda x, t: -x, jnp.ones(3), 0.5, sde=vp, trace="exact")
+      >>> alpha, sigma = vp.marginal_coefs(0.5)
+      >>> bool(jnp.allclose(f, 3 * alpha**2 + 3 * sigma**2))
+      True
+    """
+    from mmh_jax import lid  # imported here: mmh_jax.lid must not be needed to import the samplers
+
+    t = jnp.asarray(t, jnp.float32)
+    tau = jnp.maximum(t, t0_min)
+    x_hat = x / sde.marginal_coefs(t)[0]
+    return lid.flipd(score_fn, x_hat, key, t0=tau, sde=sde, trace=trace, num_probes=num_probes)
+
+
+def lid_guidance_term(score_fn: Callable, key, *, sde, num_probes: int = 1, t0_min: float = 0.05,
+                      trace: str = "hutchinson") -> Callable:
+    """The direction of LID guidance: ``g(x, t) = ∇ₓ F(x, t)`` with F = :func:`state_flipd`.
+
+    The gradient goes through the network (``jax.grad`` of the Hutchinson estimate: a reverse pass
+    over one JVP per probe, ≈ 4–6 network passes with one probe). The probes are drawn once from
+    ``key``, so g is a deterministic function of (x, t). :func:`lid_guided_score_fn` adds λ·g to
+    the score; use g directly to also monitor its size (e.g. against ‖s‖ to choose λ).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mmh_jax import sample, sde
+      >>> vp = sde.VPSDE()
+      >>> g = sample.lid_guidance_term(lambda x, t: -x, jax.random.key(0), sde=vp)
+      >>> bool(jnp.allclose(g(jnp.ones(2), 0.5), 2 * vp.marginal_coefs(0.5)[1] ** 2))   # ∇F = 2σ²x
+      True
+    """
+    num_probes = _checks.positive_int("num_probes", num_probes)
+    _checks.option("trace", trace, ("auto", "exact", "hutchinson"))
+
+    def term(x, t):
+        return jax.grad(state_flipd, argnums=1)(score_fn, x, t, key, sde=sde, t0_min=t0_min, trace=trace,
+                                                num_probes=num_probes)
+
+    return term
+
+
+def lid_guided_score_fn(
+    score_fn: Callable,
+    key,
+    *,
+    sde,
+    lam,
+    num_probes: int = 1,
+    t0_min: float = 0.05,
+    trace: str = "hutchinson",
+) -> Callable:
+    """LID guidance: a score whose reverse-time flow climbs the model's FLIPD (higher LID_θ).
+
+    s̃(x, t) = s(x, t) + λ·∇ₓ F(x, t),   F(x, t) = FLIPD(x / α(t), τ),   τ = max(t, t0_min),
+
+    where FLIPD(x̂, τ) = D + σ(τ)²·[tr ∇_y s(y, τ) + ‖s(y, τ)‖²] at y = α(τ)·x̂ is
+    :func:`mmh_jax.lid.flipd` (so while t ≥ ``t0_min``, F is read at the current state itself;
+    see :func:`state_flipd`). The gradient goes through the network with ``jax.grad``
+    (:func:`lid_guidance_term`). λ·∇F is in the units of a score: F counts dimensions, so λ is in
+    (distance)² per dimension; its useful size depends on the model — compare ‖∇F‖ with ‖s‖ along
+    a sampling trajectory to pick it. ``lam = 0`` returns s exactly.
+
+    The trace is a Hutchinson estimate with ``num_probes`` Rademacher probes drawn once from
+    ``key`` (the same probes at every x and t, so s̃ is a deterministic function; give each sample
+    its own key); ``trace="exact"`` (D Jacobian-vector products) is there for small D.
+
+    Plugs into :func:`euler_maruyama` and :func:`probability_flow` directly, and into :func:`ddim`
+    through :func:`lid_guided_eps_fn`. Composes with ``jit``/``vmap``; ``lam`` (and ``t0_min``) may
+    be traced, so one compiled sampler serves a whole sweep over λ.
+
+    Args:
+      score_fn: single-example score ``score_fn(x, t) -> array like x``, differentiable in x.
+      key: PRNG key of the Hutchinson probes (unused for ``trace="exact"``).
+      sde: a :class:`mmh_jax.sde.VPSDE`.
+      lam: guidance strength λ ≥ 0 (scalar, may be traced); negative values steer towards lower LID.
+      num_probes: Hutchinson probes (≥ 1).
+      t0_min: floor of the time at which FLIPD is read (default 0.05, FLIPD's usual t₀).
+      trace: ``"hutchinson"`` (default), ``"exact"`` or ``"auto"``, as in :func:`mmh_jax.lid.flipd`.
+
+    Returns:
+      single-example ``score_fn(x, t) -> array like x``.
+
+    Raises:
+      TypeError/ValueError: ``num_probes`` not an int ≥ 1, an unknown ``trace``.
+
+    Reference: Ross et al., "A Geometric Framework for Understanding Memorization in Generative
+    Models", arXiv 2411.00113 (mitigation by steering towards higher LID_θ); FLIPD, Kamkari et al.,
+    arXiv 2406.03537.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mmh_jax import sample, sde
+      >>> vp = sde.VPSDE()
+      >>> score = lambda x, t: -x  # data N(0, I): at t ≥ t0_min, F = D·α² + σ²‖x‖², ∇F = 2σ²x
+      >>> guided = sample.lid_guided_score_fn(score, jax.random.key(0), sde=vp, lam=1.0)
+      >>> sigma = vp.marginal_coefs(0.5)[1]
+      >>> bool(jnp.allclose(guided(jnp.ones(3), 0.5), (-1.0 + 2.0 * sigma**2) * jnp.ones(3)))
+      True
+      >>> x = sample.euler_maruyama(guided, jax.random.key(1), (3,), sde=vp, num_steps=10)
+      >>> x.shape
+      (3,)
+    """
+    term = lid_guidance_term(score_fn, key, sde=sde, num_probes=num_probes, t0_min=t0_min, trace=trace)
+
+    def guided(x, t):
+        s = score_fn(x, t)
+        g = term(x, t)
+        return jnp.where(lam == 0, s, s + jnp.asarray(lam, s.dtype) * g.astype(s.dtype))
+
+    return guided
+
+
+def lid_guided_eps_fn(eps_fn: Callable, key, *, sde, lam, num_probes: int = 1, t0_min: float = 0.05,
+                      trace: str = "hutchinson") -> Callable:
+    """LID guidance in ε-form, for :func:`ddim`: ε̃(x, t) = ε̂(x, t) − σ(t)·λ·∇ₓF(x, t).
+
+    The same guidance as :func:`lid_guided_score_fn` (ε̃ = −σ(t)·s̃ with s = −ε̂/σ; F, τ, probes and
+    arguments as there). ``lam = 0`` returns ε̂ exactly.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mmh_jax import sample, sde
+      >>> vp = sde.VPSDE()
+      >>> eps = lambda x, t: vp.marginal_coefs(t)[1] * x   # the ε of data N(0, I)
+      >>> guided = sample.lid_guided_eps_fn(eps, jax.random.key(0), sde=vp, lam=2.0)
+      >>> sample.ddim(guided, jax.random.key(1), (2,), sde=vp, num_steps=5).shape
+      (2,)
+    """
+    term = lid_guidance_term(eps_to_score(eps_fn, sde=sde), key, sde=sde, num_probes=num_probes, t0_min=t0_min,
+                             trace=trace)
+
+    def guided(x, t):
+        e = eps_fn(x, t)
+        g = term(x, t)
+        sigma = sde.marginal_coefs(t)[1]
+        return jnp.where(lam == 0, e, e - sigma * jnp.asarray(lam, e.dtype) * g.astype(e.dtype))
+
+    return guided

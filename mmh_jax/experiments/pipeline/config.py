@@ -80,17 +80,16 @@ class MitigationConfig:
     ``lambdas`` are relative: λ_raw = λ·u, u = median ‖s‖/‖∇ₓFLIPD‖ over unguided sampling states
     (λ = 1: a guidance term as large as the score). ``t0`` floors the time at which FLIPD is read
     (guidance) and is the readout time of the samples' FLIPD. ``num_probes`` Hutchinson probes for
-    the guidance and the embedding objective, ``readout_probes`` for the readout. ``cfg_guidance``
+    the guidance, its FLIPD readout and the embedding objective. ``cfg_guidance``
     is the CFG scale w of the conditional samples; ``embedding_lr`` is the step length of the
     normalised gradient ascent relative to the norm of the class's embedding row.
     """
 
-    lambdas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
-    n_samples: int = 200
-    sample_steps: int = 50
+    lambdas: tuple[float, ...] = (0.0, 0.05, 0.15, 0.4)
+    n_samples: int = 128
+    sample_steps: int = 32
     t0: float = 0.05
     num_probes: int = 1
-    readout_probes: int = 4
     embedding_steps: int = 10
     embedding_lr: float = 0.1
     late_t: float = 0.2
@@ -123,14 +122,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "attention": False, "batch_size": 32,
                    "n_samples": 32, "sample_steps": 10, "t0_grid": (1e-3, 1.0, 6), "curve_points": 8,
                    "calibration_n": 10, "model_free_k": 10, "batch": 32},
-        "mitigation": {"lambdas": (0.0, 1.0), "n_samples": 16, "sample_steps": 8, "embedding_steps": 2},
+        "mitigation": {"lambdas": (0.0, 0.2), "n_samples": 16, "sample_steps": 8, "embedding_steps": 2},
     },
     "default": {},
     "full": {
         "toy": {"n_train": 200, "steps": 10000, "n_samples": 5000},
         "images": {"n_train": 1000, "n_duplicated": 30, "steps": 20000, "channels": 32, "n_samples": 2000,
                    "t0_grid": (1e-3, 1.0, 24), "curve_points": 512},
-        "mitigation": {"lambdas": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), "n_samples": 1000, "sample_steps": 100},
+        "mitigation": {"lambdas": (0.0, 0.025, 0.05, 0.1, 0.2, 0.4), "n_samples": 1000, "sample_steps": 100},
     },
 }
 
