@@ -238,3 +238,12 @@ def write_results(
     md_path = out / f"{name}.md"
     md_path.write_text("\n".join(md))
     return {"json": json_path, "md": md_path}
+
+
+def print_targets(targets: dict) -> None:
+    """One line per target of a benchmark summary: value, target and whether it was met."""
+    for k, v in targets.items():
+        status = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
+        value = "—" if v["value"] is None else f"{v['value']:.2f}"
+        where = f" (steps_per_call={v['steps_per_call']})" if "steps_per_call" in v else ""
+        print(f"  {k}{where}: {value} (target >= {v['target']}) {status}")

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import DEFAULT_OUT, env_info, markdown_table, prepare, time_many, write_results
+from bench._common import DEFAULT_OUT, env_info, markdown_table, prepare, print_targets, time_many, write_results
 from mmh_jax import lid
 from mmh_jax.lid._trace import rademacher_probes
 from mmh_jax.models import ScoreMLP, as_eps_fn, as_score_fn
@@ -363,10 +363,7 @@ def run(args: argparse.Namespace) -> dict:
     print()
     print(markdown_table(rows, COLUMNS))
     print()
-    for k, v in summary["targets"].items():
-        status = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
-        value = "—" if v["value"] is None else f"{v['value']:.2f}"
-        print(f"  {k}: {value} (target >= {v['target']}) {status}")
+    print_targets(summary["targets"])
     print(f"\nwrote {paths['json']} and {paths['md']}")
     return {"name": NAME, "meta": meta, "rows": rows, "summary": summary, "paths": paths}
 

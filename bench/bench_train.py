@@ -67,7 +67,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import DEFAULT_OUT, Prepared, env_info, markdown_table, prepare, time_many, write_results
+from bench._common import (DEFAULT_OUT, Prepared, env_info, markdown_table, prepare, print_targets, time_many,
+                           write_results)
 from mmh_jax import train
 from mmh_jax.experiments import train_cmd
 from mmh_jax.models import make_model
@@ -639,10 +640,7 @@ def run(args: argparse.Namespace) -> dict:
     print()
     print(markdown_table(rows, COLUMNS))
     print()
-    for k, v in summary["targets"].items():
-        status = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
-        value = "—" if v["value"] is None else f"{v['value']:.2f}"
-        print(f"  {k} (steps_per_call={v['steps_per_call']}): {value} (target >= {v['target']}) {status}")
+    print_targets(summary["targets"])
     print(f"  load average before {load_before}, after {load_after}")
     print(f"\nwrote {paths['json']} and {paths['md']}")
     return {"name": NAME, "meta": meta, "rows": rows, "summary": summary, "paths": paths}
