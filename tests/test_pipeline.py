@@ -89,6 +89,7 @@ def test_summary_rows_and_cli_errors(quick_run, capsys):
         pipeline_config.preset("huge")
 
 
+@pytest.mark.slow  # ~45 s on 2 cores (a second images run); .ci/run runs it after the default suite
 def test_detection_on_a_users_checkpoint_and_data(quick_run, tmp_path):
     """--checkpoint/--data: the images experiment on a given model; duplicates are found as exact repeats."""
     _, out, metrics = quick_run
