@@ -1,4 +1,4 @@
-"""Training diffusion models with optax: a pure, jitted denoising-score-matching step (DESIGN §2).
+"""Training with optax: diffusion models' denoising-score-matching step (DESIGN §2), any loss, ensembles.
 
 - :class:`TrainState` — step, params, EMA params, optimizer state (a pytree).
 - :func:`make_optimizer` — AdamW with linear warm-up, cosine decay and gradient clipping.
@@ -7,6 +7,11 @@
   null class with probability ``cond_drop_prob`` (classifier-free guidance). Optionally FLIPD of a
   fixed probe batch is computed inside the step every ``monitor_every`` steps (``lax.cond``: no
   recompilation, and the step's cost is unchanged on the other steps).
+- :func:`make_loss_train_step` — the same optimiser/EMA update around any loss
+  ``loss_fn(params, batch, key)`` (e.g. a flow's negative log-likelihood).
+- :func:`init_ensemble_state`, :func:`make_ensemble_step` — M models trained as one: parameters and
+  optimizer states stacked on a leading member axis, the step ``vmap``-ed over it (one compile,
+  one loop; member m gets the key ``fold_in(key, m)`` and its own entries of ``member_batch``).
 - :func:`make_train_loop` — several steps per dispatch (``lax.scan``), batches drawn inside
   the jitted loop from a device-resident data set, keys derived from the step number so that a
   resumed run repeats an uninterrupted one exactly.
@@ -25,7 +30,8 @@ import optax
 
 from mmh_jax import lid
 
-__all__ = ["TrainState", "init_train_state", "make_optimizer", "make_train_loop", "make_train_step"]
+__all__ = ["TrainState", "apply_gradients", "init_ensemble_state", "init_train_state", "make_ensemble_step",
+           "make_loss_train_step", "make_optimizer", "make_train_loop", "make_train_step"]
 
 Array = jax.Array
 
@@ -71,6 +77,78 @@ def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainSt
         ema_params=jax.tree_util.tree_map(jnp.copy, params),
         opt_state=optimizer.init(params),
     )
+
+
+def init_ensemble_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    """A fresh state of an ensemble: ``params`` stacked on a leading member axis, one scalar step.
+
+    The optimizer state is initialised member by member (``vmap``), so every leaf of it — Adam's
+    step count included — has the member axis that :func:`make_ensemble_step` maps over.
+    """
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params),
+        opt_state=jax.vmap(optimizer.init)(params),
+    )
+
+
+def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation, *,
+                    ema_decay: float) -> TrainState:
+    """One optimiser update and EMA step (decay min(ema_decay, (1 + s)/(10 + s)) at step s)."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # EMA warm-up (decay (1+s)/(10+s) until it reaches ema_decay): short runs are not held at init.
+    s = state.step.astype(jnp.float32)
+    decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
+    ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+    return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+
+
+def make_loss_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                         ema_decay: float = 0.999) -> Callable:
+    """``train_step(state, batch, key) -> (state, metrics)`` minimising ``loss_fn(params, batch, key)``.
+
+    The update is that of :func:`make_train_step` (optimizer, then EMA with warm-up); metrics are
+    ``loss``, ``grad_norm`` and ``step``.
+    """
+
+    def train_step(state: TrainState, batch, key):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
+        new_state = apply_gradients(state, grads, optimizer, ema_decay=ema_decay)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "step": new_state.step}
+
+    return train_step
+
+
+def make_ensemble_step(train_step: Callable, member_batch: dict[str, Any]) -> Callable:
+    """Train M models at once: ``ensemble_step(state, batch, key)`` vmaps ``train_step`` over members.
+
+    Args:
+      train_step: a single model's ``train_step(state, batch, key) -> (state, metrics)``.
+      member_batch: arrays with a leading axis of length M merged into member m's batch as their
+        m-th entries (e.g. ``{"delta": deltas}``: each member's noise scale).
+
+    ``state`` comes from :func:`init_ensemble_state`; every member sees the same ``batch`` and the
+    key ``fold_in(key, m)``, so member m follows exactly the run of
+    ``train_step(state_m, {**batch, k: v[m]}, fold_in(key, m))``. Metrics get a leading member axis.
+    """
+    m = {int(jnp.shape(v)[0]) for v in member_batch.values()}
+    if len(m) != 1:
+        raise ValueError(f"member_batch entries must share one leading (member) axis, got shapes "
+                         f"{ {k: jnp.shape(v) for k, v in member_batch.items()} }.")
+    num = m.pop()
+    axes = TrainState(step=None, params=0, ema_params=0, opt_state=0)
+
+    def member(state, batch, extra, index, key):
+        return train_step(state, {**batch, **extra}, jax.random.fold_in(key, index))
+
+    vstep = jax.vmap(member, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0))
+
+    def ensemble_step(state: TrainState, batch, key):
+        return vstep(state, batch, member_batch, jnp.arange(num), key)
+
+    return ensemble_step
 
 
 def make_train_step(
@@ -136,13 +214,8 @@ def make_train_step(
     def train_step(state: TrainState, batch, key):
         k_loss, k_mon = jax.random.split(key)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["x"], batch.get("label"), k_loss)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # EMA warm-up (decay (1+s)/(10+s) until it reaches ema_decay): short runs are not held at init.
-        s = state.step.astype(jnp.float32)
-        decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
-        new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+        new_state = apply_gradients(state, grads, optimizer, ema_decay=ema_decay)
+        ema = new_state.ema_params
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "step": new_state.step}
         if monitor_every > 0:
             metrics["flipd"] = jax.lax.cond(

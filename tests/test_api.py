@@ -8,7 +8,7 @@ from mmh_jax import lid, memorization, parallel, quality, sde
 
 LID_NAMES = {
     "cfdm", "cfg_norm", "ess", "evaluate", "fast_flow_lidl", "flipd", "flipd_curve", "fp_regress",
-    "jacobian_spectrum", "knee", "knn", "lid_from_spectrum", "lpca", "mle", "normal_bundle", "plateau", "twonn",
+    "jacobian_spectrum", "knee", "knn", "lid_from_spectrum", "lidl", "lpca", "mle", "normal_bundle", "plateau", "twonn",
 }
 
 

@@ -1,21 +1,29 @@
 """Flax (Linen) networks; parameters are explicit pytrees passed to ``apply``.
 
 :class:`ScoreMLP` is an ε-prediction MLP for flat data, ``UNet`` (``mmh_jax.models.unet``) a small
-U-Net for images with optional class conditioning; :func:`as_score_fn` / :func:`as_eps_fn` turn an
+U-Net for images with optional class conditioning, :class:`Flow` (``mmh_jax.models.flows``) a
+rational-quadratic spline normalizing flow for vector data (``"flow"``; ``"lidl"`` is an ensemble
+of them, one per noise scale); :func:`as_score_fn` / :func:`as_eps_fn` turn an
 ``apply`` into the single-example functions that :mod:`mmh_jax.lid` estimators take.
 """
 
 from mmh_jax.models.adapters import as_eps_fn, as_score_fn
+from mmh_jax.models.flows import Flow, make_nll_loss
 from mmh_jax.models.score_mlp import ScoreMLP, sinusoidal_embedding
 
-__all__ = ["MODELS", "ScoreMLP", "as_eps_fn", "as_score_fn", "make_model", "sinusoidal_embedding"]
+__all__ = ["FLOW_MODELS", "MODELS", "Flow", "ScoreMLP", "as_eps_fn", "as_score_fn", "make_model", "make_nll_loss",
+           "sinusoidal_embedding"]
 
 #: Model names accepted by ``make_model`` and ``mmh-jax train --model``.
-MODELS = ("mlp", "unet")
+MODELS = ("mlp", "unet", "flow", "lidl")
+
+#: The density models among them (a flow; LIDL's ensemble of flows, one per noise scale).
+FLOW_MODELS = ("flow", "lidl")
 
 
 def make_model(name: str, *, num_classes: int | None = None, **kwargs):
-    """Build a network by name: ``"mlp"`` (flat data, unconditional) or ``"unet"`` (images).
+    """Build a network by name: ``"mlp"`` (flat data, unconditional), ``"unet"`` (images), or
+    ``"flow"``/``"lidl"`` (a :class:`Flow`; pass ``dim``).
 
     Example:
       >>> make_model("mlp", hidden=32).hidden
@@ -29,4 +37,8 @@ def make_model(name: str, *, num_classes: int | None = None, **kwargs):
         from mmh_jax.models.unet import UNet
 
         return UNet(num_classes=num_classes, **kwargs)
+    if name in FLOW_MODELS:
+        if num_classes:
+            raise ValueError(f"model {name!r} is unconditional; class-conditional training needs model 'unet'.")
+        return Flow(**kwargs)
     raise ValueError(f"model must be one of {MODELS}, got {name!r}.")
