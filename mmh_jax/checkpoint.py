@@ -9,8 +9,10 @@ compared on resume — a checkpoint of another model or data set is refused, nev
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -102,17 +104,28 @@ class Checkpointer:
     def restore(self, abstract_state, step: int | None = None):
         """Restore the train state (shapes/dtypes from ``abstract_state``) at ``step`` (default: newest)."""
         step = self._require_step(step)
+        # A failed orbax restore leaves its read coroutines behind; their finalizers would report
+        # "never awaited" through sys.unraisablehook at some later, unrelated moment. They are
+        # collected here, quietly: the CheckpointError below says what went wrong.
+        hook = sys.unraisablehook
+        sys.unraisablehook = _ignore_unraisable
         try:
-            out = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-            )
-        except Exception as e:
-            raise CheckpointError(
-                f"checkpoint {self._step_dir(step)} could not be restored ({type(e).__name__}: {e}). "
-                f"It may be truncated or from another model; other checkpoints here: {self.all_steps()}. "
-                "Nothing was overwritten."
-            ) from e
-        return out["state"]
+            try:
+                out = self._manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                )
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
+            else:
+                return out["state"]
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+        raise CheckpointError(
+            f"checkpoint {self._step_dir(step)} could not be restored ({reason}). "
+            f"It may be truncated or from another model; other checkpoints here: {self.all_steps()}. "
+            "Nothing was overwritten."
+        )
 
     def close(self) -> None:
         self._manager.close()
@@ -128,6 +141,10 @@ class Checkpointer:
         elif step not in self._manager.all_steps():
             raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {self.all_steps()}.")
         return int(step)
+
+
+def _ignore_unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` that drops the report (see :meth:`Checkpointer.restore`)."""
 
 
 def abstract_like(tree):

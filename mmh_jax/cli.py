@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 import time
+import traceback
 
 DESCRIPTION = """\
 mmh-jax: measure memorization in generative models through geometry
@@ -24,14 +27,67 @@ Subcommands:
           model's LID_theta with --checkpoint (flipd, normal-bundle, fp-regress)
   bench   estimator throughput benchmarks
 
-Run `mmh-jax SUBCOMMAND --help` for the options of each.
+Run `mmh-jax SUBCOMMAND --help` for the options of each. Errors are one line on stderr with a
+non-zero exit code; --debug (before or after the subcommand) shows the full traceback.
 """
+
+#: Below this much free space on the disk of --out, a command stops before it starts its work.
+MIN_FREE_BYTES = 64 * 2**20
+
+
+class OutError(ValueError):
+    """``--out`` cannot be written (not a directory, not writable, disk full)."""
+
+
+def _error(args, command: str, e: BaseException, *, prefix: str = "", suffix: str = "") -> None:
+    """Print ``mmh-jax COMMAND: error: MESSAGE`` as one line; the traceback first under ``--debug``."""
+    if _debug(args):
+        traceback.print_exception(e)
+    msg = " ".join(str(e).split()) or type(e).__name__
+    print(f"mmh-jax {command}: error: {prefix}{msg}{suffix}", file=sys.stderr)
+
+
+def _debug(args) -> bool:
+    return bool(getattr(args, "debug", False) or getattr(args, "debug_sub", False))
+
+
+def check_out(out: str) -> None:
+    """Fail fast, before any long work, when ``out`` (a file or directory to be written) cannot be.
+
+    Nothing is created: the nearest existing directory on the way to ``out`` must accept a new file
+    (probed with a temporary file that is removed at once) and have ``MIN_FREE_BYTES`` free.
+
+    Raises:
+      OutError: a file stands where a directory is needed, the directory is not writable, or the
+        disk is (nearly) full.
+    """
+    path = os.path.abspath(out)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        if probe != path:
+            raise OutError(f"--out {out!r}: {probe!r} is a file, not a directory; choose another --out.")
+        probe = os.path.dirname(path)  # an existing output file: it is replaced, its folder must be writable
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mmh-jax-write-test-")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise OutError(f"--out {out!r} is not writable: cannot create a file in {probe!r} "
+                       f"({e.strerror or e}); choose another --out.") from None
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        raise OutError(f"--out {out!r}: only {free / 2**20:.1f} MiB free on its disk (need at least "
+                       f"{MIN_FREE_BYTES // 2**20} MiB); free some space or choose another --out.")
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", default=default_out,
                    help=f"output directory or file (default: {default_out or 'runs/<timestamp>/'})")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+    p.add_argument("--debug", dest="debug_sub", action="store_true", default=False,
+                   help="on an error, show the full Python traceback (default: a one-line message)")
 
 
 _RUN_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
@@ -106,9 +162,16 @@ def _cmd_run(args) -> int:
         if config.checkpoint and not os.path.isdir(config.checkpoint):
             raise ValueError(f"--checkpoint {config.checkpoint!r} is not a directory; pass the --out of `mmh-jax train`.")
     except ValueError as e:
-        print(f"mmh-jax run: error: {e}", file=sys.stderr)
+        _error(args, "run", e)
         return 2
-    pipeline_run.run(config, out)
+    from mmh_jax.checkpoint import CheckpointError
+    from mmh_jax.data.images import ImageDataError
+
+    try:
+        pipeline_run.run(config, out)
+    except (CheckpointError, ImageDataError, FileNotFoundError) as e:  # the user's --checkpoint / --data
+        _error(args, "run", e)
+        return 2
     return 0
 
 
@@ -281,7 +344,7 @@ def _cmd_lid(args) -> int:
                                 seed=args.seed, queries=args.queries, params=params, alpha=args.alpha)
         lid_cmd.run(config, args.out)
     except (ValueError, FileNotFoundError) as e:  # CheckpointError and ImageDataError are ValueErrors
-        print(f"mmh-jax lid: error: {e}", file=sys.stderr)
+        _error(args, "lid", e)
         return 2
     return 0
 
@@ -328,15 +391,14 @@ def _cmd_train(args) -> int:
         "n": args.n, "checkpoint_every": args.checkpoint_every, "keep": args.keep,
         "monitor_every": args.monitor_every, "seed": args.seed,
     }.items() if v is not None}
-    model = args.model or train_cmd.default_model(args.data)
-    overrides["model"] = model
     if args.class_conditional:
         overrides["class_conditional"] = True
     try:
+        overrides["model"] = args.model or train_cmd.default_model(args.data)
         config = train_cmd.preset(args.preset, **overrides)
         result = train_cmd.run(config, args.out, resume=args.resume)
     except (CheckpointError, ImageDataError, ValueError, FileNotFoundError) as e:
-        print(f"mmh-jax train: error: {e}", file=sys.stderr)
+        _error(args, "train", e)
         return 2
     if result["interrupted"]:
         return 130
@@ -372,7 +434,7 @@ def _cmd_sample(args) -> int:
         paths = sample_cmd.run(args.checkpoint, args.out, n=n, seed=args.seed, method=args.method,
                                num_steps=steps, label=args.label, guidance=args.guidance)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"mmh-jax sample: error: {e}", file=sys.stderr)
+        _error(args, "sample", e)
         return 2
     print("wrote " + ", ".join(paths))
     return 0
@@ -389,6 +451,8 @@ SUBCOMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmh-jax", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full Python traceback (default: a one-line message)")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS.values():
         add(sub)
@@ -401,7 +465,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        if hasattr(args, "out"):
+            check_out(args.out or os.curdir)  # `run` without --out writes under ./runs/
+        return int(args.func(args) or 0)
+    except OutError as e:
+        _error(args, args.command, e)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmh-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything a subcommand did not report itself: one line, traceback with --debug
+        _error(args, args.command, e, prefix=f"{type(e).__name__}: ",
+               suffix="" if _debug(args) else " (run with --debug for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,7 +105,10 @@ def from_array(images, labels=None, *, source: str = "array") -> ImageData:
       >>> d.x.shape, float(d.x.min()), d.num_classes
       ((2, 4, 4, 1), -1.0, 2)
     """
-    x = _scale(_as_nhwc(np.asarray(images), source), source)
+    a = np.asarray(images)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+        raise ImageDataError(f"{source}: images must be numeric (integers or floats), got dtype {a.dtype}.")
+    x = _scale(_as_nhwc(a, source), source)
     n = x.shape[0]
     if labels is None:
         y = np.full(n, -1, np.int32)
@@ -134,20 +137,20 @@ def digits() -> ImageData:
 
 def load_npz(path: str) -> ImageData:
     """Images from ``.npz`` (key ``x``/``images``/the only array; labels ``y``/``labels``) or ``.npy``."""
+    from mmh_jax.data._npfile import read_numpy
+
     try:
-        if path.endswith(".npy"):
-            return from_array(np.load(path, allow_pickle=False), source=path)
-        with np.load(path, allow_pickle=False) as f:
-            keys = list(f.keys())
-            key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise ImageDataError(f"{path}: expected an array named 'x' or 'images', found {keys}.")
-            lab = next((k for k in ("y", "labels") if k in keys), None)
-            return from_array(f[key], None if lab is None else f[lab], source=path)
-    except ImageDataError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise ImageDataError(f"{path}: not a readable numpy file ({e}).") from e
+        f = read_numpy(path)
+    except ValueError as e:
+        raise ImageDataError(str(e)) from None  # "'<path>' is not a readable numpy .npy/.npz file (...)"
+    if isinstance(f, np.ndarray):
+        return from_array(f, source=path)
+    keys = list(f)
+    key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
+    if key is None:
+        raise ImageDataError(f"{path}: expected an array named 'x' or 'images', found {keys}.")
+    lab = next((k for k in ("y", "labels") if k in keys), None)
+    return from_array(f[key], None if lab is None else f[lab], source=path)
 
 
 def load_folder(path: str) -> ImageData:

@@ -122,32 +122,37 @@ def load_array(path: str, *, what: str = "data") -> tuple[np.ndarray, np.ndarray
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: unknown extension, ambiguous ``.npz``, fewer than two dimensions, non-numeric
-        dtype, non-finite values, or ``lid``/``component`` of the wrong length.
+      ValueError: unknown extension, unreadable or damaged file, ambiguous ``.npz``, fewer than two
+        dimensions, no points, non-numeric dtype, non-finite values, or ``lid``/``component`` of the
+        wrong length.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} file not found: {path!r}.")
     ext = os.path.splitext(path)[1].lower()
     lid = component = None
-    if ext == ".npy":
-        x = np.load(path, allow_pickle=False)
-    elif ext == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            keys = list(f.keys())
-            if "x" in keys:
-                x = f["x"]
-            elif len(keys) == 1:
-                x = f[keys[0]]
-            else:
-                raise ValueError(
-                    f"{what} file {path!r} holds arrays {keys}; store the points under the key 'x'."
-                )
-            lid = f["lid"] if "lid" in keys and "x" in keys else None
-            component = f["component"] if "component" in keys and "x" in keys else None
-    else:
+    if ext not in (".npy", ".npz"):
         raise ValueError(f"{what} file must end in .npz or .npy, got {path!r}.")
+    from mmh_jax.data._npfile import read_numpy
+
+    try:
+        loaded = read_numpy(path)
+    except ValueError as e:
+        raise ValueError(f"{what} file {e}") from None
+    if isinstance(loaded, np.ndarray):
+        x = loaded
+    else:
+        keys = list(loaded)
+        name = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+        if name is None:
+            raise ValueError(f"{what} file {path!r} holds arrays {keys}; store the points under the key 'x'.")
+        x = loaded[name]
+        lid = loaded["lid"] if "lid" in keys and "x" in keys else None
+        component = loaded["component"] if "component" in keys and "x" in keys else None
     if x.ndim < 2:
         raise ValueError(f"{what} in {path!r} must have shape (N, D) (one point per row), got shape {x.shape}.")
+    if x.shape[0] == 0 or x.size == 0:
+        raise ValueError(f"{what} in {path!r} is empty (shape {x.shape}); it needs at least one point with at "
+                         "least one coordinate.")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"{what} in {path!r} must be numeric, got dtype {x.dtype}.")
     x = x.reshape(x.shape[0], -1).astype(np.float32)

@@ -202,24 +202,24 @@ def _training_points(model) -> tuple[np.ndarray, Any, Any, str]:
 
 def _read_numpy(path: str):
     """(array, truth, component, truth's key) of a .npy/.npz file; the points under x, images or the only array."""
-    lid = comp = None
+    from mmh_jax.data._npfile import read_numpy
+
     truth_key = "lid"
     try:
-        if path.lower().endswith(".npy"):
-            return np.load(path, allow_pickle=False), None, None, truth_key
-        with np.load(path, allow_pickle=False) as f:
-            keys = list(f.keys())
-            name = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
-            if name is None:
-                raise ValueError(f"--data {path!r} holds arrays {keys}; store the points under the key 'x'.")
-            x = f[name]
-            # Ground truth: 'truth' (as written by `mmh-jax lid`, whose 'lid' are estimates), else 'lid'.
-            truth_key = "truth" if "truth" in keys else "lid"
-            lid = f[truth_key] if truth_key in keys and name != truth_key else None
-            comp = f["component"] if "component" in keys and name != "component" else None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"--data {path!r}: not a readable numpy file ({e}).") from None
-    return x, lid, comp, truth_key
+        f = read_numpy(path)
+    except ValueError as e:
+        raise ValueError(f"--data {e}") from None
+    if isinstance(f, np.ndarray):
+        return f, None, None, truth_key
+    keys = list(f)
+    name = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
+    if name is None:
+        raise ValueError(f"--data {path!r} holds arrays {keys}; store the points under the key 'x'.")
+    # Ground truth: 'truth' (as written by `mmh-jax lid`, whose 'lid' are estimates), else 'lid'.
+    truth_key = "truth" if "truth" in keys else "lid"
+    lid = f[truth_key] if truth_key in keys and name != truth_key else None
+    comp = f["component"] if "component" in keys and name != "component" else None
+    return f[name], lid, comp, truth_key
 
 
 def _truth_array(t: np.ndarray, path: str, key: str) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 
 from mmh_jax import report
 from mmh_jax.experiments._presets import from_preset
+from mmh_jax.provenance import provenance
 from mmh_jax.sde import VPSDE
 
 __all__ = ["TrainConfig", "PRESETS", "default_model", "load_training_data", "preset", "run"]
@@ -102,6 +103,10 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray | No
         img = images.load(config.data)
         x, labels = img.x, (img.labels if img.num_classes else None)
     x = np.asarray(x, np.float32)
+    if x.shape[0] == 0 or x.size == 0:
+        raise ValueError(f"data {config.data!r} holds no points (shape {x.shape}); pass a non-empty data set.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"data {config.data!r} has non-finite values (NaN/inf); clean them first.")
     if config.model == "mlp":
         x = x.reshape(x.shape[0], -1)
     elif x.ndim != 4:
@@ -123,18 +128,21 @@ def default_model(data: str) -> str:
 
 def _vector_array(path: str) -> np.ndarray | None:
     """The (N, D) array of a .npy/.npz file (key ``x`` or the only array), None if it is not 2-D."""
+    from mmh_jax.data._npfile import read_numpy
+
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = read_numpy(path)
     except (OSError, ValueError):
         return None  # missing or unreadable: images.load reports it with a clear message
     if isinstance(loaded, np.ndarray):
         arr = loaded
     else:
-        with loaded:
-            keys = list(loaded.keys())
-            name = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
-            arr = None if name is None else loaded[name]
-    return arr.astype(np.float32) if arr is not None and arr.ndim == 2 else None
+        keys = list(loaded)
+        name = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+        arr = None if name is None else loaded[name]
+    if arr is None or arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        return None  # not a numeric (N, D) array: images.load reads it or says what is wrong
+    return arr.astype(np.float32)
 
 
 def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
@@ -196,7 +204,7 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
             loops[n_steps] = train.make_train_loop(step_fn, batch_size=config.batch_size, steps_per_call=n_steps)
         return loops[n_steps]
 
-    report.write_json(os.path.join(out, "config.json"), cfg)
+    report.write_json(os.path.join(out, "config.json"), {**cfg, "provenance": provenance()})
     log_path = os.path.join(out, "train_log.jsonl")
     start_step = int(state.step)
     last_saved = start_step

@@ -6,7 +6,8 @@ Decoder estimators run on linear decoders with known singular values; model-free
 samples of the same distributions. Writes to the output directory:
 
 - ``metrics.json``: per case and estimator, the true and estimated LID (mean, MAE, max error,
-  fraction exactly right after rounding) and the seconds it took (compile included);
+  fraction exactly right after rounding) and the seconds it took (compile included); the seed,
+  the configuration and :func:`mmh_jax.provenance.provenance` (package versions, backend);
 - ``table.md``: the same as a markdown table;
 - ``flipd_curves.png``: FLIPD curves of a few points per case with their kneedle knees.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from mmh_jax import lid, parallel, report
 from mmh_jax.experiments._presets import from_preset
+from mmh_jax.provenance import provenance
 from mmh_jax.data.gaussian import GaussianMixture, random_gaussian_mixture
 from mmh_jax.sde import VPSDE
 
@@ -244,7 +246,9 @@ def run(config: ValidationConfig, workdir: str, *, progress: bool = True) -> dic
                "seconds"]
     table = report.markdown_table(rows, columns)
     metrics = {
+        "seed": config.seed,
         "config": dataclasses.asdict(config),
+        "provenance": provenance(),
         "sde": {"beta_min": float(vp.beta_min), "beta_max": float(vp.beta_max), "T": float(vp.T)},
         "backend": jax.default_backend(),
         "devices": jax.device_count(),

@@ -1,6 +1,7 @@
 """Run a selection of the experiments and write the report: ``metrics.json``, ``report.html``, PNGs.
 
-``metrics.json`` is rewritten after every experiment, so an interrupted run keeps what finished;
+``metrics.json`` is rewritten after every experiment, so an interrupted run keeps what finished; it
+records the seed, the configuration and :func:`mmh_jax.provenance.provenance` (package versions);
 models are cached under ``<out>/models`` (:func:`.common.train_model`), so rerunning into the same
 directory skips training that is already done.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from mmh_jax import report
 from mmh_jax.experiments.pipeline.common import Context
 from mmh_jax.experiments.pipeline.config import EXPERIMENTS
+from mmh_jax.provenance import provenance
 
 __all__ = ["SUMMARY", "run", "summary_rows"]
 
@@ -78,7 +80,8 @@ def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
 
     os.makedirs(out, exist_ok=True)
     ctx = Context(out=out, progress=progress, seed=config.seed)
-    metrics: dict[str, Any] = {"config": dataclasses.asdict(config), "backend": jax.default_backend(),
+    metrics: dict[str, Any] = {"seed": config.seed, "config": dataclasses.asdict(config),
+                               "provenance": provenance(), "backend": jax.default_backend(),
                                "devices": jax.device_count()}
     # Results of experiments run earlier into the same directory (and not rerun now) are kept, so
     # `mmh-jax run images` then `mmh-jax run conditional` gives one report with both.
