@@ -45,3 +45,14 @@ def quick_pipeline(tmp_path_factory):
         return float("nan") if obj is None else obj
 
     return rc, out, nan_for_null(json.loads((out / "metrics.json").read_text()))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run directory of ``mmh-jax train`` at the smallest useful size (quick MLP, 3 steps, 64 points
+    of lollipop, seed 7), shared by the reliability tests. Tests copy it before changing anything."""
+    from mmh_jax import cli
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    assert cli.main(["train", "--preset", "quick", "--steps", "3", "--n", "64", "--seed", "7", "--out", str(out)]) == 0
+    return out

@@ -53,12 +53,11 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_dirs(tmp_path_factory):
-    """A tiny trained run, a copy whose saved config names another network (the "other model"),
-    and a copy whose parameter files are damaged."""
+def run_dirs(tmp_path_factory, tiny_run):
+    """A tiny trained run (conftest), a copy whose saved config names another network (the "other
+    model"), and a copy whose parameter files are damaged."""
     base = tmp_path_factory.mktemp("runs")
-    good = base / "good"
-    assert cli.main(["train", "--preset", "quick", "--steps", "5", "--n", "64", "--out", str(good)]) == 0
+    good = tiny_run
     (step,) = os.listdir(good / "checkpoints")
 
     other = base / "other_model"

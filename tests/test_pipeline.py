@@ -23,7 +23,7 @@ REQUIRED = [
     "conditional.auroc_cfg_norm", "conditional.auroc_flipd_conditional", "conditional.auroc_flipd_unconditional",
     "conditional.fraction_cond_le_uncond",
     "mitigation.lambdas", "mitigation.memorized_fraction", "mitigation.quality",
-    "config", "timing",
+    "config", "timing", "seed", "provenance.versions.jax", "provenance.versions.mmh_jax",
 ]
 
 

@@ -17,6 +17,8 @@ def test_validation_writes_report_with_accurate_estimators(tmp_path):
     for name in ["metrics.json", "table.md", "flipd_curves.png"]:
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["seed"] == cfg.seed and saved["config"]["num_points"] == 8
+    assert set(saved["provenance"]["versions"]) >= {"jax", "flax", "optax", "orbax-checkpoint", "numpy", "mmh_jax"}
     assert saved["results"] == json.loads(json.dumps(metrics["results"]))
     by_name = {r["estimator"].split(" ")[0]: r for r in metrics["results"]}
     # exact oracles: these must be right at every point
