@@ -56,3 +56,16 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     assert cli.main(["train", "--preset", "quick", "--steps", "3", "--n", "64", "--seed", "7", "--out", str(out)]) == 0
     return out
+
+
+#: Session fixtures that are expensive to build: under pytest-xdist every test that uses one runs
+#: on the same worker (``--dist loadgroup``), so each is built once per run, not once per worker.
+SHARED_SESSION_FIXTURES = ("quick_pipeline", "tiny_run")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in SHARED_SESSION_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
