@@ -101,7 +101,7 @@ def nearest_training(queries, train, *, k: int = 1, chunk_size: int | None = Non
       TypeError: integer dtype, non-int k. ValueError: rank < 2, event shapes differ, empty train,
         NaN/inf values, k out of range.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> train = jnp.array([[0.0], [1.0], [3.0]])
       >>> d, i = nearest_training(jnp.array([[0.4], [3.0]]), train, k=2)
@@ -141,7 +141,7 @@ def calibrated_l2(queries, train, *, n: int = 50, chunk_size: int | None = None)
 
     Reference: Carlini et al., "Extracting Training Data from Diffusion Models", arXiv 2301.13188.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> train = jnp.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -10.0]])
       >>> calibrated_l2(jnp.array([[0.0, 0.0], [1.0, 0.0]]), train, n=3).tolist()   # 1/2 and 0
@@ -170,7 +170,7 @@ def memorized(calibrated, *, threshold: float = 1 / 3) -> Array:
     Returns:
       bool (M,).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> memorized(jnp.array([0.0, 0.2, 0.5])).tolist()
       [True, True, False]
@@ -225,7 +225,7 @@ def classify(lid_theta, lid_star, *, gap: float = 0.5, small: float = 0.5, memor
 
     Reference: Ross et al., arXiv 2411.00113, §3 (OD-Mem, DD-Mem).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> codes = classify(jnp.array([1.0, 0.0, 0.0]), jnp.array([1.0, 1.0, 0.0]))
       >>> [CLASSES[c] for c in codes.tolist()]
@@ -265,7 +265,7 @@ def class_counts(codes) -> dict[str, int]:
     Raises:
       TypeError: non-integer codes. ValueError: a code outside [0, len(CLASSES)).
 
-    Example:
+    Examples:
       >>> class_counts([0, 1, 1])
       {'generalized': 1, 'od_mem': 2, 'dd_mem': 0}
     """
@@ -311,7 +311,7 @@ def detection_metrics(scores, labels) -> dict[str, float | int]:
       ValueError: shapes differ or are not 1-D, labels not binary, non-finite scores (the count is
         in the message).
 
-    Example:
+    Examples:
       >>> m = detection_metrics([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])
       >>> m["auroc"], m["tpr_at_1fpr"]
       (1.0, 1.0)

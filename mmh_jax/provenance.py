@@ -5,7 +5,7 @@ Every ``metrics.json`` (``mmh-jax run``, ``mmh-jax run validation``) and ``confi
 be traced back to the code and libraries that computed it. Only distribution metadata is read:
 nothing here imports flax, optax or orbax.
 
-Example:
+Examples:
   >>> p = provenance()
   >>> sorted(p["versions"])
   ['flax', 'jax', 'jaxlib', 'mmh_jax', 'numpy', 'optax', 'orbax-checkpoint']
@@ -32,7 +32,7 @@ def versions() -> dict[str, str | None]:
     Returns:
       ``{distribution name: version string or None}``, one entry per package plus ``mmh_jax``.
 
-    Example:
+    Examples:
       >>> v = versions()
       >>> v["jax"] == __import__("jax").__version__
       True
@@ -57,7 +57,7 @@ def provenance() -> dict[str, Any]:
       "backend": jax.default_backend(), "devices": jax.device_count()}``. It holds no time stamp,
       so two runs on one machine record the same provenance.
 
-    Example:
+    Examples:
       >>> p = provenance()
       >>> sorted(p)
       ['backend', 'devices', 'platform', 'python', 'versions']

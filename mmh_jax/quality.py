@@ -91,7 +91,7 @@ def knn_precision_recall(real, fake, *, k: int = 3, chunk_size: int | None = Non
     Reference: Kynkäänniemi, Karras, Laine, Lehtinen & Aila, "Improved Precision and Recall Metric
     for Assessing Generative Models", NeurIPS 2019, arXiv 1904.06991.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> real = jnp.array([[0.0], [1.0], [2.0], [3.0]])          # balls of radius 1: [-1, 4]
       >>> fake = jnp.array([[0.5], [0.7], [3.9], [10.0], [11.0]])

@@ -32,7 +32,7 @@ def format_value(v: Any, digits: int = 3) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A GitHub-flavoured markdown table of ``rows`` (dicts), columns in the given order.
 
-    Example:
+    Examples:
       >>> print(markdown_table([{"a": 1, "b": 0.5}]))
       | a | b |
       |---|---|
@@ -131,7 +131,7 @@ def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: 
     mappings shown as a table) and ``figures`` (PNG paths relative to ``base_dir``; missing ones are
     listed as missing, never silently dropped).
 
-    Example:
+    Examples:
       >>> page = html_report("r", [{"title": "toy", "reading": "a < b", "rows": [{"k": 1}]}], base_dir=".")
       >>> "<h2>toy</h2>" in page and "a &lt; b" in page
       True

@@ -84,7 +84,7 @@ def euler_maruyama(
 ):
     """Sample by Euler–Maruyama on the reverse-time VP-SDE; one example of event ``shape``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import sample, sde
       >>> vp = sde.VPSDE()
@@ -176,7 +176,7 @@ def guided_eps_fn(eps_cond_fn: Callable, eps_uncond_fn: Callable, scale) -> Call
 
     ``scale = 1`` is the conditional model, ``0`` the unconditional one.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> f = guided_eps_fn(lambda x, t: x, lambda x, t: 0 * x, 3.0)
       >>> f(jnp.ones(2), 0.5).tolist()
@@ -193,7 +193,7 @@ def guided_eps_fn(eps_cond_fn: Callable, eps_uncond_fn: Callable, scale) -> Call
 def eps_to_score(eps_fn: Callable, *, sde) -> Callable:
     """The score of an ε-prediction: s(x, t) = −ε̂(x, t)/σ(t) (DESIGN §2).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import sde
       >>> vp = sde.VPSDE()
@@ -207,7 +207,7 @@ def eps_to_score(eps_fn: Callable, *, sde) -> Callable:
 def score_to_eps(score_fn: Callable, *, sde) -> Callable:
     """The ε-prediction of a score: ε̂(x, t) = −σ(t)·s(x, t), e.g. to run :func:`ddim` on a guided score.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import sde
       >>> vp = sde.VPSDE()
@@ -240,7 +240,7 @@ def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: 
     Returns:
       float32 scalar, differentiable in x, t and the network's parameters.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import sample, sde
       >>> vp = sde.VPSDE()   # data N(0, I) in R^3: F = D·α(t)² + σ(t)²·‖x‖² for t ≥ t0_min
@@ -266,7 +266,7 @@ def lid_guidance_term(score_fn: Callable, key, *, sde, num_probes: int = 1, t0_m
     ``key``, so g is a deterministic function of (x, t). :func:`lid_guided_score_fn` adds λ·g to
     the score; use g directly to also monitor its size (e.g. against ‖s‖ to choose λ).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import sample, sde
       >>> vp = sde.VPSDE()
@@ -332,7 +332,7 @@ def lid_guided_score_fn(
     Models", arXiv 2411.00113 (mitigation by steering towards higher LID_θ); FLIPD, Kamkari et al.,
     arXiv 2406.03537.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import sample, sde
       >>> vp = sde.VPSDE()
@@ -362,7 +362,7 @@ def lid_guided_eps_fn(eps_fn: Callable, key, *, sde, lam, num_probes: int = 1, t
     The same guidance as :func:`lid_guided_score_fn` (ε̃ = −σ(t)·s̃ with s = −ε̂/σ; F, τ, probes and
     arguments as there). ``lam = 0`` returns ε̂ exactly.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import sample, sde
       >>> vp = sde.VPSDE()

@@ -38,7 +38,7 @@ class VPSDE:
       beta_max: β(T).
       T: terminal time.
 
-    Example:
+    Examples:
       >>> from mmh_jax.sde import VPSDE
       >>> vp = VPSDE()
       >>> alpha, sigma = vp.marginal_coefs(0.5)

@@ -24,7 +24,7 @@ def read_numpy(path: str) -> np.ndarray | dict[str, np.ndarray]:
       FileNotFoundError: no such file.
       ValueError: a directory, a damaged or truncated file, a pickle, or not a numpy file at all.
 
-    Example:
+    Examples:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "a.npz")
       >>> np.savez(path, x=np.zeros((2, 3)))

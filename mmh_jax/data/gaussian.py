@@ -105,7 +105,7 @@ def random_gaussian_mixture(
     Centres are ``separation`` apart along random directions (one component: a random centre of
     norm ``separation``/2). Bases come from the QR decomposition of a Gaussian matrix.
 
-    Example:
+    Examples:
       >>> from mmh_jax.data.gaussian import random_gaussian_mixture
       >>> gm = random_gaussian_mixture(0, [2, 4], 10)
       >>> gm.bases.shape, gm.dims.tolist()

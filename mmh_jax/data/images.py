@@ -100,7 +100,7 @@ def _as_nhwc(a: np.ndarray, source: str) -> np.ndarray:
 def from_array(images, labels=None, *, source: str = "array") -> ImageData:
     """Wrap an array of images (any of the layouts above) and optional labels.
 
-    Example:
+    Examples:
       >>> d = from_array(np.zeros((2, 4, 4), np.uint8), [0, 1])
       >>> d.x.shape, float(d.x.min()), d.num_classes
       ((2, 4, 4, 1), -1.0, 2)
@@ -123,7 +123,7 @@ def from_array(images, labels=None, *, source: str = "array") -> ImageData:
 def digits() -> ImageData:
     """scikit-learn's 8×8 handwritten digits (1797 images, 17 grey levels), labels 0–9.
 
-    Example:
+    Examples:
       >>> d = digits()
       >>> d.x.shape, d.num_classes, float(d.x.min()), float(d.x.max())
       ((1797, 8, 8, 1), 10, -1.0, 1.0)

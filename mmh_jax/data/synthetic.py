@@ -73,7 +73,7 @@ class Dataset:
         ``squiggle`` of :func:`squiggly_mixture`) and the per-point entries named in
         ``PER_POINT_INFO`` (``duplicated``, ``source``; see :func:`duplicate`).
 
-    Example:
+    Examples:
       >>> ds = lollipop(7, seed=0)
       >>> ds.x.shape, ds.x.dtype, ds.lid.dtype, ds.component.dtype
       ((7, 2), dtype('float32'), dtype('int32'), dtype('int32'))
@@ -180,7 +180,7 @@ def lollipop(
     Raises:
       ValueError: ``n < 1`` or bad ``weights``.
 
-    Example:
+    Examples:
       >>> ds = lollipop(1000, seed=0)
       >>> sorted(set(ds.lid.tolist()))
       [0, 1, 2]
@@ -230,7 +230,7 @@ def torus_circle(
     Raises:
       ValueError: ``n < 1``, radii not positive or ``minor_radius >= major_radius``, bad weights.
 
-    Example:
+    Examples:
       >>> ds = torus_circle(500, seed=0)
       >>> c = ds.x[ds.component == 1]
       >>> bool(np.allclose(np.hypot(c[:, 0], c[:, 1]), 10.0) and np.allclose(c[:, 2], 0.0))
@@ -281,7 +281,7 @@ def swiss_roll(n: int, *, seed: int, hole: bool = False) -> Dataset:
     Raises:
       ValueError: ``n < 1``.
 
-    Example:
+    Examples:
       >>> ds = swiss_roll(100, seed=0)
       >>> ds.x.shape, int(ds.lid.max())
       ((100, 3), 2)
@@ -326,7 +326,7 @@ def von_mises_point_mass(
       ValueError: ``n < 1``, ``kappa < 0``, ``point_weight`` outside [0, 1], ``point`` not a
         2-vector or on the circle.
 
-    Example:
+    Examples:
       >>> ds = von_mises_point_mass(200, seed=0)
       >>> circle = ds.x[ds.component == 0]
       >>> bool(np.allclose(np.linalg.norm(circle, axis=1), 1.0, atol=1e-6))
@@ -365,7 +365,7 @@ def random_isometry(rng: np.random.Generator, ambient_dim: int, dim: int) -> np.
     D ~ 1000; it falls back to ``numpy.linalg.qr`` if the Gaussian is numerically singular.
     With ``dim == ambient_dim`` it is a random orthogonal matrix (rotation or reflection).
 
-    Example:
+    Examples:
       >>> Q = random_isometry(np.random.default_rng(0), 5, 3)
       >>> bool(np.allclose(Q.T @ Q, np.eye(3)))
       True
@@ -420,7 +420,7 @@ def gaussian_subspace(
     Raises:
       ValueError: ``n < 1``, ``dim`` outside [0, ambient_dim], ``scale <= 0``, wrong ``mean`` shape.
 
-    Example:
+    Examples:
       >>> ds = gaussian_subspace(50, seed=0, dim=2, ambient_dim=5)
       >>> U, mu = ds.info["basis"], ds.info["mean"]
       >>> resid = (ds.x - mu) - (ds.x - mu) @ U @ U.T  # nothing outside the plane
@@ -549,7 +549,7 @@ def affine_mixture(
       ValueError: ``n < 1``, empty ``dims`` or an entry outside [0, ambient_dim], unknown
         ``distribution``, bad ``weights``, ``separation <= 0``.
 
-    Example:
+    Examples:
       >>> ds = affine_mixture(300, seed=0, dims=[1, 3], ambient_dim=10)
       >>> [int(np.linalg.matrix_rank(ds.x[ds.component == i] - ds.info["centres"][i], tol=1e-4))
       ...  for i in range(2)]
@@ -591,7 +591,7 @@ def apply_squiggle(x: np.ndarray, squiggle: dict[str, np.ndarray]) -> np.ndarray
     Returns:
       ``(m, D)`` float64 transformed points.
 
-    Example:
+    Examples:
       >>> ds = squiggly_mixture(20, seed=0, dims=[1], ambient_dim=3)
       >>> flat = ds.info["centres"][0] + np.zeros((1, 3))
       >>> apply_squiggle(flat, ds.info["squiggle"]).shape
@@ -651,7 +651,7 @@ def squiggly_mixture(
       ValueError: as :func:`affine_mixture`, plus ``frequency <= 0``, ``rounds < 0``, ``kappa``
         outside (0, 1].
 
-    Example:
+    Examples:
       >>> ds = squiggly_mixture(100, seed=0, dims=[1, 2], ambient_dim=4, frequency=5.0)
       >>> ds.x.shape, sorted(set(ds.lid.tolist()))
       ((100, 4), [1, 2])
@@ -711,7 +711,7 @@ def duplicate(ds: Dataset, indices: Sequence[int] | np.ndarray, m: int, *, seed:
     Raises:
       ValueError: ``m < 1``, indices out of range, repeated or not 1-D integers.
 
-    Example:
+    Examples:
       >>> ds = duplicate(lollipop(10, seed=0), [0, 3], 3)
       >>> len(ds), int(ds.info["duplicated"].sum()), ds.lid[ds.info["duplicated"]].tolist()
       (14, 6, [0, 0, 0, 0, 0, 0])
@@ -761,7 +761,7 @@ def subsample(ds: Dataset, n: int, *, seed: int) -> Dataset:
     Raises:
       ValueError: ``n`` outside [1, len(ds)].
 
-    Example:
+    Examples:
       >>> ds = subsample(lollipop(100, seed=0), 10, seed=1)
       >>> len(ds), ds.x.shape
       (10, (10, 2))

@@ -11,7 +11,7 @@ samples of the same distributions. Writes to the output directory:
 - ``table.md``: the same as a markdown table;
 - ``flipd_curves.png``: FLIPD curves of a few points per case with their kneedle knees.
 
-Example:
+Examples:
   >>> cfg = preset("quick")
   >>> [c.name for c in cfg.cases]
   ['mixture D=10 d=(2, 4, 8)']

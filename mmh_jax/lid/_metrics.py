@@ -78,7 +78,7 @@ def evaluate(estimates, truth) -> dict[str, float]:
     Raises:
       ValueError: shapes differ, or truth is not finite.
 
-    Example:
+    Examples:
       >>> m = evaluate([1.0, 2.0, 2.0], [1.0, 2.0, 3.0])
       >>> m["mae"], m["concordance"]
       (0.3333333333333333, 0.8333333333333334)

@@ -238,7 +238,7 @@ def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size
       TypeError: integer dtype, non-int k. ValueError: data not 2-D or empty, NaN/inf values,
         k out of range, queries of another dimension.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> d, i = knn(jnp.array([[0.0], [1.0], [3.0]]), k=1)
       >>> i.ravel().tolist(), d.ravel().tolist()
@@ -364,7 +364,7 @@ def mle(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
 
     Reference: Levina & Bickel, NeurIPS 2004; skdim ``id.MLE``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> mle(jnp.arange(8.0).reshape(4, 2), k=2).shape
       (4,)
@@ -466,7 +466,7 @@ def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | N
 
     Reference: Fukunaga & Olsen, IEEE Trans. Comput. 1971; skdim ``id.lPCA``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.stack([jnp.arange(6.0), jnp.zeros(6)], axis=1)   # points on a line
       >>> lpca(x, k=3).tolist()
@@ -546,7 +546,7 @@ def twonn(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array
 
     Reference: Facco, d'Errico, Rodriguez & Laio, Sci. Rep. 7, 12140 (2017); skdim ``id.TwoNN``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> twonn(jax.random.normal(jax.random.key(0), (40, 2)), k=20).shape
       (40,)
@@ -629,7 +629,7 @@ def ess(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
 
     Reference: Johnsson, Soneson & Fontes, IEEE TPAMI 37(1), 2015; skdim ``id.ESS``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.stack([jnp.arange(6.0), 2 * jnp.arange(6.0)], axis=1)   # a line in R²
       >>> [round(v, 2) for v in ess(x, k=3).tolist()]

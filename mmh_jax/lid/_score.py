@@ -94,7 +94,7 @@ def flipd(
 
     Reference: Kamkari et al., "A Geometric View of Data Complexity", arXiv 2406.03537.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> vp = sde.VPSDE()
@@ -127,7 +127,7 @@ def flipd_curve(
     smooth; ``t0s`` is traced, so a jitted curve compiles once for all grids of the same length.
     Read the knee with :func:`knee`. Arguments as in :func:`flipd`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> curve = lid.flipd_curve(lambda x, t: -x, jnp.ones(2), t0s=jnp.array([0.1, 0.5]), sde=sde.VPSDE())
@@ -167,7 +167,7 @@ def knee(t0s, curve) -> tuple[Array, Array]:
     Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011); FLIPD's knee readout,
     Kamkari et al. (arXiv 2406.03537).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
       >>> t0s = jnp.geomspace(1e-3, 1.0, 7)
@@ -222,7 +222,7 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array,
     Returns:
       ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
       >>> t0s = jnp.geomspace(1e-3, 1.0, 9)
@@ -281,7 +281,7 @@ def fp_regress(
     Reference: Kamkari et al., arXiv 2406.03537 (FLIPD and FPRegress); Tempczyk et al., "LIDL",
     arXiv 2206.14882.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> round(float(lid.fp_regress(lambda x, t: -x, jnp.zeros(2), sde=sde.VPSDE())), 2)
@@ -340,7 +340,7 @@ def normal_bundle(
     Reference: Stanczuk et al., "Your diffusion model secretly knows the dimension of the data
     manifold", arXiv 2212.12611.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> # a point mass at 0 in R^3: every direction is normal, LID = 0
@@ -384,7 +384,7 @@ def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
     Returns:
       float32 scalar.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> data = jnp.array([[0.0, 0.0], [1.0, 0.0]])
@@ -428,7 +428,7 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
     Reference: Wen et al., "Detecting, Explaining, and Mitigating Memorization in Diffusion Models",
     ICLR 2024.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
       >>> vp = sde.VPSDE()

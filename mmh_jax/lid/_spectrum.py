@@ -31,7 +31,7 @@ def jacobian_spectrum(g: Callable[[Array], Array], z) -> Array:
       g: single-example decoder ``g(z) -> x``; z and x of any event shapes (k and D entries).
       z: latent point, floating point.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
       >>> A = jnp.diag(jnp.array([3.0, 1.0, 0.0]))
@@ -49,7 +49,7 @@ def lid_from_spectrum(singular_values, *, tau) -> Array:
       singular_values: ``(m,)`` singular values of a decoder Jacobian.
       tau: log threshold (default in the reference: −3; curves over linspace(−10, 5, 50)).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
       >>> lid.lid_from_spectrum(jnp.array([3.0, 1.0, 1e-3]), tau=jnp.array([-3.0, 0.5])).tolist()
@@ -81,7 +81,7 @@ def fast_flow_lidl(g: Callable[[Array], Array], z, *, delta) -> Array:
     Reference: Kamkari et al., "A Geometric View of Data Complexity", arXiv 2406.03537
     (Fast-Flow-LIDL); Tempczyk et al., arXiv 2206.14882.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
       >>> A = jnp.diag(jnp.array([1.0, 1.0, 0.0]))

@@ -36,7 +36,7 @@ __all__ = ["as_eps_fn", "as_score_fn"]
 def as_eps_fn(eps_apply: EpsApply, params) -> Callable[[Array, Array], Array]:
     """``eps_fn(x, t) = eps_apply(params, x, t)``: the network's ε̂ as a single-example function.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> eps_fn = as_eps_fn(lambda p, x, t: p * x, 2.0)
       >>> eps_fn(jnp.ones(2), 0.5).tolist()
@@ -54,7 +54,7 @@ def as_score_fn(eps_apply: EpsApply, params, sde) -> Callable[[Array, Array], Ar
 
     Single example: ``x`` one example, ``t`` a scalar (DESIGN §2: s = −ε̂/σ).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax.sde import VPSDE
       >>> vp = VPSDE()
