@@ -47,7 +47,29 @@ Array = jax.Array
 
 
 def time_grid(sde, num_steps: int, t_min: float = 1e-3) -> Array:
-    """``num_steps + 1`` times from T down to ``t_min``, uniformly spaced (score_sde's VP grid)."""
+    """``num_steps + 1`` times from T down to ``t_min``, uniformly spaced (score_sde's VP grid).
+
+    t_i = T − i·(T − t_min)/num_steps, i = 0, …, num_steps.
+
+    Args:
+      sde: a :class:`mmh_jax.sde.VPSDE` (its horizon T).
+      num_steps: number of sampler steps (Python int ≥ 1).
+      t_min: the last time, in (0, T).
+
+    Returns:
+      float32 ``(num_steps + 1,)``, decreasing.
+
+    Raises:
+      TypeError: ``num_steps`` not an int.
+      ValueError: ``num_steps < 1`` or ``t_min`` outside (0, T).
+
+    Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456.
+
+    Examples:
+      >>> from mmh_jax import sample, sde
+      >>> sample.time_grid(sde.VPSDE(), 4, t_min=0.2).tolist()
+      [1.0, 0.800000011920929, 0.6000000238418579, 0.4000000059604645, 0.20000000298023224]
+    """
     num_steps = _checks.positive_int("num_steps", num_steps)
     if _checks.is_concrete(t_min) and not 0.0 < float(t_min) < float(sde.T):
         raise ValueError(f"t_min must lie in (0, T) = (0, {float(sde.T)}), got {t_min}.")
@@ -83,6 +105,28 @@ def euler_maruyama(
     return_trajectory: bool = False,
 ):
     """Sample by Euler–Maruyama on the reverse-time VP-SDE; one example of event ``shape``.
+
+    From x_T ~ N(0, I), over :func:`time_grid` with dt = t_i − t_{i+1} > 0:
+    x ← x + [½β(t)x + β(t)s(x, t)]·dt + √(β(t)·dt)·z,  z ~ N(0, I);
+    with ``denoise`` the last state is mapped to Tweedie's estimate (x + σ²s(x, t))/α.
+
+    Args:
+      score_fn: single-example score ``score_fn(x, t) -> array like x``.
+      key: PRNG key (the prior draw and every step's noise).
+      shape: event shape of one example, e.g. ``(D,)`` or ``(H, W, C)``.
+      sde: a :class:`mmh_jax.sde.VPSDE`.
+      num_steps, t_min: the time grid (:func:`time_grid`).
+      denoise: finish with Tweedie's denoising step.
+      return_trajectory: also return the states and times before each step.
+
+    Returns:
+      float32 array of ``shape``; with ``return_trajectory``, ``(x, (xs, ts))`` with xs of shape
+      ``(num_steps, *shape)`` and ts ``(num_steps,)``.
+
+    Raises:
+      TypeError/ValueError: as :func:`time_grid`.
+
+    Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -121,7 +165,38 @@ def ddim(
     x_init=None,
 ):
     """Deterministic DDIM: x̂₀ = (x − σ_t ε̂)/α_t, then x_s = α_s x̂₀ + σ_s ε̂. From x_T ~ N(0, I)
-    drawn from ``key`` (or ``x_init`` when given, making the map x_T ↦ x₀ a decoder)."""
+    drawn from ``key`` (or ``x_init`` when given, making the map x_T ↦ x₀ a decoder).
+
+    Args:
+      eps_fn: single-example ε-prediction ``eps_fn(x, t) -> array like x``.
+      key: PRNG key of the prior draw (unused when ``x_init`` is given).
+      shape: event shape of one example.
+      sde: a :class:`mmh_jax.sde.VPSDE`.
+      num_steps, t_min: the time grid (:func:`time_grid`).
+      denoise: finish with x̂₀ at ``t_min``.
+      return_trajectory: also return the states and times before each step.
+      x_init: optional starting point x_T of ``shape`` (floating point).
+
+    Returns:
+      float32 array of ``shape``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
+      :func:`euler_maruyama`.
+
+    Raises:
+      TypeError: non-float ``x_init``; ``num_steps`` not an int.
+      ValueError: as :func:`time_grid`.
+
+    Reference: Song, Meng and Ermon, "Denoising Diffusion Implicit Models", arXiv 2010.02502.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from mmh_jax import sample, sde
+      >>> vp = sde.VPSDE()
+      >>> eps = lambda x, t: vp.marginal_coefs(t)[1] * x   # the exact ε of data N(0, I)
+      >>> z = jnp.array([0.5, -1.0])
+      >>> x = sample.ddim(eps, None, (2,), sde=vp, num_steps=100, x_init=z)
+      >>> bool(jnp.allclose(x, z, atol=0.02))   # N(0, I) maps to itself, up to the discretisation
+      True
+    """
     ts = time_grid(sde, num_steps, t_min)
     x_T = sde.prior_sample(key, shape) if x_init is None else _checks.float_array("x_init", x_init)
 
@@ -151,8 +226,36 @@ def probability_flow(
 ):
     """Integrate the probability-flow ODE from ``x_T`` at time T to ``t_min`` with Heun's method.
 
+    dx/dt = −½β(t)[x + s(x, t)], integrated backwards in time with Heun's (trapezoidal) rule.
     Deterministic and differentiable in ``x_T``: ``lambda z: probability_flow(score_fn, z, sde=vp)``
     is a decoder for :func:`mmh_jax.lid.jacobian_spectrum`.
+
+    Args:
+      score_fn: single-example score.
+      x_T: the starting point at time T, any event shape, floating point.
+      sde: a :class:`mmh_jax.sde.VPSDE`.
+      num_steps, t_min: the time grid (:func:`time_grid`).
+      denoise: finish with Tweedie's denoising step.
+      return_trajectory: also return the states and times before each step.
+
+    Returns:
+      float32 array like ``x_T``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
+      :func:`euler_maruyama`.
+
+    Raises:
+      TypeError: non-float ``x_T``.
+      ValueError: ``x_T`` of rank 0; as :func:`time_grid`.
+
+    Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456 (§4.3).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import sample, sde
+      >>> vp = sde.VPSDE()
+      >>> z = jnp.array([0.5, -1.0])
+      >>> x = sample.probability_flow(lambda x, t: -x, z, sde=vp, num_steps=20)   # data N(0, I)
+      >>> bool(jnp.allclose(x, z, atol=1e-3))
+      True
     """
     x_T = _checks.float_array("x_T", x_T, min_ndim=1)
     ts = time_grid(sde, num_steps, t_min)
@@ -176,6 +279,15 @@ def guided_eps_fn(eps_cond_fn: Callable, eps_uncond_fn: Callable, scale) -> Call
 
     ``scale = 1`` is the conditional model, ``0`` the unconditional one.
 
+    Args:
+      eps_cond_fn, eps_uncond_fn: single-example ε-predictions with and without the condition.
+      scale: the guidance weight w (may be traced).
+
+    Returns:
+      the single-example guided ``eps(x, t)``.
+
+    Reference: Ho and Salimans, "Classifier-Free Diffusion Guidance", arXiv 2207.12598.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> f = guided_eps_fn(lambda x, t: x, lambda x, t: 0 * x, 3.0)
@@ -193,6 +305,13 @@ def guided_eps_fn(eps_cond_fn: Callable, eps_uncond_fn: Callable, scale) -> Call
 def eps_to_score(eps_fn: Callable, *, sde) -> Callable:
     """The score of an ε-prediction: s(x, t) = −ε̂(x, t)/σ(t) (DESIGN §2).
 
+    Args:
+      eps_fn: single-example ε-prediction ``eps_fn(x, t)``.
+      sde: a :class:`mmh_jax.sde.VPSDE` (its σ(t)).
+
+    Returns:
+      the single-example score ``score_fn(x, t)``.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import sde
@@ -206,6 +325,13 @@ def eps_to_score(eps_fn: Callable, *, sde) -> Callable:
 
 def score_to_eps(score_fn: Callable, *, sde) -> Callable:
     """The ε-prediction of a score: ε̂(x, t) = −σ(t)·s(x, t), e.g. to run :func:`ddim` on a guided score.
+
+    Args:
+      score_fn: single-example score ``score_fn(x, t)``.
+      sde: a :class:`mmh_jax.sde.VPSDE` (its σ(t)).
+
+    Returns:
+      the single-example ``eps_fn(x, t)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -240,6 +366,12 @@ def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: 
     Returns:
       float32 scalar, differentiable in x, t and the network's parameters.
 
+    Raises:
+      TypeError/ValueError: as :func:`mmh_jax.lid.flipd` (non-float ``x``, unknown ``trace``,
+        ``num_probes < 1``, ...).
+
+    Reference: FLIPD, Kamkari et al., arXiv 2406.03537; LID guidance, Ross et al., arXiv 2411.00113 §5.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import sample, sde
@@ -265,6 +397,19 @@ def lid_guidance_term(score_fn: Callable, key, *, sde, num_probes: int = 1, t0_m
     over one JVP per probe, ≈ 4–6 network passes with one probe). The probes are drawn once from
     ``key``, so g is a deterministic function of (x, t). :func:`lid_guided_score_fn` adds λ·g to
     the score; use g directly to also monitor its size (e.g. against ‖s‖ to choose λ).
+
+    Args:
+      score_fn: single-example score.
+      key: PRNG key of the Hutchinson probes (drawn once, reused at every (x, t)).
+      sde, num_probes, t0_min, trace: as in :func:`state_flipd`.
+
+    Returns:
+      the single-example ``g(x, t) -> array like x``.
+
+    Raises:
+      TypeError/ValueError: when ``g`` is called, as :func:`state_flipd`.
+
+    Reference: Ross et al., arXiv 2411.00113 §5 (steering sampling towards higher LID).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -361,6 +506,19 @@ def lid_guided_eps_fn(eps_fn: Callable, key, *, sde, lam, num_probes: int = 1, t
 
     The same guidance as :func:`lid_guided_score_fn` (ε̃ = −σ(t)·s̃ with s = −ε̂/σ; F, τ, probes and
     arguments as there). ``lam = 0`` returns ε̂ exactly.
+
+    Args:
+      eps_fn: single-example ε-prediction.
+      key, sde, num_probes, t0_min, trace: as in :func:`lid_guidance_term`.
+      lam: guidance strength λ (may be traced).
+
+    Returns:
+      the single-example guided ``eps(x, t)``.
+
+    Raises:
+      TypeError/ValueError: when called, as :func:`state_flipd`.
+
+    Reference: Ross et al., arXiv 2411.00113 §5.
 
     Examples:
       >>> import jax, jax.numpy as jnp

@@ -127,6 +127,18 @@ def flipd_curve(
     smooth; ``t0s`` is traced, so a jitted curve compiles once for all grids of the same length.
     Read the knee with :func:`knee`. Arguments as in :func:`flipd`.
 
+    Args:
+      t0s: ``(n,)`` diffusion times in (0, T] (traced: a new grid of the same length reuses the
+        compiled curve).
+
+    Returns:
+      float32 ``(n,)``: FLIPD(x, t0s[i]) for each i.
+
+    Raises:
+      TypeError/ValueError: as :func:`flipd`, and ``t0s`` not 1-D.
+
+    Reference: Kamkari et al., arXiv 2406.03537 (the FLIPD curve and its knee).
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
@@ -163,6 +175,10 @@ def knee(t0s, curve) -> tuple[Array, Array]:
 
     Returns:
       ``(t0_star, value_at_knee)``, two scalars.
+
+    Raises:
+      TypeError: non-float ``t0s`` or ``curve``.
+      ValueError: ``t0s`` or ``curve`` not 1-D, of different shapes, or with fewer than 3 points.
 
     Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011); FLIPD's knee readout,
     Kamkari et al. (arXiv 2406.03537).
@@ -222,6 +238,13 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array,
     Returns:
       ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it.
 
+    Raises:
+      TypeError: non-float ``t0s`` or ``curve``.
+      ValueError: ``t0s``/``curve`` not 1-D or of different shapes, ``window`` not an int ≥ 1, or
+        fewer than 2·window + 1 points.
+
+    Reference: the FLIPD curve of Kamkari et al., arXiv 2406.03537.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
@@ -277,6 +300,10 @@ def fp_regress(
 
     Returns:
       float32 scalar.
+
+    Raises:
+      TypeError/ValueError: as :func:`flipd`; ``deltas`` not 1-D, with fewer than 2 values, or
+        mapping to times outside (0, T]; ``num_substeps`` not an int ≥ 1.
 
     Reference: Kamkari et al., arXiv 2406.03537 (FLIPD and FPRegress); Tempczyk et al., "LIDL",
     arXiv 2206.14882.
@@ -337,6 +364,11 @@ def normal_bundle(
     Returns:
       float32 scalar.
 
+    Raises:
+      TypeError: non-float ``x``; ``num_samples`` not an int.
+      ValueError: ``x`` of rank 0, ``t`` outside (0, T], ``num_samples < 1``, ``threshold``
+        outside (0, 1), or a score of another shape than ``x``.
+
     Reference: Stanczuk et al., "Your diffusion model secretly knows the dimension of the data
     manifold", arXiv 2212.12611.
 
@@ -384,6 +416,13 @@ def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
     Returns:
       float32 scalar.
 
+    Raises:
+      TypeError: non-float ``x`` or ``data``.
+      ValueError: ``data`` not of shape ``(N, *x.shape)``, empty ``data``, ``t`` outside (0, T].
+
+    Reference: the closed-form diffusion model of Ross et al., arXiv 2411.00113 (as an OD-Mem
+    oracle); FLIPD of Kamkari et al., arXiv 2406.03537.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid, sde
@@ -424,6 +463,10 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
 
     Returns:
       float32 scalar.
+
+    Raises:
+      TypeError: non-float ``xs``.
+      ValueError: ``xs`` of rank < 2, ``ts`` not of shape ``(S,)`` or outside (0, T].
 
     Reference: Wen et al., "Detecting, Explaining, and Mitigating Memorization in Diffusion Models",
     ICLR 2024.

@@ -31,6 +31,16 @@ def jacobian_spectrum(g: Callable[[Array], Array], z) -> Array:
       g: single-example decoder ``g(z) -> x``; z and x of any event shapes (k and D entries).
       z: latent point, floating point.
 
+    Returns:
+      float32 ``(min(D, k),)`` singular values σ₁ ≥ σ₂ ≥ … of the D×k Jacobian (the expensive
+      artifact: read LID at many thresholds from it with :func:`lid_from_spectrum`).
+
+    Raises:
+      TypeError: non-float ``z``.
+
+    Reference: the Jacobian-threshold LID of decoders, Kamkari et al., arXiv 2406.03537;
+    Ross et al., arXiv 2411.00113 §4.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
@@ -48,6 +58,15 @@ def lid_from_spectrum(singular_values, *, tau) -> Array:
     Args:
       singular_values: ``(m,)`` singular values of a decoder Jacobian.
       tau: log threshold (default in the reference: −3; curves over linspace(−10, 5, 50)).
+
+    Returns:
+      float32 array of ``tau``'s shape: the number of singular values above e^τ.
+
+    Raises:
+      TypeError: non-float ``singular_values`` or ``tau``.
+      ValueError: ``singular_values`` not 1-D.
+
+    Reference: Kamkari et al., arXiv 2406.03537 (threshold τ = −3).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -77,6 +96,9 @@ def fast_flow_lidl(g: Callable[[Array], Array], z, *, delta) -> Array:
 
     Returns:
       float32 array of ``delta``'s shape.
+
+    Raises:
+      TypeError: non-float ``z`` or ``delta``.
 
     Reference: Kamkari et al., "A Geometric View of Data Complexity", arXiv 2406.03537
     (Fast-Flow-LIDL); Tempczyk et al., arXiv 2206.14882.
