@@ -21,7 +21,7 @@ mmh-jax: measure memorization in generative models through geometry
 
 Subcommands:
   run     the main job on the embedded defaults; writes a report directory
-  train   train a diffusion model (MLP or U-Net) with resumable checkpoints
+  train   train a diffusion model (MLP or U-Net) or normalizing flows (flow, lidl) with resumable checkpoints
   sample  draw samples from a trained model
   lid     per-point LID: model-free LID* of data (lpca, mle, twonn, ess), or a trained
           model's LID_theta with --checkpoint (flipd, normal-bundle, fp-regress)
@@ -270,13 +270,22 @@ def _add_lid(sub) -> None:
                        help="--data samples: the sampler (default: ddim)")
     model.add_argument("--num-steps", type=int, default=None,
                        help="--data samples: sampler steps (default: 100)")
+    model.add_argument("--tau", type=float, default=None,
+                       help="flow checkpoints: flow-jacobian's log singular-value threshold, fast-flow-lidl's log "
+                       "noise scale for 'lid' (default: -3)")
+    model.add_argument("--tau-grid", type=float, nargs=3, default=None, metavar=("MIN", "MAX", "NUM"),
+                       help="flow-jacobian, fast-flow-lidl: the tau curve linspace(MIN, MAX, NUM) and its plateau "
+                       "('curves', 'lid_plateau') (default: -10 5 50)")
     p.set_defaults(func=_cmd_lid)
 
 
 #: lid options of one mode or estimator: dest -> (flag, the estimators / data it applies to).
 _MODEL_FREE_OPTIONS = {"k": "--k", "queries": "--queries", "alpha": "--alpha", "param": "--param"}
 _MODEL_OPTIONS = {
-    "batch_size": ("--batch-size", ("flipd", "normal-bundle", "fp-regress")),
+    "batch_size": ("--batch-size", ("flipd", "normal-bundle", "fp-regress", "lidl", "flow-jacobian",
+                                    "fast-flow-lidl")),
+    "tau": ("--tau", ("flow-jacobian", "fast-flow-lidl")),
+    "tau_grid": ("--tau-grid", ("flow-jacobian", "fast-flow-lidl")),
     "t0": ("--t0", ("flipd",)),
     "t0_grid": ("--t0-grid", ("flipd",)),
     "trace": ("--trace", ("flipd", "fp-regress")),
@@ -319,6 +328,15 @@ def _check_lid_mode(args, model_free: tuple[str, ...]) -> str:
     return estimator
 
 
+def _tau_grid(grid):
+    """``--tau-grid MIN MAX NUM`` with NUM an integer (None stays None)."""
+    if grid is None:
+        return None
+    if not float(grid[2]).is_integer():
+        raise ValueError(f"--tau-grid NUM must be an integer number of points, got {grid[2]:g}.")
+    return (grid[0], grid[1], int(grid[2]))
+
+
 def _cmd_lid(args) -> int:
     from mmh_jax.experiments import lid_cmd
 
@@ -336,7 +354,7 @@ def _cmd_lid(args) -> int:
                 args.preset, checkpoint=args.checkpoint, estimator=estimator, data=args.data, n=args.n,
                 seed=args.seed, batch_size=args.batch_size, t0=args.t0, t0_grid=grid, trace=args.trace,
                 num_probes=args.num_probes, t=args.t, num_samples=args.num_samples, sampler=args.sampler,
-                num_steps=args.num_steps)
+                num_steps=args.num_steps, tau=args.tau, tau_grid=_tau_grid(args.tau_grid))
             model_lid.run(config, args.out)
             return 0
         params = tuple(lid_cmd.parse_param(t) for t in args.param)
@@ -353,7 +371,7 @@ def _cmd_lid(args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a diffusion model (MLP or U-Net) with checkpoints; resumable",
+        help="train a diffusion model (MLP or U-Net) or normalizing flows (flow, lidl) with checkpoints; resumable",
         description="Train an epsilon-prediction diffusion model on the VP-SDE with AdamW (warm-up, cosine decay, "
         "clipping) and EMA. Checkpoints are written atomically every --checkpoint-every steps (last --keep kept); "
         "Ctrl-C saves and exits. --steps is the TOTAL number of steps: --resume --steps 300 after a 150-step run "
@@ -363,8 +381,13 @@ def _add_train(sub) -> None:
     p.add_argument("--data", default="lollipop", metavar="NAME|PATH",
                    help="synthetic generator name (lollipop, torus_circle, ...), 'digits', or a path: images "
                    "(.npz/.npy, image folder, MNIST IDX, CIFAR-10 batches) or an (N, D) .npy/.npz (default: lollipop)")
-    p.add_argument("--model", choices=("mlp", "unet"), default=None,
-                   help="mlp for vector data (images are flattened), unet for images (default: unet for images, else mlp)")
+    p.add_argument("--deltas", type=float, nargs="+", default=None, metavar="DELTA",
+                   help="flow, lidl: noise scales of the training data x + delta*N(0, I), one flow per delta, "
+                   "trained together (vmapped) (default: lidl geomspace(0.01, 0.1, 8); flow 0.01)")
+    p.add_argument("--model", choices=("mlp", "unet", "flow", "lidl"), default=None,
+                   help="mlp for vector data (images are flattened), unet for images (default: unet for images, else "
+                   "mlp); flow: a normalizing flow (rational-quadratic spline couplings) of vector data; lidl: one "
+                   "flow per --deltas noise scale, for `mmh-jax lid --estimator lidl`")
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps (default: 4000; quick: 300)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 256 mlp, 128 unet)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 mlp, 5e-4 unet)")
@@ -390,6 +413,7 @@ def _cmd_train(args) -> int:
         "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
         "n": args.n, "checkpoint_every": args.checkpoint_every, "keep": args.keep,
         "monitor_every": args.monitor_every, "seed": args.seed,
+        "deltas": tuple(args.deltas) if args.deltas else None,
     }.items() if v is not None}
     if args.class_conditional:
         overrides["class_conditional"] = True

@@ -6,7 +6,9 @@ Usage (after ``mmh-jax train --out runs/lollipop``)::
     lid.flipd(model.score_fn, x, key, t0=0.05, sde=model.sde)
     xs = model.sample(jax.random.key(0), 64)
 
-(exercised by ``tests/test_train.py``).
+(exercised by ``tests/test_train.py``). A run of ``mmh-jax train --model flow|lidl`` loads as a
+:class:`TrainedFlow` instead: ``.log_prob``, ``.decoder``, ``.encoder``, ``.sample`` and
+``.lidl`` (``tests/test_flow_cli.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from mmh_jax import sample as sampling
 from mmh_jax.sde import VPSDE
 
-__all__ = ["TrainedModel", "load", "make_eps_apply"]
+__all__ = ["TrainedFlow", "TrainedModel", "load", "make_eps_apply"]
 
 SAMPLERS = ("ddim", "euler_maruyama", "probability_flow")
 
@@ -135,8 +137,91 @@ class TrainedModel:
         return self._cache[cache_key]
 
 
-def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel:
+@dataclasses.dataclass(frozen=True)
+class TrainedFlow:
+    """Normalizing flow(s) trained by ``mmh-jax train --model flow|lidl``; ``params`` are EMA parameters.
+
+    Member m (of ``num_members``; one for ``flow``) was trained on the data perturbed by
+    ``deltas[m]``·N(0, I). ``params`` are stacked on a leading member axis.
+
+    Attributes:
+      module: the :class:`mmh_jax.models.Flow`.
+      params: stacked EMA parameters (leading axis M).
+      deltas: ``(M,)`` float32 noise scales, in data units.
+      config: the training configuration (a dict, as saved).
+      step: the training step of the checkpoint.
+    """
+
+    module: Any
+    params: Any
+    deltas: np.ndarray
+    config: dict
+    step: int
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.config["event_shape"])
+
+    @property
+    def num_members(self) -> int:
+        return int(self.deltas.shape[0])
+
+    def member_params(self, member: int = 0):
+        """Parameters of one member (default the first: the smallest δ of a default ``lidl`` run)."""
+        if not isinstance(member, (int, np.integer)) or not 0 <= member < self.num_members:
+            raise ValueError(f"member must be an int in [0, {self.num_members}), got {member!r}.")
+        return jax.tree_util.tree_map(lambda a: a[member], self.params)
+
+    def log_prob_fn(self, params, x):
+        """``log p(x)`` of one member's ``params``, single example — what :func:`mmh_jax.lid.lidl` takes."""
+        return self.module.apply(params, x, method=self.module.log_prob)
+
+    def decoder(self, member: int = 0, *, params=None) -> Callable:
+        """The decoder g(z) (latent → data) of a member, single example (``params`` override the member's)."""
+        p = self.member_params(member) if params is None else params
+        return lambda z: self.module.apply(p, z, method=self.module.forward)
+
+    def encoder(self, member: int = 0, *, params=None) -> Callable:
+        """x ↦ z = g⁻¹(x) of a member, single example."""
+        p = self.member_params(member) if params is None else params
+        return lambda x: self.module.apply(p, x, method=self.module.inverse)[0]
+
+    def log_prob(self, x, member: int = 0):
+        """log p_δ(x) of a member, for one point ``(D,)`` or a batch ``(..., D)``."""
+        return self.log_prob_fn(self.member_params(member), jnp.asarray(x, jnp.float32))
+
+    def lidl(self, x):
+        """LIDL of one point ``(D,)`` from all members (:func:`mmh_jax.lid.lidl`; needs M ≥ 2)."""
+        from mmh_jax import lid
+
+        return lid.lidl(self.log_prob_fn, self.params, x, deltas=jnp.asarray(self.deltas))
+
+    def sample(self, key, n: int, *, member: int = 0) -> np.ndarray:
+        """``n`` samples (numpy, ``(n, D)``) of a member."""
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}.")
+        return np.asarray(self.module.apply(self.member_params(member), key, int(n), method=self.module.sample))
+
+
+def _load_flow(ckpt, meta) -> TrainedFlow:
+    from mmh_jax import train
+    from mmh_jax.checkpoint import abstract_like
+    from mmh_jax.experiments import flow_train
+
+    config = meta["config"]
+    module = flow_train.make_flow(config)
+    deltas = np.asarray(config["deltas"], np.float32)
+    params = flow_train.init_params(module, jax.random.key(0), deltas.shape[0])
+    optimizer = train.make_optimizer(total_steps=max(int(config["steps"]), 1))
+    state = ckpt.restore(abstract_like(train.init_ensemble_state(params, optimizer)), meta["step"])
+    ckpt.close()
+    return TrainedFlow(module=module, params=state.ema_params, deltas=deltas, config=config, step=int(meta["step"]))
+
+
+def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | TrainedFlow:
     """Load a run directory written by ``mmh-jax train`` (or its ``checkpoints/`` folder).
+
+    Diffusion models load as :class:`TrainedModel`, ``--model flow|lidl`` runs as :class:`TrainedFlow`.
 
     Raises:
       FileNotFoundError: no such directory.
@@ -153,6 +238,8 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel:
     ckpt = Checkpointer(ckpt_dir, read_only=True)
     meta = ckpt.read_meta(step)
     config = meta["config"]
+    if "flow_stats" in config:
+        return _load_flow(ckpt, meta)
     module, eps_apply = make_eps_apply(config)
     event_shape = tuple(config["event_shape"])
     init_args = [jnp.zeros((1, *event_shape)), jnp.zeros((1,))]

@@ -7,7 +7,10 @@ Estimators (DESIGN §3, :mod:`mmh_jax.lid`), on the model's unconditional score:
   Hutchinson probes of a point are shared by its fixed-t0 value and its curve;
 - ``normal-bundle``: the normal-bundle estimate at time ``t`` (default 0.01) with ``num_samples``
   noisy copies (default 4·D);
-- ``fp-regress``: FPRegress with the defaults of :func:`mmh_jax.lid.fp_regress`.
+- ``fp-regress``: FPRegress with the defaults of :func:`mmh_jax.lid.fp_regress`;
+- on a flow checkpoint (``mmh-jax train --model flow|lidl``): ``lidl``, ``flow-jacobian`` and
+  ``fast-flow-lidl``, with the τ grid ``linspace(*tau_grid)`` (see
+  :mod:`mmh_jax.experiments.flow_lid`, which also lists their ``.npz`` keys).
 
 Points (``data``):
 
@@ -71,8 +74,9 @@ from mmh_jax.experiments.lid_cmd import out_path, print_summary, summarize
 
 __all__ = ["DATA_MODES", "ESTIMATORS", "ModelLidConfig", "PRESETS", "SAMPLES_DEFAULT_N", "preset", "run"]
 
-#: ``--estimator`` names with a trained model (functions ``flipd``, ``normal_bundle``, ``fp_regress``).
-ESTIMATORS = ("flipd", "normal-bundle", "fp-regress")
+#: ``--estimator`` names with a trained model (functions ``flipd``, ``normal_bundle``, ``fp_regress``;
+#: the last three need a flow checkpoint, :mod:`mmh_jax.experiments.flow_lid`).
+ESTIMATORS = ("flipd", "normal-bundle", "fp-regress", "lidl", "flow-jacobian", "fast-flow-lidl")
 
 #: ``data`` values that are not paths.
 DATA_MODES = ("train", "samples")
@@ -112,6 +116,8 @@ class ModelLidConfig:
       t: normal-bundle time (default 0.01).
       num_samples: normal-bundle noisy copies K (None: 4·D).
       sampler, num_steps: how samples are drawn for ``data="samples"``.
+      tau: flow-jacobian's log threshold and fast-flow-lidl's log noise scale of ``lid`` (default −3).
+      tau_grid: ``(min, max, num)`` of the τ curve ``linspace(*tau_grid)`` (default −10, 5, 50).
     """
 
     checkpoint: str
@@ -128,6 +134,8 @@ class ModelLidConfig:
     num_samples: int | None = None
     sampler: str = "ddim"
     num_steps: int = 100
+    tau: float = -3.0
+    tau_grid: tuple[float, float, int] = (-10.0, 5.0, 50)
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -151,6 +159,10 @@ class ModelLidConfig:
                 f"t0_grid must be (min, max, num) with 0 < min < max and an int num >= 3 (the knee needs 3 "
                 f"points), got {self.t0_grid!r}; e.g. 1e-3 1 24."
             )
+        lo, hi, num = self.tau_grid
+        if not float(lo) < float(hi) or not _is_int(num) or num < 3:
+            raise ValueError(f"tau_grid must be (min, max, num) with min < max and an int num >= 3, got "
+                             f"{self.tau_grid!r}; e.g. -10 5 50.")
         if self.trace not in TRACES:
             raise ValueError(f"trace must be one of {TRACES}, got {self.trace!r}.")
         if self.sampler not in SAMPLERS:
@@ -161,6 +173,12 @@ class ModelLidConfig:
         """The FLIPD grid ``geomspace(*t0_grid)`` (float32)."""
         lo, hi, num = self.t0_grid
         return np.geomspace(float(lo), float(hi), int(num)).astype(np.float32)
+
+    @property
+    def taus(self) -> np.ndarray:
+        """The τ grid ``linspace(*tau_grid)`` (float32) of the flow estimators' curves."""
+        lo, hi, num = self.tau_grid
+        return np.linspace(float(lo), float(hi), int(num)).astype(np.float32)
 
 
 def preset(name: str, **overrides) -> ModelLidConfig:
@@ -280,6 +298,10 @@ def _fit_event_shape(x: np.ndarray, event: tuple[int, ...], data: str, checkpoin
 
 def _points(config: ModelLidConfig, model, k_sample):
     """(x, truth, component, index, number of points before subsampling, description) at which to estimate."""
+    if config.data == "samples" and hasattr(model, "deltas"):  # a flow: exact samples in one pass
+        n = config.n if config.n is not None else SAMPLES_DEFAULT_N
+        x = np.asarray(model.sample(k_sample, n, member=int(np.argmin(model.deltas))), np.float32)
+        return x, None, None, np.arange(n), n, "its samples (the flow at the smallest delta)"
     if config.data == "samples":
         n = config.n if config.n is not None else SAMPLES_DEFAULT_N
         print(f"mmh-jax lid: drawing {n} samples ({config.sampler}, {config.num_steps} steps) ...",
@@ -307,6 +329,11 @@ def _points(config: ModelLidConfig, model, k_sample):
 def _point_fn(model, config: ModelLidConfig):
     """Single-example ``(params, x, key, t0, t0s) -> dict`` of the configured estimator."""
     import jax.numpy as jnp
+
+    if config.estimator in ("lidl", "flow-jacobian", "fast-flow-lidl"):
+        from mmh_jax.experiments import flow_lid
+
+        return flow_lid.point_fn(model, config)
 
     from mmh_jax import lid
 
@@ -413,6 +440,14 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
         raise CheckpointError(
             f"--checkpoint {config.checkpoint!r}: {e} Pass the run directory written by `mmh-jax train --out DIR`."
         ) from None
+    if hasattr(model, "deltas"):  # a normalizing flow (mmh-jax train --model flow|lidl)
+        from mmh_jax.experiments import flow_lid
+
+        return flow_lid.run(config, model, out, progress=progress)
+    if config.estimator in ("lidl", "flow-jacobian", "fast-flow-lidl"):
+        raise ValueError(f"--estimator {config.estimator} needs a normalizing flow (`mmh-jax train --model flow` or "
+                         f"`--model lidl`), but --checkpoint {config.checkpoint!r} holds a diffusion model "
+                         f"({model.config['model']}); use flipd, normal-bundle or fp-regress.")
     T = float(model.sde.T)
     for name, v in (("t0", config.t0), ("t", config.t), ("t0_grid max", config.t0_grid[1])):
         if not 0.0 < float(v) <= T:

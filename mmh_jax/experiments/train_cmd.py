@@ -2,6 +2,8 @@
 
 Writes into ``out``: ``checkpoints/<step>/`` (orbax, atomic, last ``keep`` kept), ``config.json``,
 ``train_log.jsonl`` (one line per dispatch: step, loss, grad norm, steps/s) and ``loss.png``.
+``model`` ``flow``/``lidl`` trains normalizing flows instead (:mod:`mmh_jax.experiments.flow_train`):
+one flow, or LIDL's ensemble of flows (one per noise scale δ, vmapped: one compile, one loop).
 ``steps`` is the total number of optimisation steps: ``resume=True`` continues from the newest
 checkpoint up to ``steps``, and gives exactly the parameters of an uninterrupted run with the same
 seed (keys are derived from the step number). Ctrl-C saves a checkpoint and returns cleanly.
@@ -33,7 +35,7 @@ __all__ = ["TrainConfig", "PRESETS", "default_model", "load_training_data", "pre
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
-                 "learning_rate", "warmup_steps", "ema_decay", "event_shape", "num_classes", "sde")
+                 "learning_rate", "warmup_steps", "ema_decay", "event_shape", "num_classes", "sde", "deltas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,8 @@ class TrainConfig:
       data: a synthetic generator name (``mmh_jax.data.synthetic.GENERATORS``), ``digits``, or a
         path to images (npz/npy, image folder, MNIST IDX, CIFAR-10) or to an ``(N, D)`` array.
       n: points drawn from a synthetic generator (ignored for images).
-      model: ``mlp`` (flat data; images are flattened) or ``unet`` (images).
+      model: ``mlp`` (flat data; images are flattened) or ``unet`` (images); ``flow`` / ``lidl``:
+        normalizing flow(s) on flat data (see :mod:`mmh_jax.experiments.flow_train`).
       model_kwargs: keyword arguments of the network (e.g. ``{"hidden": 256}``).
       steps: total optimisation steps.
       class_conditional: train with labels (images with labels only), null class for CFG.
@@ -52,6 +55,8 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints (rounded up to whole dispatches).
       keep: checkpoints kept.
       monitor_every: FLIPD of a fixed probe batch every this many steps (0: off).
+      deltas: ``flow``/``lidl`` only: noise scales δ (data units) of the training data x + δ·N(0, I),
+        one flow per δ (None: lidl geomspace(0.01, 0.1, 8), flow (0.01,)).
     """
 
     data: str = "lollipop"
@@ -70,6 +75,7 @@ class TrainConfig:
     keep: int = 3
     monitor_every: int = 0
     seed: int = 0
+    deltas: tuple[float, ...] | None = None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -85,8 +91,13 @@ UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "mode
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The named preset with overrides; the U-Net gets image-appropriate defaults (``UNET_DEFAULTS``)."""
+    from mmh_jax.experiments.flow_train import FLOW_PRESETS
+    from mmh_jax.models import FLOW_MODELS
+
     if overrides.get("model") == "unet":
         overrides = {**UNET_DEFAULTS, **overrides}
+    if overrides.get("model") in FLOW_MODELS:
+        return from_preset(TrainConfig, FLOW_PRESETS, name, overrides)
     return from_preset(TrainConfig, PRESETS, name, overrides)
 
 
@@ -107,7 +118,7 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray | No
         raise ValueError(f"data {config.data!r} holds no points (shape {x.shape}); pass a non-empty data set.")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"data {config.data!r} has non-finite values (NaN/inf); clean them first.")
-    if config.model == "mlp":
+    if config.model in ("mlp", "flow", "lidl"):
         x = x.reshape(x.shape[0], -1)
     elif x.ndim != 4:
         raise ValueError(f"model 'unet' needs images (N, H, W, C); data {config.data!r} has shape {x.shape}. "
@@ -151,6 +162,15 @@ def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
     d["num_classes"] = int(labels.max()) + 1 if labels is not None else None
     vp = VPSDE()
     d["sde"] = {"beta_min": float(vp.beta_min), "beta_max": float(vp.beta_max), "T": float(vp.T)}
+    if config.model in ("flow", "lidl"):
+        from mmh_jax.experiments import flow_train
+
+        if d["num_classes"]:
+            raise ValueError(f"model {config.model!r} is unconditional; drop --class-conditional.")
+        d.update(flow_train.config_entries(config.model, config.deltas, x))
+    elif config.deltas is not None:
+        raise ValueError(f"deltas (noise scales of flows) apply to --model flow or lidl, not {config.model!r}; "
+                         "drop --deltas.")
     return d
 
 
@@ -175,24 +195,30 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
             "or choose another --out. Nothing was overwritten."
         )
 
-    module, eps_apply = make_eps_apply(cfg)
     key = jax.random.key(config.seed)
     k_init, k_probe, k_train = jax.random.split(key, 3)
-    init_args = [jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,))]
-    if labels is not None:
-        init_args.append(jnp.zeros((1,), jnp.int32))
-    params = module.init(k_init, *init_args)
     optimizer = train.make_optimizer(learning_rate=config.learning_rate, total_steps=config.steps,
                                      warmup_steps=config.warmup_steps)
-    state = train.init_train_state(params, optimizer)
+    if "flow_stats" in cfg:  # flow / lidl: an ensemble of flows, the step vmapped over its members
+        from mmh_jax.experiments import flow_train
+
+        if config.monitor_every:
+            raise ValueError(f"monitor_every (FLIPD of a probe batch) applies to diffusion models, not to model "
+                             f"{config.model!r}; drop --monitor-every.")
+        _, state, step_fn = flow_train.init_state(cfg, optimizer, k_init, ema_decay=config.ema_decay)
+    else:
+        module, eps_apply = make_eps_apply(cfg)
+        init_args = [jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,))]
+        if labels is not None:
+            init_args.append(jnp.zeros((1,), jnp.int32))
+        state = train.init_train_state(module.init(k_init, *init_args), optimizer)
+        step_fn = train.make_train_step(
+            eps_apply, optimizer, VPSDE(**cfg["sde"]), ema_decay=config.ema_decay, num_classes=cfg["num_classes"],
+            cond_drop_prob=config.cond_drop_prob, monitor_every=config.monitor_every,
+        )
     if existing is not None:
         ckpt.check_compatible(cfg)
         state = ckpt.restore(abstract_like(state))
-    vp = VPSDE(**cfg["sde"])
-    step_fn = train.make_train_step(
-        eps_apply, optimizer, vp, ema_decay=config.ema_decay, num_classes=cfg["num_classes"],
-        cond_drop_prob=config.cond_drop_prob, monitor_every=config.monitor_every,
-    )
     data = jnp.asarray(x)
     lab = None if labels is None else jnp.asarray(labels, jnp.int32)
     probe = data[jax.random.choice(k_probe, data.shape[0], (min(16, data.shape[0]),), replace=False)] \
@@ -239,11 +265,12 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
     finally:
         bar.close()
         ckpt.close()
-    _plot_loss(log_path, os.path.join(out, "loss.png"))
+    _plot_loss(log_path, os.path.join(out, "loss.png"),
+               "negative log-likelihood" if "flow_stats" in cfg else "denoising loss")
     return {"step": int(state.step), "loss": loss, "interrupted": interrupted, "out": out}
 
 
-def _plot_loss(log_path: str, png: str) -> None:
+def _plot_loss(log_path: str, png: str, ylabel: str = "denoising loss") -> None:
     if not os.path.exists(log_path):
         return
     import matplotlib
@@ -258,8 +285,9 @@ def _plot_loss(log_path: str, png: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("denoising loss")
-    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    if all(r["loss"] > 0 for r in rows):  # a log-likelihood loss may be negative
+        ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

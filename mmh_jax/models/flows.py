@@ -128,6 +128,11 @@ def rq_spline(x, raw_widths, raw_heights, raw_derivatives, *, bound: float, inve
     return jnp.where(inside, y, x), jnp.where(inside, log_deriv, 0.0)
 
 
+def _lift(v: Array, like: Array) -> Array:
+    """``v`` of shape ``(D,)`` reshaped to broadcast against ``like`` ``(..., D)`` without rank promotion."""
+    return v.reshape((1,) * (like.ndim - 1) + v.shape)
+
+
 class _Conditioner(nn.Module):
     """MLP from the conditioning half to the spline parameters ``(..., n_out, 3K − 1)``."""
 
@@ -187,10 +192,10 @@ class Flow(nn.Module):
         self.biases = [self.param(f"bias_{i}", nn.initializers.zeros, (self.dim,))
                        for i in range(self.num_coupling)]
 
-    def _standardisation(self) -> tuple[Array, Array]:
+    def _standardisation(self, like: Array) -> tuple[Array, Array]:
         shift = jnp.asarray(self.shift if self.shift else [0.0] * self.dim, jnp.float32)
         scale = jnp.asarray(self.scale if self.scale else [1.0] * self.dim, jnp.float32)
-        return shift, scale
+        return _lift(shift, like), _lift(scale, like)
 
     def _spline_params(self, i: int, cond: Array) -> tuple[Array, Array, Array]:
         if self._d1 == 0:  # D = 1: an unconditional spline (the MLP sees a constant)
@@ -211,11 +216,11 @@ class Flow(nn.Module):
     def inverse(self, x) -> tuple[Array, Array]:
         """Data → latent: ``(z, log|det ∂z/∂x|)``, shapes ``(..., D)`` and ``(...)``."""
         x = self._check("x", x)
-        shift, scale = self._standardisation()
+        shift, scale = self._standardisation(x)
         u = (x - shift) / scale
         logdet = jnp.broadcast_to(-jnp.sum(jnp.log(scale)), x.shape[:-1])
         for i in range(self.num_coupling):
-            u = u * jnp.exp(self.log_scales[i]) + self.biases[i]
+            u = u * jnp.exp(_lift(self.log_scales[i], u)) + _lift(self.biases[i], u)
             logdet = logdet + jnp.sum(self.log_scales[i])
             a, b = u[..., :self._d1], u[..., self._d1:]
             b, ld = rq_spline(b, *self._spline_params(i, a), bound=self.bound)
@@ -231,8 +236,8 @@ class Flow(nn.Module):
             a, b = u[..., :self._d1], u[..., self._d1:]
             b, _ = rq_spline(b, *self._spline_params(i, a), bound=self.bound, inverse=True)
             u = jnp.concatenate([a, b], axis=-1)
-            u = (u - self.biases[i]) * jnp.exp(-self.log_scales[i])
-        shift, scale = self._standardisation()
+            u = (u - _lift(self.biases[i], u)) * jnp.exp(-_lift(self.log_scales[i], u))
+        shift, scale = self._standardisation(u)
         return u * scale + shift
 
     def log_prob(self, x) -> Array:
