@@ -39,7 +39,20 @@ Array = jax.Array
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-    """Everything a training run needs to continue: a pytree of arrays."""
+    """Everything a training run needs to continue: a pytree of arrays.
+
+    Attributes:
+      step: int32 scalar, optimisation steps taken.
+      params: the network parameters (any pytree).
+      ema_params: their exponential moving average (what sampling and LID estimation use).
+      opt_state: the optax state.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> state = init_train_state({"w": jnp.zeros(2)}, make_optimizer(total_steps=10))
+      >>> int(state.step), jax.tree_util.tree_structure(state).num_leaves > 2
+      (0, True)
+    """
 
     step: Array
     params: Any
@@ -55,7 +68,33 @@ def make_optimizer(
     weight_decay: float = 1e-4,
     clip_norm: float = 1.0,
 ) -> optax.GradientTransformation:
-    """AdamW with linear warm-up to ``learning_rate``, cosine decay to 1% of it, global-norm clipping."""
+    """AdamW with linear warm-up to ``learning_rate``, cosine decay to 1% of it, global-norm clipping.
+
+    lr(s) = learning_rate·s/warmup_steps during the warm-up, then
+    0.01·lr + 0.99·lr·½(1 + cos(π·(s − warmup)/(total_steps − warmup))).
+
+    Args:
+      learning_rate: peak learning rate.
+      total_steps: length of the schedule (≥ 1).
+      warmup_steps: linear warm-up steps (clipped to total_steps − 1).
+      weight_decay: AdamW's decoupled weight decay.
+      clip_norm: gradients are rescaled to at most this global norm.
+
+    Returns:
+      an ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: ``total_steps < 1``.
+
+    Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", arXiv 1711.05101.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> opt = make_optimizer(learning_rate=1e-2, total_steps=100)
+      >>> updates, _ = opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.zeros(2)}), {"w": jnp.zeros(2)})
+      >>> updates["w"].shape
+      (2,)
+    """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
     warmup_steps = max(0, min(warmup_steps, total_steps - 1))
@@ -70,7 +109,21 @@ def make_optimizer(
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state at step 0; the EMA starts at the initial parameters."""
+    """A fresh state at step 0; the EMA starts at the initial parameters.
+
+    Args:
+      params: the initial parameters (any pytree of arrays).
+      optimizer: the optax transformation whose state is initialised.
+
+    Returns:
+      a :class:`TrainState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = init_train_state({"w": jnp.ones(3)}, make_optimizer(total_steps=5))
+      >>> int(s.step), s.ema_params["w"].tolist()
+      (0, [1.0, 1.0, 1.0])
+    """
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -84,6 +137,19 @@ def init_ensemble_state(params, optimizer: optax.GradientTransformation) -> Trai
 
     The optimizer state is initialised member by member (``vmap``), so every leaf of it — Adam's
     step count included — has the member axis that :func:`make_ensemble_step` maps over.
+
+    Args:
+      params: parameters with a leading member axis of length M on every leaf.
+      optimizer: the optax transformation.
+
+    Returns:
+      a :class:`TrainState` whose ``params``, ``ema_params`` and ``opt_state`` have the member axis.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = init_ensemble_state({"w": jnp.zeros((4, 3))}, make_optimizer(total_steps=5))
+      >>> s.params["w"].shape, s.step.shape
+      ((4, 3), ())
     """
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -95,7 +161,26 @@ def init_ensemble_state(params, optimizer: optax.GradientTransformation) -> Trai
 
 def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation, *,
                     ema_decay: float) -> TrainState:
-    """One optimiser update and EMA step (decay min(ema_decay, (1 + s)/(10 + s)) at step s)."""
+    """One optimiser update and EMA step (decay min(ema_decay, (1 + s)/(10 + s)) at step s).
+
+    θ ← θ + optax update(g); θ_EMA ← decay·θ_EMA + (1 − decay)·θ; step ← step + 1.
+
+    Args:
+      state: the current :class:`TrainState`.
+      grads: gradients, a pytree like ``state.params``.
+      optimizer: the optax transformation of ``state.opt_state``.
+      ema_decay: the EMA's target decay.
+
+    Returns:
+      the next :class:`TrainState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> opt = make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=0)
+      >>> s = apply_gradients(init_train_state({"w": jnp.zeros(1)}, opt), {"w": jnp.ones(1)}, opt, ema_decay=0.9)
+      >>> int(s.step), bool(s.params["w"][0] < 0)
+      (1, True)
+    """
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA warm-up (decay (1+s)/(10+s) until it reaches ema_decay): short runs are not held at init.
@@ -111,6 +196,25 @@ def make_loss_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
 
     The update is that of :func:`make_train_step` (optimizer, then EMA with warm-up); metrics are
     ``loss``, ``grad_norm`` and ``step``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, key) -> scalar``.
+      optimizer: the optax transformation.
+      ema_decay: the EMA's target decay.
+
+    Returns:
+      the pure ``train_step(state, batch, key) -> (state, metrics)`` (jit it, or loop it with
+      :func:`make_train_loop`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> opt = make_optimizer(learning_rate=0.1, total_steps=50, warmup_steps=0)
+      >>> step = jax.jit(make_loss_train_step(lambda p, b, k: jnp.sum((p["w"] - b["x"]) ** 2), opt))
+      >>> s = init_train_state({"w": jnp.zeros(2)}, opt)
+      >>> for _ in range(30):
+      ...     s, m = step(s, {"x": jnp.ones(2)}, jax.random.key(0))
+      >>> bool(m["loss"] < 0.5)
+      True
     """
 
     def train_step(state: TrainState, batch, key):
@@ -132,6 +236,21 @@ def make_ensemble_step(train_step: Callable, member_batch: dict[str, Any]) -> Ca
     ``state`` comes from :func:`init_ensemble_state`; every member sees the same ``batch`` and the
     key ``fold_in(key, m)``, so member m follows exactly the run of
     ``train_step(state_m, {**batch, k: v[m]}, fold_in(key, m))``. Metrics get a leading member axis.
+
+    Returns:
+      the pure ``ensemble_step(state, batch, key) -> (state, metrics)``.
+
+    Raises:
+      ValueError: ``member_batch`` entries with different leading lengths.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> opt = make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=0)
+      >>> one = make_loss_train_step(lambda p, b, k: jnp.sum((p["w"] - b["target"]) ** 2), opt)
+      >>> step = make_ensemble_step(one, {"target": jnp.array([1.0, -1.0])})
+      >>> s, m = step(init_ensemble_state({"w": jnp.zeros(2)}, opt), {}, jax.random.key(0))
+      >>> m["loss"].tolist(), [bool(v) for v in jnp.sign(s.params["w"]) == jnp.array([1.0, -1.0])]
+      ([1.0, 1.0], [True, True])
     """
     m = {int(jnp.shape(v)[0]) for v in member_batch.values()}
     if len(m) != 1:
@@ -181,6 +300,25 @@ def make_train_step(
 
     ``batch`` is a dict with ``x`` (B, *E), ``label`` (B,) int when conditional, and ``probe``
     (P, *E) when monitoring. Metrics: ``loss``, ``grad_norm``, ``step`` (and ``flipd``).
+
+    The loss is denoising score matching in ε-form (DESIGN §2): the batch mean of
+    ‖ε̂(α(t)x₀ + σ(t)ε, t) − ε‖², ε ~ N(0, I), t ~ U(t_min, T).
+
+    Returns:
+      the pure ``train_step(state, batch, key) -> (state, metrics)``.
+
+    Reference: Ho et al., "Denoising Diffusion Probabilistic Models", arXiv 2006.11239; Song et al.,
+    arXiv 2011.13456 (the VP-SDE); Ho and Salimans, arXiv 2207.12598 (label dropout for CFG).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from mmh_jax.sde import VPSDE
+      >>> eps_apply = lambda p, x, t: x * p["a"]     # a one-parameter "network", batched
+      >>> opt = make_optimizer(learning_rate=0.05, total_steps=200, warmup_steps=0)
+      >>> step = jax.jit(make_train_step(eps_apply, opt, VPSDE()))
+      >>> s, m = step(init_train_state({"a": jnp.zeros(())}, opt), {"x": jnp.ones((8, 2))}, jax.random.key(0))
+      >>> int(m["step"]), m["loss"].shape
+      (1, ())
     """
 
     def loss_fn(params, x, label, key):
@@ -241,6 +379,24 @@ def make_train_loop(
     ``labels`` (N,) or None); the key of step s is ``fold_in(base_key, s)``, so the run depends only
     on the seed and the step, not on how steps are grouped into calls (exact resume). Metrics are
     stacked over the steps of the call.
+
+    Args:
+      train_step: ``train_step(state, batch, key) -> (state, metrics)``.
+      batch_size: examples per step (static).
+      steps_per_call: steps per jitted call (static; ``lax.scan`` length).
+      unroll: unroll the scan (faster on some backends, longer compile).
+
+    Returns:
+      the jitted ``loop(state, data, labels, probe, base_key) -> (state, metrics)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> opt = make_optimizer(learning_rate=0.1, total_steps=20, warmup_steps=0)
+      >>> step = make_loss_train_step(lambda p, b, k: jnp.mean((p["w"] - b["x"]) ** 2), opt)
+      >>> loop = make_train_loop(step, batch_size=4, steps_per_call=5)
+      >>> s, m = loop(init_train_state({"w": jnp.zeros(2)}, opt), jnp.ones((10, 2)), None, None, jax.random.key(0))
+      >>> int(s.step), m["loss"].shape
+      (5, (5,))
     """
 
     def one(state, data, labels, probe, base_key):
