@@ -35,12 +35,30 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ImageDataError(ValueError):
-    """A data file that cannot be read as images; the message names the file."""
+    """A data file that cannot be read as images; the message names the file.
+
+    Examples:
+      >>> from_array(np.zeros((2, 5)))
+      Traceback (most recent call last):
+      ...
+      mmh_jax.data.images.ImageDataError: array: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1/3/4, got (2, 5).
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageData:
-    """Images in [−1, 1], shape ``(N, H, W, C)`` float32, and int32 labels (−1: unlabeled)."""
+    """Images in [−1, 1], shape ``(N, H, W, C)`` float32, and int32 labels (−1: unlabeled).
+
+    Attributes:
+      x: ``(N, H, W, C)`` float32 in [−1, 1].
+      labels: ``(N,)`` int32, −1 where unlabeled.
+      source: where the images came from (a path or ``digits``).
+
+    Examples:
+      >>> d = from_array(np.full((3, 4, 4), 255, np.uint8), [0, 1, 1])
+      >>> len(d), d.shape, d.num_classes, float(d.x.max())
+      (3, (4, 4, 1), 2, 1.0)
+    """
 
     x: np.ndarray
     labels: np.ndarray
@@ -100,6 +118,20 @@ def _as_nhwc(a: np.ndarray, source: str) -> np.ndarray:
 def from_array(images, labels=None, *, source: str = "array") -> ImageData:
     """Wrap an array of images (any of the layouts above) and optional labels.
 
+    Integers are scaled from 0..255 (or 0..1), floats from [0, 1], [−1, 1] or [0, 255], to [−1, 1].
+
+    Args:
+      images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in 1/3/4; numeric.
+      labels: optional ``N`` integers.
+      source: the name used in error messages and ``ImageData.source``.
+
+    Returns:
+      an :class:`ImageData`.
+
+    Raises:
+      ImageDataError: non-numeric or empty images, another layout, NaN/inf, values outside the
+        ranges above, or labels that are not N integers.
+
     Examples:
       >>> d = from_array(np.zeros((2, 4, 4), np.uint8), [0, 1])
       >>> d.x.shape, float(d.x.min()), d.num_classes
@@ -123,6 +155,11 @@ def from_array(images, labels=None, *, source: str = "array") -> ImageData:
 def digits() -> ImageData:
     """scikit-learn's 8×8 handwritten digits (1797 images, 17 grey levels), labels 0–9.
 
+    Returns:
+      an :class:`ImageData` of shape ``(1797, 8, 8, 1)`` (embedded in scikit-learn: no download).
+
+    Reference: Alpaydin and Kaynak, UCI "Optical Recognition of Handwritten Digits" (1998).
+
     Examples:
       >>> d = digits()
       >>> d.x.shape, d.num_classes, float(d.x.min()), float(d.x.max())
@@ -136,7 +173,25 @@ def digits() -> ImageData:
 
 
 def load_npz(path: str) -> ImageData:
-    """Images from ``.npz`` (key ``x``/``images``/the only array; labels ``y``/``labels``) or ``.npy``."""
+    """Images from ``.npz`` (key ``x``/``images``/the only array; labels ``y``/``labels``) or ``.npy``.
+
+    Read without pickles (:func:`mmh_jax.data._npfile.read_numpy`), scaled as in :func:`from_array`.
+
+    Returns:
+      an :class:`ImageData`.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ImageDataError: a damaged file, an ambiguous ``.npz``, or arrays :func:`from_array` refuses.
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "imgs.npz")
+      >>> np.savez(path, x=np.zeros((5, 6, 6), np.uint8), y=np.arange(5))
+      >>> d = load_npz(path)
+      >>> d.shape, d.labels.tolist()
+      ((6, 6, 1), [0, 1, 2, 3, 4])
+    """
     from mmh_jax.data._npfile import read_numpy
 
     try:
@@ -158,6 +213,23 @@ def load_folder(path: str) -> ImageData:
 
     All images must share one size; they are converted to grayscale if every image is grayscale,
     RGB otherwise.
+
+    Returns:
+      an :class:`ImageData` (labels: the index of the sorted class folder, or −1).
+
+    Raises:
+      ImageDataError: no images, an unreadable image, or images of different sizes.
+
+    Examples:
+      >>> import os, tempfile
+      >>> from PIL import Image
+      >>> root = tempfile.mkdtemp()
+      >>> for cls in ("cats", "dogs"):
+      ...     os.makedirs(os.path.join(root, cls))
+      ...     Image.new("L", (5, 4)).save(os.path.join(root, cls, "a.png"))
+      >>> d = load_folder(root)
+      >>> d.x.shape, d.labels.tolist()
+      ((2, 4, 5, 1), [0, 1])
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -225,6 +297,23 @@ def load_idx(images_path: str, labels_path: str | None = None) -> ImageData:
     """MNIST-style IDX images (optionally gzipped) and, if found or given, their labels.
 
     The labels file defaults to the images file's name with ``images-idx3`` → ``labels-idx1``.
+
+    Returns:
+      an :class:`ImageData` of shape ``(N, H, W, 1)``.
+
+    Raises:
+      ImageDataError: a bad magic number or data type, a truncated file, a corrupt gzip stream,
+        images that are not 3-D, or a label count that differs from the image count.
+
+    Reference: LeCun et al., the MNIST database (the IDX format).
+
+    Examples:
+      >>> import os, struct, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "t-images-idx3-ubyte")
+      >>> with open(path, "wb") as fh:
+      ...     _ = fh.write(struct.pack(">HBB3I", 0, 0x08, 3, 2, 3, 3) + bytes(18))
+      >>> load_idx(path).x.shape
+      (2, 3, 3, 1)
     """
     images = _read_idx(images_path)
     if images.ndim != 3:
@@ -275,7 +364,29 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10(path: str) -> ImageData:
-    """One CIFAR-10 python batch file, or every ``data_batch_*`` (plus ``test_batch``) in a folder."""
+    """One CIFAR-10 python batch file, or every ``data_batch_*`` (plus ``test_batch``) in a folder.
+
+    The batches are pickles; they are read with a restricted unpickler that admits only plain
+    containers, bytes and numpy arrays, so a batch file cannot run code.
+
+    Returns:
+      an :class:`ImageData` of shape ``(N, 32, 32, 3)`` with labels 0–9.
+
+    Raises:
+      ImageDataError: no batch files, a file that is not a CIFAR-10 batch, or one that names any
+        other Python object.
+
+    Reference: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images" (2009).
+
+    Examples:
+      >>> import os, pickle, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "data_batch_1")
+      >>> with open(path, "wb") as fh:
+      ...     pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 7]}, fh)
+      >>> d = load_cifar10(path)
+      >>> d.x.shape, d.labels.tolist()
+      ((2, 32, 32, 3), [3, 7])
+    """
     if os.path.isdir(path):
         files = sorted(f for f in os.listdir(path) if f.startswith("data_batch") or f == "test_batch")
         if not files:
@@ -290,9 +401,20 @@ def load_cifar10(path: str) -> ImageData:
 def load(source: str) -> ImageData:
     """Load images by name or path: ``digits``, ``.npz``/``.npy``, an image folder, IDX, or CIFAR-10.
 
+    Returns:
+      an :class:`ImageData`: ``x`` float32 ``(N, H, W, C)`` in [−1, 1], ``labels`` int32 ``(N,)``.
+
     Raises:
       FileNotFoundError: no such path.
       ImageDataError: the file exists but cannot be read as images (the message names it).
+
+    Examples:
+      >>> load("digits").shape
+      (8, 8, 1)
+      >>> load("no/such/file.npz")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: data: no such file or folder 'no/such/file.npz' (or use the built-in 'digits').
     """
     if source == "digits":
         return digits()
