@@ -45,7 +45,8 @@ pool thread waits and none is left to run the parts: the process sits idle in ``
 ``lapack_sgesdd_ffi``). It needs #emulated CPU devices ≥ #cores; GPUs/TPUs and real multi-core
 hosts with fewer devices than cores are not affected. Workarounds: emulate fewer CPU devices than
 cores, map SVD-based estimators on one device (``mesh=make_mesh(jax.devices()[:1])``), or use
-``batch_size=1`` (each SVD unbatched: nothing is split, nothing waits; tested).
+``batch_size=1`` (each SVD unbatched; in our runs it completed where ``batch_size=4`` hung, and a
+test runs it in a subprocess under a timeout).
 
 Reference: JAX "Distributed arrays and automatic parallelization", ``jax.shard_map``,
 "Multi-process environments" (``jax.distributed``).
@@ -53,6 +54,7 @@ Reference: JAX "Distributed arrays and automatic parallelization", ``jax.shard_m
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from typing import Any, Callable, NamedTuple
@@ -329,6 +331,17 @@ def _collective(what: str, f, *args):
         ) from e
 
 
+@functools.partial(jax.jit, static_argnames=("fn", "impls", "batch_size", "mesh"))
+def _global_map(*arrays, fn, impls, batch_size, mesh):
+    """The global map, jitted once per (fn, key types, batch_size, mesh): repeated calls reuse it."""
+
+    def row_fn(*row):
+        row = [jax.random.wrap_key_data(a, impl=impl) if impl is not None else a for a, impl in zip(row, impls)]
+        return fn(*row)
+
+    return map_points(row_fn, *arrays, batch_size=batch_size, mesh=mesh)
+
+
 def map_points_global(
     fn: Callable[..., Any],
     xs,
@@ -397,11 +410,7 @@ def map_points_global(
         local = np.concatenate([r, pad], axis=0) if n else pad
         glob.append(jax.make_array_from_process_local_data(sharding, local, (rows * jax.process_count(),) + r.shape[1:]))
 
-    def row_fn(*row):
-        row = [jax.random.wrap_key_data(a, impl=impl) if impl is not None else a for a, impl in zip(row, impls)]
-        return fn(*row)
-
-    out = jax.jit(lambda *g: map_points(row_fn, *g, batch_size=batch_size, mesh=mesh))(*glob)
+    out = _global_map(*glob, fn=fn, impls=tuple(impls), batch_size=batch_size, mesh=mesh)
     if not gather:
         def local_rows(o):
             shards = sorted(o.addressable_shards, key=lambda s: s.index[0].start or 0)
