@@ -18,6 +18,24 @@ def load(checkpoint_dir: str, *, step: int | None = None):
 
     Imported lazily so that ``import mmh_jax.lid`` stays free of flax/optax/orbax. See
     :func:`mmh_jax.trained.load`.
+
+    Args:
+      checkpoint_dir: the ``--out`` of ``mmh-jax train`` (or its ``checkpoints/`` folder).
+      step: the checkpoint step to load (default: the newest).
+
+    Returns:
+      a :class:`mmh_jax.trained.TrainedModel` (EMA parameters, its SDE and saved config).
+
+    Raises:
+      FileNotFoundError: no such directory.
+      mmh_jax.checkpoint.CheckpointError: no checkpoint there, or one that cannot be restored
+        (truncated, or of another model).
+
+    Examples:
+      >>> load("no/such/run")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: checkpoint_dir: no such directory 'no/such/run'.
     """
     from mmh_jax.trained import load as _load
 

@@ -24,7 +24,15 @@ FORMAT = "mmh_jax.train/1"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, unreadable, truncated, or of another run."""
+    """A checkpoint that cannot be used: missing, unreadable, truncated, or of another run.
+
+    Examples:
+      >>> import tempfile
+      >>> Checkpointer(tempfile.mkdtemp(), read_only=True).read_meta()  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      mmh_jax.checkpoint.CheckpointError: no checkpoint found in /....
+    """
 
 
 def _as_saved(value: Any) -> Any:
@@ -44,6 +52,24 @@ class Checkpointer:
       directory: the run's checkpoint folder (created when saving).
       max_to_keep: how many recent checkpoints to keep.
       identity_keys: config entries that must match on resume (model, data, ...).
+      read_only: do not create ``directory`` (for loading).
+
+    The metadata is JSON (orbax ``JsonSave``) and the state arrays are orbax/tensorstore files:
+    nothing in a checkpoint directory is unpickled or executed when it is read.
+
+    Examples:
+      >>> import os, tempfile
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import train
+      >>> opt = train.make_optimizer(total_steps=10)
+      >>> state = train.init_train_state({"w": jnp.arange(3.0)}, opt)
+      >>> ckpt = Checkpointer(os.path.join(tempfile.mkdtemp(), "checkpoints"))
+      >>> ckpt.save(5, state, {"model": "toy"})
+      >>> ckpt.latest_step(), ckpt.read_meta()["config"]
+      (5, {'model': 'toy'})
+      >>> ckpt.restore(abstract_like(state)).params["w"].tolist()
+      [0.0, 1.0, 2.0]
+      >>> ckpt.close()
     """
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, identity_keys=(), read_only: bool = False):

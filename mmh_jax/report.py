@@ -17,7 +17,20 @@ __all__ = ["format_value", "html_report", "markdown_table", "plot_flipd_curves",
 
 
 def format_value(v: Any, digits: int = 3) -> str:
-    """Numbers to short strings; NaN shows as ``nan``; other values via ``str``."""
+    """Numbers to short strings; NaN shows as ``nan``; other values via ``str``.
+
+    Args:
+      v: any value; ints and bools print as they are, floats with ``digits`` decimals (or
+        ``digits`` significant digits in scientific notation when ≥ 1e4 or < 1e-3).
+      digits: precision.
+
+    Returns:
+      the string.
+
+    Examples:
+      >>> [format_value(v) for v in (3, 0.25, 12345.0, 2e-5, float("nan"), True, "x")]
+      ['3', '0.250', '1.23e+04', '2e-05', 'nan', 'True', 'x']
+    """
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, (int, np.integer)):
@@ -48,7 +61,21 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 
 def write_text(path: str, text: str) -> None:
-    """Write atomically: a temporary file in the same directory, then ``os.replace``."""
+    """Write atomically: a temporary file in the same directory, then ``os.replace``.
+
+    An interrupted or failed write leaves any earlier file at ``path`` as it was.
+
+    Raises:
+      OSError: the directory cannot be created or written (the temporary file is removed).
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "sub", "note.txt")
+      >>> write_text(path, "hello")
+      >>> import pathlib
+      >>> pathlib.Path(path).read_text(), sorted(os.listdir(os.path.dirname(path)))
+      ('hello', ['note.txt'])
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -78,7 +105,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """JSON with numpy/JAX values converted (NaN becomes null), written atomically."""
+    """JSON with numpy/JAX values converted (NaN becomes null), written atomically.
+
+    Raises:
+      OSError: as :func:`write_text`.
+      TypeError: a value JSON cannot represent even after conversion.
+
+    Examples:
+      >>> import json, os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "m.json")
+      >>> write_json(path, {"a": np.float32(0.5), "b": np.arange(2), "c": float("nan")})
+      >>> import pathlib
+      >>> json.loads(pathlib.Path(path).read_text())
+      {'a': 0.5, 'b': [0, 1], 'c': None}
+    """
     write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
@@ -90,6 +130,15 @@ def plot_flipd_curves(
 
     Each panel is a mapping with ``title``, ``t0s`` (n,), ``curves`` (m, n), ``knees_t`` (m,),
     ``knees_value`` (m,) and ``truth`` (m,) (true LID of each curve's point).
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "curves.png")
+      >>> t0s = np.geomspace(1e-3, 1.0, 5)
+      >>> plot_flipd_curves(path, [{"title": "toy", "t0s": t0s, "curves": np.ones((1, 5)),
+      ...                           "knees_t": [0.01], "knees_value": [1.0], "truth": [1]}])
+      >>> os.path.getsize(path) > 0
+      True
     """
     import matplotlib
 

@@ -35,6 +35,16 @@ class GaussianMixture:
       dims: ``(J,)`` int32 subspace dimensions d_j (the true LID of each component).
       scales: ``(J,)`` standard deviation s_j along the subspace.
       log_weights: ``(J,)`` log mixture weights (normalised).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from mmh_jax.sde import VPSDE
+      >>> gm = random_gaussian_mixture(0, [1], 3)
+      >>> x, comp = gm.sample(jax.random.key(0), 2)
+      >>> x.shape, comp.tolist()
+      ((2, 3), [0, 0])
+      >>> bool(jnp.allclose(gm.flipd_closed_form(x[0], 1e-4, VPSDE()), 1.0, atol=0.05))  # LID 1
+      True
     """
 
     means: Array
@@ -104,6 +114,20 @@ def random_gaussian_mixture(
 
     Centres are ``separation`` apart along random directions (one component: a random centre of
     norm ``separation``/2). Bases come from the QR decomposition of a Gaussian matrix.
+
+    Args:
+      seed: numpy seed of the bases and centres.
+      dims: the subspace dimension d_j of each component, 0 ≤ d_j ≤ ambient_dim.
+      ambient_dim: D.
+      scale: standard deviation s_j along each subspace.
+      separation: distance between component centres.
+      weights: optional mixture weights (normalised here); default uniform.
+
+    Returns:
+      a :class:`GaussianMixture`.
+
+    Raises:
+      ValueError: empty ``dims`` or a dimension outside [0, ambient_dim].
 
     Examples:
       >>> from mmh_jax.data.gaussian import random_gaussian_mixture

@@ -365,6 +365,21 @@ def random_isometry(rng: np.random.Generator, ambient_dim: int, dim: int) -> np.
     D ~ 1000; it falls back to ``numpy.linalg.qr`` if the Gaussian is numerically singular.
     With ``dim == ambient_dim`` it is a random orthogonal matrix (rotation or reflection).
 
+    Args:
+      rng: a numpy ``Generator`` (the only source of randomness).
+      ambient_dim: D, the number of rows.
+      dim: d ≤ D, the number of orthonormal columns (0 gives a ``(D, 0)`` matrix; there are no
+        more than D orthonormal vectors in R^D, so a larger d gives D columns).
+
+    Returns:
+      float64 ``(ambient_dim, dim)`` with QᵀQ = I.
+
+    Raises:
+      ValueError: a negative size (from numpy).
+
+    Reference: Mezzadri, "How to generate random matrices from the classical compact groups",
+    arXiv math-ph/0609050 (positive-diagonal QR gives the Haar measure).
+
     Examples:
       >>> Q = random_isometry(np.random.default_rng(0), 5, 3)
       >>> bool(np.allclose(Q.T @ Q, np.eye(3)))
@@ -590,6 +605,10 @@ def apply_squiggle(x: np.ndarray, squiggle: dict[str, np.ndarray]) -> np.ndarray
 
     Returns:
       ``(m, D)`` float64 transformed points.
+
+    Raises:
+      KeyError: ``squiggle`` lacks one of the entries above.
+      ValueError: ``x``'s width differs from the squiggle's D (numpy broadcasting error).
 
     Examples:
       >>> ds = squiggly_mixture(20, seed=0, dims=[1], ambient_dim=3)
