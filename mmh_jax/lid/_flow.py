@@ -28,7 +28,8 @@ def _check_deltas(deltas) -> Array:
     if deltas.shape[0] < 2:
         raise ValueError(f"deltas must hold at least 2 noise scales for a slope, got shape {deltas.shape}.")
     if _checks.is_concrete(deltas) and not np.all(np.asarray(deltas) > 0):
-        raise ValueError(f"deltas must be positive noise scales, got {np.asarray(deltas).tolist()}.")
+        shown = [float(f"{v:.6g}") for v in np.asarray(deltas).tolist()]
+        raise ValueError(f"deltas must be positive noise scales, got {shown}; e.g. geomspace(0.01, 0.1, 8).")
     return deltas
 
 
