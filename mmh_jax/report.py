@@ -45,6 +45,10 @@ def format_value(v: Any, digits: int = 3) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A GitHub-flavoured markdown table of ``rows`` (dicts), columns in the given order.
 
+    Returns:
+      the table as one string (empty for no rows); values through :func:`format_value`, missing
+      entries empty.
+
     Examples:
       >>> print(markdown_table([{"a": 1, "b": 0.5}]))
       | a | b |
@@ -179,6 +183,9 @@ def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: 
     Each section is a mapping with ``title``, optional ``reading`` (plain text), ``rows`` (a list of
     mappings shown as a table) and ``figures`` (PNG paths relative to ``base_dir``; missing ones are
     listed as missing, never silently dropped).
+
+    Returns:
+      the HTML page as one string (no external files: figures are data URIs).
 
     Examples:
       >>> page = html_report("r", [{"title": "toy", "reading": "a < b", "rows": [{"k": 1}]}], base_dir=".")

@@ -36,6 +36,14 @@ __all__ = ["as_eps_fn", "as_score_fn"]
 def as_eps_fn(eps_apply: EpsApply, params) -> Callable[[Array, Array], Array]:
     """``eps_fn(x, t) = eps_apply(params, x, t)``: the network's ε̂ as a single-example function.
 
+    Args:
+      eps_apply: the network's apply, ``eps_apply(params, x, t)`` on one example.
+      params: its parameters (closed over: pass them as an argument of your jitted function and
+        call ``as_eps_fn`` inside it, so new parameters do not recompile).
+
+    Returns:
+      ``eps_fn(x, t) -> array like x``.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> eps_fn = as_eps_fn(lambda p, x, t: p * x, 2.0)
@@ -53,6 +61,13 @@ def as_score_fn(eps_apply: EpsApply, params, sde) -> Callable[[Array, Array], Ar
     """``score_fn(x, t) = −eps_apply(params, x, t)/σ(t)`` with σ from ``sde.marginal_coefs``.
 
     Single example: ``x`` one example, ``t`` a scalar (DESIGN §2: s = −ε̂/σ).
+
+    Args:
+      eps_apply, params: as in :func:`as_eps_fn`.
+      sde: the :class:`mmh_jax.sde.VPSDE` the network was trained with.
+
+    Returns:
+      ``score_fn(x, t) -> array like x``, ready for any :mod:`mmh_jax.lid` estimator.
 
     Examples:
       >>> import jax.numpy as jnp

@@ -1,0 +1,53 @@
+"""Every public function and class has a docstring with a runnable example (the doctests run in
+the default suite: ``--doctest-modules`` over ``mmh_jax``), and every public function says what it
+returns. Public = listed in ``__all__`` of a public module."""
+
+import importlib
+import inspect
+import re
+
+import pytest
+
+PUBLIC_MODULES = [
+    "mmh_jax", "mmh_jax.sde", "mmh_jax.lid", "mmh_jax.parallel", "mmh_jax.memorization", "mmh_jax.quality",
+    "mmh_jax.sample", "mmh_jax.train", "mmh_jax.models", "mmh_jax.data.synthetic", "mmh_jax.data.images",
+    "mmh_jax.data.gaussian", "mmh_jax.checkpoint", "mmh_jax.trained", "mmh_jax.report", "mmh_jax.provenance",
+]
+
+#: Names whose example or Returns section is still to be written, in modules being reworked as this
+#: is written (flows, multi-host). Shrink this set; never grow it.
+PENDING = {
+    "mmh_jax.parallel.ProcessInfo", "mmh_jax.parallel.make_mesh",
+    "mmh_jax.models.Flow", "mmh_jax.models.make_nll_loss", "mmh_jax.models.make_model",
+    "mmh_jax.models.sinusoidal_embedding",
+    "mmh_jax.trained.TrainedFlow", "mmh_jax.trained.TrainedModel", "mmh_jax.trained.load",
+    "mmh_jax.trained.make_eps_apply",
+}
+
+
+def _public(module_name):
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            yield f"{module_name}.{name}", obj
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_public_names_have_an_example_and_returns(module_name):
+    problems = []
+    for qualname, obj in _public(module_name):
+        if qualname in PENDING:
+            continue
+        doc = inspect.getdoc(obj) or ""
+        if not doc.strip():
+            problems.append(f"{qualname}: no docstring")
+            continue
+        # "Example:" is accepted too, though only "Examples:" renders as code in the API reference.
+        if not re.search(r"^Examples?\b.*:$", doc, re.M) or ">>>" not in doc:
+            problems.append(f"{qualname}: no 'Examples:' section with a doctest")
+        if inspect.isfunction(obj):
+            returns = inspect.signature(obj).return_annotation
+            if returns not in (None, "None") and "Returns:" not in doc:
+                problems.append(f"{qualname}: no 'Returns:' section")
+    assert not problems, "\n".join(problems)
