@@ -121,3 +121,41 @@ def test_skip_connections_match_the_formula(key, rng, num_layers):
         b = ScoreMLP(hidden=8, num_layers=num_layers, time_embed_dim=4, skip=False)
         params = a.init(key, jnp.zeros(D), 0.5)
         assert not np.allclose(a.apply(params, x, 0.3), b.apply(params, x, 0.3))
+
+
+def test_image_events_equal_the_flattened_network(key):
+    """event_ndim=3 flattens (H, W, C) inside: same parameters, same numbers as the flat MLP."""
+    img = ScoreMLP(hidden=32, num_layers=3, time_embed_dim=16, event_ndim=3)
+    flat = ScoreMLP(hidden=32, num_layers=3, time_embed_dim=16)
+    params = img.init(key, jnp.zeros((4, 4, 2)), 0.5)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flat.init(key, jnp.zeros(32), 0.5))
+    x = jax.random.normal(jax.random.key(1), (3, 4, 4, 2))
+    t = jnp.array([0.1, 0.5, 0.9])
+    out = img.apply(params, x, t)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out.reshape(3, 32), flat.apply(params, x.reshape(3, 32), t), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="event_ndim"):
+        img.apply(params, jnp.zeros((4, 4)), 0.5)
+
+
+def test_class_conditioning_with_a_null_class(key):
+    """num_classes=K: labels 0..K-1 and the null class K (= label None) give different ε̂."""
+    model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16, num_classes=3)
+    x = jax.random.normal(key, (4, D))
+    params = model.init(key, x, 0.5, jnp.zeros(4, jnp.int32))
+    table = params["params"]["label_embed"]["embedding"]
+    assert table.shape == (4, 32)
+    # A non-zero null row, so that "None means the null class" is a real check.
+    params = jax.tree.map(lambda a: a, params)
+    params["params"]["label_embed"]["embedding"] = table + 0.3
+    none = model.apply(params, x, 0.5)
+    np.testing.assert_allclose(none, model.apply(params, x, 0.5, 3), rtol=1e-6)
+    per_example = model.apply(params, x, 0.5, jnp.array([0, 1, 2, 3]))
+    np.testing.assert_allclose(per_example[3], none[3], rtol=1e-6)
+    assert not np.allclose(per_example[0], none[0])
+    with pytest.raises(TypeError, match="label must be integer"):
+        model.apply(params, x, 0.5, jnp.zeros(4))
+    with pytest.raises(ValueError, match="label must be None"):
+        model.apply(params, x, 0.5, jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="unconditional"):
+        ScoreMLP(hidden=8, num_layers=1, time_embed_dim=4).init(key, x, 0.5, 1)

@@ -118,9 +118,13 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray | No
         raise ValueError(f"data {config.data!r} holds no points (shape {x.shape}); pass a non-empty data set.")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"data {config.data!r} has non-finite values (NaN/inf); clean them first.")
-    if config.model in ("mlp", "flow", "lidl"):
+    event_ndim = int(config.model_kwargs.get("event_ndim", 1)) if config.model == "mlp" else 1
+    if config.model in ("mlp", "flow", "lidl") and event_ndim == 1:
         x = x.reshape(x.shape[0], -1)
-    elif x.ndim != 4:
+    elif config.model == "mlp" and x.ndim != event_ndim + 1:
+        raise ValueError(f"model_kwargs event_ndim={event_ndim} needs data of shape (N, *event) with {event_ndim} "
+                         f"event axes; data {config.data!r} has shape {x.shape}. Drop event_ndim to flatten.")
+    elif config.model == "unet" and x.ndim != 4:
         raise ValueError(f"model 'unet' needs images (N, H, W, C); data {config.data!r} has shape {x.shape}. "
                          "Use --model mlp for vector data.")
     if config.class_conditional and labels is None:

@@ -22,7 +22,7 @@ FLOW_MODELS = ("flow", "lidl")
 
 
 def make_model(name: str, *, num_classes: int | None = None, **kwargs):
-    """Build a network by name: ``"mlp"`` (flat data, unconditional), ``"unet"`` (images), or
+    """Build a network by name: ``"mlp"`` (vectors, or small images with ``event_ndim=3``), ``"unet"`` (images), or
     ``"flow"``/``"lidl"`` (a :class:`Flow`; pass ``dim``).
 
     Example:
@@ -30,9 +30,7 @@ def make_model(name: str, *, num_classes: int | None = None, **kwargs):
       32
     """
     if name == "mlp":
-        if num_classes:
-            raise ValueError("model 'mlp' is unconditional; use model 'unet' for class-conditional training.")
-        return ScoreMLP(**kwargs)
+        return ScoreMLP(num_classes=num_classes or None, **kwargs)
     if name == "unet":
         from mmh_jax.models.unet import UNet
 

@@ -1,7 +1,8 @@
-"""ε-prediction MLP for flat data (DESIGN §2, §4): ``ScoreMLP`` and its sinusoidal time embedding.
+"""ε-prediction MLP (DESIGN §2, §4): ``ScoreMLP`` and its sinusoidal time embedding.
 
-The network sees ``x`` of shape ``(..., D)`` and a time ``t`` of shape ``()`` or ``(...)`` and
-returns ε̂(x, t) of the shape of ``x``. It is single-example first (``x`` of shape ``(D,)``,
+The network sees ``x`` of shape ``(..., D)`` (or ``(..., *event)`` with ``event_ndim`` event axes,
+e.g. small images ``(..., H, W, C)``, flattened inside) and a time ``t`` of shape ``()`` or
+``(...)`` and returns ε̂(x, t[, label]) of the shape of ``x``. It is single-example first (``x`` of shape ``(D,)``,
 ``t`` scalar — what the estimators in :mod:`mmh_jax.lid` call), and the same parameters also serve
 a batch ``(B, D)`` with times ``(B,)`` or one shared scalar time. No implicit rank promotion is
 used, so it runs under ``jax_numpy_rank_promotion="raise"``.
@@ -14,6 +15,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mmh_jax.models._conditioning import label_embedding
 
 Array = jax.Array
 
@@ -67,9 +70,15 @@ class ScoreMLP(nn.Module):
       time_scale: multiplier of ``t`` inside the embedding (1000 for t ∈ (0, 1]).
       skip: long skip connections between mirrored encoder and decoder layers (see above);
         ``False`` gives a plain MLP (the throughput benchmark's network).
+      num_classes: K for a class-conditional network (classifier-free guidance: a learned label
+        embedding of K + 1 rows, the last the null class ∅, added to the time branch), or ``None``.
+      event_ndim: trailing axes of ``x`` that form one example (1: vectors ``(D,)``; 3: images
+        ``(H, W, C)``, flattened inside the network so scores keep the data's shape).
 
-    ``apply(params, x, t)``: ``x`` of shape ``(..., D)``, ``t`` of shape ``()`` (shared) or
-    ``x.shape[:-1]``; returns an array of the shape of ``x``, in the float dtype of ``x``.
+    ``apply(params, x, t, label=None)``: ``x`` of shape ``(..., *event)``, ``t`` of shape ``()``
+    (shared) or the batch shape ``x.shape[:-event_ndim]``, ``label`` (conditional networks) ``None``
+    (∅), a shared integer or one per example; returns an array of the shape of ``x``, in the float
+    dtype of ``x``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -79,6 +88,10 @@ class ScoreMLP(nn.Module):
       (5,)
       >>> model.apply(params, jnp.ones((4, 5)), jnp.full((4,), 0.1)).shape
       (4, 5)
+      >>> cond = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16, num_classes=10, event_ndim=3)
+      >>> params = cond.init(jax.random.key(0), jnp.zeros((8, 8, 1)), 0.5, 3)
+      >>> cond.apply(params, jnp.ones((4, 8, 8, 1)), 0.1, jnp.arange(4)).shape
+      (4, 8, 8, 1)
     """
 
     hidden: int = 512
@@ -86,25 +99,37 @@ class ScoreMLP(nn.Module):
     time_embed_dim: int = 128
     time_scale: float = 1000.0
     skip: bool = True
+    num_classes: int | None = None
+    event_ndim: int = 1
 
     @nn.compact
-    def __call__(self, x, t) -> Array:
+    def __call__(self, x, t, label=None) -> Array:
         x = jnp.asarray(x)
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}.")
-        if x.ndim < 1:
-            raise ValueError(f"x must have shape (..., D), got a scalar of shape {x.shape}.")
+        if self.event_ndim < 1:
+            raise ValueError(f"event_ndim must be >= 1, got {self.event_ndim}.")
+        if x.ndim < self.event_ndim:
+            raise ValueError(f"x must have shape (..., *event) with {self.event_ndim} event axes "
+                             f"(event_ndim), got shape {x.shape}.")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"x must have a floating-point dtype, got {x.dtype}.")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}.")
         t = jnp.asarray(t, jnp.float32)
-        batch = x.shape[:-1]
+        batch, event = x.shape[: x.ndim - self.event_ndim], x.shape[x.ndim - self.event_ndim:]
         if t.shape not in ((), batch):
             raise ValueError(
-                f"t must be a scalar or have shape x.shape[:-1] = {batch}, got shape {t.shape}."
+                f"t must be a scalar or have the batch shape x.shape[:-event_ndim] = {batch}, got shape {t.shape}."
             )
+        flat = x.reshape(*batch, math.prod(event))
         emb = sinusoidal_embedding(t, self.time_embed_dim, scale=self.time_scale).astype(x.dtype)
         temb = nn.Dense(self.hidden, use_bias=False, name="time_0")(emb)  # shape (*t.shape, hidden)
-        h = nn.Dense(self.hidden, name="hidden_0")(x) + jnp.broadcast_to(temb, (*batch, self.hidden))
+        temb = jnp.broadcast_to(temb, (*batch, self.hidden))
+        lemb = label_embedding(self.num_classes, self.hidden, label, batch, network="ScoreMLP")
+        if lemb is not None:
+            temb = temb + lemb.astype(temb.dtype)
+        h = nn.Dense(self.hidden, name="hidden_0")(flat) + temb
         h = nn.silu(h)
         hs = [h]
         for i in range(1, self.num_layers):
@@ -113,4 +138,4 @@ class ScoreMLP(nn.Module):
             if self.skip and mirror < i:
                 h = h + hs[mirror]
             hs.append(h)
-        return nn.Dense(x.shape[-1], name="out")(h)
+        return nn.Dense(flat.shape[-1], name="out")(h).reshape(x.shape)

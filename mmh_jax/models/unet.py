@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmh_jax.models._conditioning import label_embedding
 from mmh_jax.models.score_mlp import sinusoidal_embedding
 
 Array = jax.Array
@@ -252,23 +253,9 @@ class UNet(nn.Module):
         temb = sinusoidal_embedding(t, self.channels, scale=self.time_scale).astype(h.dtype)
         temb = nn.Dense(emb_dim, kernel_init=_INIT, name="time_dense_0")(temb)
         temb = nn.Dense(emb_dim, kernel_init=_INIT, name="time_dense_1")(nn.silu(temb))
-        if self.num_classes is not None:
-            if label is None:
-                label = jnp.full((), self.num_classes, jnp.int32)
-            label = jnp.asarray(label)
-            if not jnp.issubdtype(label.dtype, jnp.integer):
-                raise TypeError(f"label must be integer class indices, got dtype {label.dtype}.")
-            if label.shape not in ((), batch):
-                raise ValueError(
-                    f"label must be None, a scalar or have shape x.shape[:-3] = {batch}, "
-                    f"got shape {label.shape}."
-                )
-            label = jnp.broadcast_to(label, batch).reshape(n)
-            temb = temb + nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")(label)
-        elif label is not None:
-            raise ValueError(
-                "label was given but the UNet is unconditional (num_classes=None); set num_classes."
-            )
+        lemb = label_embedding(self.num_classes, emb_dim, label, batch, network="UNet")
+        if lemb is not None:
+            temb = temb + lemb.reshape(n, emb_dim)
 
         res = lambda feats, name: _ResBlock(feats, self.num_groups, self.dropout, name=name)  # noqa: E731
         attn = lambda name: _AttnBlock(self.num_groups, self.num_heads, name=name)  # noqa: E731

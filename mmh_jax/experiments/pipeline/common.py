@@ -134,8 +134,16 @@ class DigitsSetup:
     heldout_labels: np.ndarray
 
 
+def _digits_model_kwargs(cfg) -> dict[str, Any]:
+    if cfg.model == "unet":
+        return {"channels": cfg.channels, "channel_mults": tuple(cfg.channel_mults), "attention": cfg.attention}
+    if cfg.model == "mlp":
+        return {"hidden": cfg.hidden, "num_layers": cfg.num_layers, "event_ndim": 3}
+    raise ValueError(f"images model must be 'unet' or 'mlp', got {cfg.model!r}.")
+
+
 def digits_setup(cfg, ctx: Context) -> DigitsSetup:
-    """Build the duplicated-digits training set, train (or reuse) the conditional U-Net on it."""
+    """Build the duplicated-digits training set, train (or reuse) the class-conditional model on it."""
     from mmh_jax.data import images
     from mmh_jax.experiments import train_cmd
 
@@ -151,8 +159,7 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     path = ctx.path("data", "digits_train.npz")
     np.savez(path, x=train_x, labels=train_labels)
     train_cfg = train_cmd.TrainConfig(
-        data=os.path.abspath(path), model="unet", model_kwargs={"channels": cfg.channels, "channel_mults": tuple(cfg.channel_mults),
-                                                   "attention": cfg.attention}, steps=cfg.steps,
+        data=os.path.abspath(path), model=cfg.model, model_kwargs=_digits_model_kwargs(cfg), steps=cfg.steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, class_conditional=True,
         checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed,
     )

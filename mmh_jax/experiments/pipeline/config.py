@@ -48,12 +48,18 @@ class ImagesConfig:
     (``conditional``). The digits not used for training are the held-out set of sample quality.
     ``cfg_guidance`` is the guidance scale w of ``conditional``'s samples, ε_∅ + w(ε_c − ε_∅), used
     when ``guidance_scale`` is 0 (a positive ``guidance_scale`` overrides it).
+    ``model`` is ``unet`` (``channels``, ``channel_mults``, ``attention``) or, for the quick preset
+    whose point is to exercise the pipeline in seconds, an image-shaped class-conditional ``mlp``
+    (``hidden``, ``num_layers``): both compile and run the same pipeline code.
     """
 
     n_train: int = 300
     n_duplicated: int = 10
     copies: int = 20
     steps: int = 3000
+    model: str = "unet"
+    hidden: int = 256
+    num_layers: int = 3
     channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2)
     attention: bool = True
@@ -118,8 +124,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "toy": {"n_train": 60, "steps": 200, "hidden": 64, "num_layers": 2, "n_samples": 128, "sample_steps": 30,
                 "t0_grid": (1e-3, 1.0, 8)},
-        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "steps": 40, "channels": 8, "channel_mults": (1,),
-                   "attention": False, "batch_size": 32,
+        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "steps": 40, "model": "mlp", "hidden": 64,
+                   "num_layers": 2, "batch_size": 32,
                    "n_samples": 32, "sample_steps": 10, "t0_grid": (1e-3, 1.0, 6), "curve_points": 8,
                    "calibration_n": 10, "model_free_k": 10, "batch": 32},
         "mitigation": {"lambdas": (0.0, 0.2), "n_samples": 16, "sample_steps": 8, "embedding_steps": 2},
