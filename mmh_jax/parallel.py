@@ -82,7 +82,20 @@ BACKENDS = ("shard_map", "pmap")
 
 
 class ProcessInfo(NamedTuple):
-    """Where this process stands in a (possibly multi-host) run."""
+    """Where this process stands in a (possibly multi-host) run (returned by :func:`initialize`).
+
+    Attributes:
+      process_index: this process's rank, ``0 .. process_count - 1``.
+      process_count: number of processes (hosts) in the run.
+      local_device_count: devices this process drives.
+      device_count: devices of all processes together.
+
+    Examples:
+      >>> from mmh_jax import parallel
+      >>> info = parallel.initialize(num_processes=1)
+      >>> info.process_index, info.process_count
+      (0, 1)
+    """
 
     process_index: int
     process_count: int
@@ -129,7 +142,7 @@ def initialize(
         outside ``[0, num_processes)``, an unknown ``cpu_collectives``.
       RuntimeError: JAX already ran a computation in this process (initialise first).
 
-    Example:
+    Examples:
       >>> from mmh_jax import parallel
       >>> parallel.initialize(num_processes=1).process_count   # one process: nothing to join
       1
@@ -174,7 +187,16 @@ def make_mesh(devices=None) -> Mesh:
 
     Devices are ordered by (process, id), so each process owns one contiguous block of points.
 
-    Example:
+    Args:
+      devices: the devices to split points over (any order; default ``jax.devices()``).
+
+    Returns:
+      a :class:`jax.sharding.Mesh` with the single axis :data:`POINTS_AXIS`.
+
+    Raises:
+      ValueError: an empty ``devices``.
+
+    Examples:
       >>> from mmh_jax import parallel
       >>> parallel.make_mesh().axis_names
       ('points',)
@@ -276,7 +298,7 @@ def map_points(
       ValueError: arguments with different numbers of points, ``batch_size < 1``, a mesh with
         more than one axis, an unknown ``backend``, ``backend="pmap"`` with other hosts' devices.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax.parallel import map_points
       >>> map_points(lambda x, y: jnp.sum(x) * y, jnp.ones((5, 3)), jnp.arange(5.0), batch_size=2).tolist()
@@ -374,7 +396,7 @@ def map_points_global(
         passing different event shapes.
       RuntimeError: a cross-process step failed (another process died); the message says so.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import parallel
       >>> parallel.map_points_global(lambda x: jnp.sum(x), jnp.ones((3, 2))).tolist()

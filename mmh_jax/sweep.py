@@ -80,7 +80,7 @@ def fingerprint(point_fn, xs, *keys_or_arrays, grid=None, params=None, chunk_siz
       points and per-point arrays, of the grid (names and values) and of ``params`` (structure and
       leaves), and the caller's ``config``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import sweep
       >>> fp = sweep.fingerprint(jnp.sum, jnp.ones((3, 2)), chunk_size=2)
@@ -176,7 +176,7 @@ def sweep(
       ValueError: ``chunk_size < 1``; mismatched numbers of points; a malformed ``grid``;
         ``workdir`` holding a sweep with a different fingerprint (the message lists what differs).
 
-    Example:
+    Examples:
       >>> import tempfile, jax.numpy as jnp
       >>> from mmh_jax import sweep
       >>> f = lambda x, *, scale: scale * jnp.sum(x)

@@ -16,6 +16,7 @@ from mmh_jax import lid, parallel
 from mmh_jax.sde import VPSDE
 
 VP = VPSDE()
+pytestmark = pytest.mark.xdist_group("parallel_mesh")  # one worker builds the module fixture once
 W = jnp.arange(16, dtype=jnp.float32).reshape(4, 4) / 16.0
 
 

@@ -19,6 +19,7 @@ from mmh_jax.sde import VPSDE
 
 VP = VPSDE()
 N, CHUNK = 37, 8  # 5 chunks, the last one partial
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker builds the module fixture once
 T0S = jnp.geomspace(1e-2, 1.0, 6)
 
 
