@@ -16,6 +16,9 @@ __all__ = ["lid", "load", "memorization", "parallel", "quality", "sde", "__versi
 def load(checkpoint_dir: str, *, step: int | None = None):
     """Load a model trained by ``mmh-jax train``: ``.score_fn``, ``.eps_fn``, ``.sde``, ``.config``, ``.sample``.
 
+    Flows (``--model flow|lidl``) load as :class:`mmh_jax.trained.TrainedFlow`: ``.log_prob``,
+    ``.decoder``, ``.encoder``, ``.lidl``, ``.sample``.
+
     Imported lazily so that ``import mmh_jax.lid`` stays free of flax/optax/orbax. See
     :func:`mmh_jax.trained.load`.
 

@@ -112,3 +112,24 @@ def test_make_ensemble_step_rejects_mismatched_member_arrays():
     step = train.make_loss_train_step(lambda p, b, k: jnp.sum(p**2), train.make_optimizer(total_steps=2))
     with pytest.raises(ValueError, match="member_batch entries must share one leading"):
         train.make_ensemble_step(step, {"delta": jnp.ones(3), "other": jnp.ones(2)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["lollipop", "torus_circle"])
+def test_default_lidl_run_recovers_per_component_lid(data, tmp_path):
+    """Acceptance (minutes): `mmh-jax train --model lidl` with default settings, then LIDL and the flow
+    Jacobian (τ = −3 and its plateau) on 600 training points: every component's mean within 0.5 of the
+    true LID (lollipop: disk 2, stick 1, point 0; torus_circle: torus 2, circle 1)."""
+    from mmh_jax.experiments import model_lid, train_cmd
+
+    out = str(tmp_path / "run")
+    train_cmd.run(train_cmd.preset("full", model="lidl", data=data), out, progress=False)
+    for estimator, keys in (("lidl", ("lid",)), ("flow-jacobian", ("lid", "lid_plateau"))):
+        npz = str(tmp_path / f"{estimator}.npz")
+        model_lid.run(model_lid.preset("full", checkpoint=out, estimator=estimator, n=600), npz, progress=False)
+        with np.load(npz) as f:
+            for key in keys:
+                for c in np.unique(f["component"]):
+                    sel = f["component"] == c
+                    truth = float(f["truth"][sel][0])
+                    assert abs(float(np.mean(f[key][sel])) - truth) < 0.5, (estimator, key, int(c), truth)
