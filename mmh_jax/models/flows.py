@@ -70,7 +70,8 @@ def rq_spline(x, raw_widths, raw_heights, raw_derivatives, *, bound: float, inve
 
       y = y_k + h_k·[s_k ξ² + d_k ξ(1 − ξ)] / [s_k + (d_{k+1} + d_k − 2 s_k) ξ(1 − ξ)],
 
-    dy/dx = s_k²·[d_{k+1} ξ² + 2 s_k ξ(1 − ξ) + d_k (1 − ξ)²] / [s_k + (d_{k+1} + d_k − 2 s_k) ξ(1 − ξ)]².
+    dy/dx = s_k²·[d_{k+1} ξ² + 2 s_k ξ(1 − ξ) + d_k (1 − ξ)²]
+            / [s_k + (d_{k+1} + d_k − 2 s_k) ξ(1 − ξ)]².
     The inverse solves the quadratic in ξ with the numerically stable root 2c/(−b − √(b² − 4ac)).
     The end derivatives are 1, so the spline joins the identity tails with a continuous slope.
 
@@ -207,7 +208,8 @@ class Flow(nn.Module):
     def _check(self, name: str, x) -> Array:
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}; use {name}.astype(jnp.float32).")
+            raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}; "
+                            f"use {name}.astype(jnp.float32).")
         if x.ndim < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"{name} must have shape (..., {self.dim}) for this flow (dim={self.dim}), "
                              f"got shape {x.shape}.")
