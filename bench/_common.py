@@ -247,3 +247,19 @@ def print_targets(targets: dict) -> None:
         value = "—" if v["value"] is None else f"{v['value']:.2f}"
         where = f" (steps_per_call={v['steps_per_call']})" if "steps_per_call" in v else ""
         print(f"  {k}{where}: {value} (target >= {v['target']}) {status}")
+
+
+def finish(name: str, rows: Sequence[dict[str, Any]], out_dir, *, meta: dict[str, Any], columns: Iterable[str],
+           summary: dict[str, Any], notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The shared tail of a benchmark: write JSON + markdown, print the table, the targets (when the
+    summary has ``"targets"``) and ``notes``; returns ``{"name", "meta", "rows", "summary", "paths"}``."""
+    paths = write_results(name, rows, out_dir, meta=meta, columns=columns, summary=summary)
+    print()
+    print(markdown_table(rows, columns))
+    print()
+    if "targets" in summary:
+        print_targets(summary["targets"])
+    for line in notes:
+        print(f"  {line}")
+    print(f"\nwrote {paths['json']} and {paths['md']}")
+    return {"name": name, "meta": meta, "rows": list(rows), "summary": summary, "paths": paths}

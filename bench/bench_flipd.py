@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import DEFAULT_OUT, env_info, markdown_table, prepare, print_targets, time_many, write_results
+from bench._common import DEFAULT_OUT, env_info, finish, prepare, time_many
 from mmh_jax import lid
 from mmh_jax.lid._trace import rademacher_probes
 from mmh_jax.models import ScoreMLP, as_eps_fn, as_score_fn
@@ -359,13 +359,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
     meta = env_info(config=cfg, cores=num_cores(), jax_threads=jax_cpu_threads(), checks=checks, **torch_meta)
-    paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
-    print()
-    print(markdown_table(rows, COLUMNS))
-    print()
-    print_targets(summary["targets"])
-    print(f"\nwrote {paths['json']} and {paths['md']}")
-    return {"name": NAME, "meta": meta, "rows": rows, "summary": summary, "paths": paths}
+    return finish(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
 
 
 def main(argv=None) -> dict:

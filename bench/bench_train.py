@@ -67,8 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import (DEFAULT_OUT, Prepared, env_info, markdown_table, prepare, print_targets, time_many,
-                           write_results)
+from bench._common import DEFAULT_OUT, Prepared, env_info, finish, prepare, time_many
 from mmh_jax import train
 from mmh_jax.experiments import train_cmd
 from mmh_jax.models import make_model
@@ -636,14 +635,8 @@ def run(args: argparse.Namespace) -> dict:
                             "warmup": args.warmup, "seed": args.seed},
                     models=configs, cores=num_cores(), checks=checks, load_average_before=load_before,
                     load_average_after=load_after, **torch_meta)
-    paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
-    print()
-    print(markdown_table(rows, COLUMNS))
-    print()
-    print_targets(summary["targets"])
-    print(f"  load average before {load_before}, after {load_after}")
-    print(f"\nwrote {paths['json']} and {paths['md']}")
-    return {"name": NAME, "meta": meta, "rows": rows, "summary": summary, "paths": paths}
+    return finish(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary,
+                  notes=[f"load average before {load_before}, after {load_after}"])
 
 
 def main(argv=None) -> dict:
