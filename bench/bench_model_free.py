@@ -1,6 +1,6 @@
 """Model-free LID* estimators: mmh_jax (JAX) against scikit-dimension, in one process.
 
-    python bench/bench_model_free.py [--quick] [--out DIR] [--repeats N]
+    python bench/bench_model_free.py [--quick] [--no-scaling] [--out DIR] [--repeats N]
 
 Data: N = 5000 points of a standard Gaussian on a random 10-dim affine subspace of R^100 (float32),
 k = 100 neighbours. For each of lpca, mle, twonn, ess:
@@ -14,7 +14,8 @@ k = 100 neighbours. For each of lpca, mle, twonn, ess:
   extrapolated linearly in the number of points; the row says so;
 - agreement: fraction of identical estimates (lPCA), mean |ours − skdim| (the others).
 
-Then the growth of our time with N (D = 100) and with D (N = 5000) for mle and lpca (one timed
+Then (unless ``--no-scaling``) the growth of our time with N = 10³…10⁵ (D = 100) and with D
+(N = 5000) for mle and lpca (one timed
 call, after the compiling one, when N·D ≥ 10⁶).
 
 BLAS is limited to one thread for both sides (``threadpoolctl``): XLA's LAPACK calls and skdim's
@@ -151,13 +152,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results directory (default bench/results)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls of ours (default 5, quick 3)")
     p.add_argument("--ess-points", type=int, default=None, help="skdim ESS neighbourhoods timed (default 250)")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="only the side-by-side comparison, not the growth with N (up to 10^5) and D")
     args = p.parse_args(argv)
 
     quick = args.quick
     n, dim, d, k = (1000, 100, 10, 100) if quick else (5000, 100, 10, 100)
     repeats = args.repeats or (3 if quick else 5)
     ess_points = args.ess_points or (100 if quick else 250)
-    sweep_n = (1000, 3000) if quick else (1000, 3000, 10000, 30000)
+    sweep_n = (1000, 3000) if quick else (1000, 3000, 10000, 30000, 100000)
     sweep_d = (10, 100) if quick else (10, 100, 1000)
     sweep_n_est = ("mle",) if quick else ("mle", "lpca")
 
@@ -168,11 +171,11 @@ def main(argv=None) -> dict:
         for name in ESTIMATORS:
             rows.append(compare(name, x, k, repeats, ess_points))
             print(f"{name}: ours {rows[-1]['ours_s']:.3g}s, skdim {rows[-1]['skdim_s']:.3g}s", flush=True)
-        for name in sweep_n_est:
+        for name in () if args.no_scaling else sweep_n_est:
             for nn in sweep_n:
                 scale_rows.append(scaling(name, nn, 100, k, repeats))
                 print(f"scaling {name} N={nn}: {scale_rows[-1]['ours_s']:.3g}s", flush=True)
-        for name in ("mle", "lpca"):
+        for name in () if args.no_scaling else ("mle", "lpca"):
             for dd in sweep_d:
                 scale_rows.append(scaling(name, n, dd, k, repeats))
                 print(f"scaling {name} D={dd}: {scale_rows[-1]['ours_s']:.3g}s", flush=True)
@@ -181,12 +184,14 @@ def main(argv=None) -> dict:
     summary.update({f"target_met_{r['estimator']}": bool(r["speedup"] >= r["target"]) for r in rows})
     meta = env_info(blas_threads=1, quick=quick, data=f"Gaussian on a {d}-dim affine subspace of R^{dim}")
     paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
-    scale_paths = write_results(NAME + "_scaling", scale_rows, args.out, meta=meta, columns=SCALE_COLUMNS)
     print()
     print(markdown_table(rows, COLUMNS))
-    print()
-    print(markdown_table(scale_rows, SCALE_COLUMNS))
-    print(f"\nwrote {paths['json']}, {paths['md']}, {scale_paths['json']}, {scale_paths['md']}")
+    print(f"\nwrote {paths['json']}, {paths['md']}")
+    if scale_rows:
+        scale_paths = write_results(NAME + "_scaling", scale_rows, args.out, meta=meta, columns=SCALE_COLUMNS)
+        print()
+        print(markdown_table(scale_rows, SCALE_COLUMNS))
+        print(f"\nwrote {scale_paths['json']}, {scale_paths['md']}")
     return {"rows": rows, "scaling": scale_rows, "summary": summary}
 
 
