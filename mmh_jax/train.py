@@ -392,7 +392,7 @@ def make_train_loop(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> opt = make_optimizer(learning_rate=0.1, total_steps=20, warmup_steps=0)
-      >>> step = make_loss_train_step(lambda p, b, k: jnp.mean((p["w"] - b["x"]) ** 2), opt)
+      >>> step = make_loss_train_step(lambda p, b, k: jnp.mean((p["w"][None] - b["x"]) ** 2), opt)
       >>> loop = make_train_loop(step, batch_size=4, steps_per_call=5)
       >>> s, m = loop(init_train_state({"w": jnp.zeros(2)}, opt), jnp.ones((10, 2)), None, None, jax.random.key(0))
       >>> int(s.step), m["loss"].shape
