@@ -17,7 +17,6 @@ PUBLIC_MODULES = [
 #: Names whose example or Returns section is still to be written, in modules being reworked as this
 #: is written (flows, multi-host). Shrink this set; never grow it.
 PENDING = {
-    "mmh_jax.parallel.ProcessInfo", "mmh_jax.parallel.make_mesh",
     "mmh_jax.models.Flow", "mmh_jax.models.make_nll_loss", "mmh_jax.models.make_model",
     "mmh_jax.models.sinusoidal_embedding",
     "mmh_jax.trained.TrainedFlow", "mmh_jax.trained.TrainedModel", "mmh_jax.trained.load",
