@@ -63,6 +63,7 @@ def tiny_run(tmp_path_factory):
 SHARED_SESSION_FIXTURES = ("quick_pipeline", "tiny_run")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in SHARED_SESSION_FIXTURES:

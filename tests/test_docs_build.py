@@ -18,6 +18,7 @@ API_PAGES = {
     "sde": ["mmh_jax.sde"],
     "lid": ["mmh_jax.lid"],
     "parallel": ["mmh_jax.parallel"],
+    "sweep": ["mmh_jax.sweep"],
     "memorization": ["mmh_jax.memorization"],
     "quality": ["mmh_jax.quality"],
     "sample": ["mmh_jax.sample"],

@@ -9,7 +9,7 @@ import re
 import pytest
 
 PUBLIC_MODULES = [
-    "mmh_jax", "mmh_jax.sde", "mmh_jax.lid", "mmh_jax.parallel", "mmh_jax.memorization", "mmh_jax.quality",
+    "mmh_jax", "mmh_jax.sde", "mmh_jax.lid", "mmh_jax.parallel", "mmh_jax.sweep", "mmh_jax.memorization", "mmh_jax.quality",
     "mmh_jax.sample", "mmh_jax.train", "mmh_jax.models", "mmh_jax.data.synthetic", "mmh_jax.data.images",
     "mmh_jax.data.gaussian", "mmh_jax.checkpoint", "mmh_jax.trained", "mmh_jax.report", "mmh_jax.provenance",
 ]
