@@ -105,7 +105,7 @@ def run(config, model, out: str, *, progress: bool = True) -> dict[str, Any]:
     import jax
 
     from mmh_jax.experiments import model_lid
-    from mmh_jax.experiments.lid_cmd import out_path, print_summary, summarize
+    from mmh_jax.experiments.lid_cmd import print_summary, summarize
 
     if config.estimator not in FLOW_ESTIMATORS:
         raise ValueError(
@@ -125,41 +125,20 @@ def run(config, model, out: str, *, progress: bool = True) -> dict[str, Any]:
     print(f"mmh-jax lid: {config.estimator} of the flow in {config.checkpoint} (step {model.step}) at {n} points "
           f"of shape {tuple(x.shape[1:])} ...", file=sys.stderr, flush=True)
     res, compile_s, run_s = model_lid.estimate(config, model, x, keys, progress=progress)
-    print(f"mmh-jax lid: compiled in {compile_s:.2f} s, estimated in {run_s:.2f} s "
-          f"({n / max(run_s, 1e-9):.1f} points/s, batch size {config.batch_size})", file=sys.stderr, flush=True)
-
-    path = out_path(out)
-    import os
-
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    arrays: dict[str, np.ndarray] = {"lid": res["lid"], "x": x, "index": np.asarray(index, np.int64),
-                                     "deltas": np.asarray(model.deltas, np.float32)}
-    if truth is not None:
-        arrays["truth"] = np.asarray(truth)
-    if comp is not None:
-        arrays["component"] = np.asarray(comp, np.int32)
+    extra: dict[str, np.ndarray] = {"deltas": np.asarray(model.deltas, np.float32)}
     if config.estimator == "lidl":
-        arrays["log_probs"] = res["log_probs"]
+        extra["log_probs"] = res["log_probs"]
     else:
-        arrays.update(tau=np.float32(config.tau), taus=config.taus, curves=res["curves"],
-                      lid_plateau=res["lid_plateau"], tau_plateau=res["tau_plateau"],
-                      member=np.int32(np.argmin(model.deltas)))
+        extra.update(tau=np.float32(config.tau), taus=config.taus, curves=res["curves"],
+                     lid_plateau=res["lid_plateau"], tau_plateau=res["tau_plateau"],
+                     member=np.int32(np.argmin(model.deltas)))
         if "singular_values" in res:
-            arrays["singular_values"] = res["singular_values"]
-    np.savez(path, **arrays)
-
-    summary: dict[str, Any] = {
-        "estimator": config.estimator, "checkpoint": config.checkpoint, "step": model.step, "data": description,
-        "num_points": n, "num_available": n_all, "event_shape": tuple(int(s) for s in x.shape[1:]),
-        "compile_seconds": compile_s, "seconds": run_s, **summarize(res["lid"], truth, comp), "out": path,
-    }
-    header = (f"mmh-jax lid: {config.estimator} of the flow in {config.checkpoint} (step {model.step}) on "
-              f"{description}: {n} points" + (f" (a seeded subsample of {n_all})" if n < n_all else "")
-              + f" of shape {summary['event_shape']}\n{_describe(config, model, dim)}")
-    print_summary(header, summary)
+            extra["singular_values"] = res["singular_values"]
+    summary = model_lid.write_results(config, model, out, res["lid"], (x, truth, comp, index, n_all, description),
+                                      extra, (compile_s, run_s), _describe(config, model, dim), what="flow")
     if config.estimator != "lidl":
         summary["plateau"] = summarize(res["lid_plateau"], truth, comp)
         print_summary(f"lid_plateau = the flattest stretch of the curve over tau in [log delta, log delta + log 10] "
                       f"(median tau {float(np.median(res['tau_plateau'])):.3g})", summary["plateau"])
-    print(f"mmh-jax lid: wrote {path}", file=sys.stderr)
+    print(f"mmh-jax lid: wrote {summary['out']}", file=sys.stderr)
     return summary

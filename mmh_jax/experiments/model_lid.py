@@ -411,6 +411,44 @@ def _describe(config: ModelLidConfig, dim: int) -> str:
     return "lid = FPRegress over log noise scales log(geomspace(0.01, 0.1, 8)) (trace " + config.trace + ")"
 
 
+def write_results(config: ModelLidConfig, model, out: str, lid, points, extra: dict[str, np.ndarray], seconds,
+                  description_line: str, *, what: str = "model") -> dict[str, Any]:
+    """Write the ``.npz`` (``lid``, ``x``, ``index``, ``truth``/``component`` when known, plus ``extra``) and
+    print and return the summary of ``lid``; ``points`` is what :func:`_points` returns, ``seconds`` the
+    (compile, run) times."""
+    x, truth, comp, index, n_all, description = points
+    compile_s, run_s = seconds
+    n = x.shape[0]
+    print(f"mmh-jax lid: compiled in {compile_s:.2f} s, estimated in {run_s:.2f} s "
+          f"({n / max(run_s, 1e-9):.1f} points/s, batch size {config.batch_size})", file=sys.stderr, flush=True)
+    path = out_path(out)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    arrays: dict[str, np.ndarray] = {"lid": lid, "x": x, "index": np.asarray(index, np.int64)}
+    if truth is not None:
+        arrays["truth"] = np.asarray(truth)
+    if comp is not None:
+        arrays["component"] = np.asarray(comp, np.int32)
+    np.savez(path, **arrays, **extra)
+    summary: dict[str, Any] = {
+        "estimator": config.estimator,
+        "checkpoint": config.checkpoint,
+        "step": model.step,
+        "data": description,
+        "num_points": n,
+        "num_available": n_all,
+        "event_shape": tuple(int(s) for s in x.shape[1:]),
+        "compile_seconds": compile_s,
+        "seconds": run_s,
+        **summarize(lid, truth, comp),
+        "out": path,
+    }
+    header = (f"mmh-jax lid: {config.estimator} of the {what} in {config.checkpoint} (step {model.step}) on "
+              f"{description}: {n} points" + (f" (a seeded subsample of {n_all})" if n < n_all else "")
+              + f" of shape {summary['event_shape']}\n{description_line}")
+    print_summary(header, summary)
+    return summary
+
+
 def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str, Any]:
     """Estimate LID_θ per point, write ``out`` (.npz, keys in the module docstring), print a summary.
 
@@ -459,38 +497,12 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
     print(f"mmh-jax lid: {config.estimator} of the model in {config.checkpoint} (step {model.step}) at {n} "
           f"points of shape {tuple(x.shape[1:])} ...", file=sys.stderr, flush=True)
     res, compile_s, run_s = estimate(config, model, x, keys, progress=progress)
-    print(f"mmh-jax lid: compiled in {compile_s:.2f} s, estimated in {run_s:.2f} s "
-          f"({n / max(run_s, 1e-9):.1f} points/s, batch size {config.batch_size})", file=sys.stderr, flush=True)
-
-    path = out_path(out)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    arrays: dict[str, np.ndarray] = {"lid": res["lid"], "x": x, "index": np.asarray(index, np.int64)}
-    if truth is not None:
-        arrays["truth"] = np.asarray(truth)
-    if comp is not None:
-        arrays["component"] = np.asarray(comp, np.int32)
+    extra = {}
     if config.estimator == "flipd":
-        arrays.update(t0=np.float32(config.t0), t0s=config.t0s, curves=res["curves"], lid_knee=res["lid_knee"],
-                      t0_knee=res["t0_knee"], lid_plateau=res["lid_plateau"], t0_plateau=res["t0_plateau"])
-    np.savez(path, **arrays)
-
-    summary: dict[str, Any] = {
-        "estimator": config.estimator,
-        "checkpoint": config.checkpoint,
-        "step": model.step,
-        "data": description,
-        "num_points": n,
-        "num_available": n_all,
-        "event_shape": tuple(int(s) for s in x.shape[1:]),
-        "compile_seconds": compile_s,
-        "seconds": run_s,
-        **summarize(res["lid"], truth, comp),
-        "out": path,
-    }
-    header = (f"mmh-jax lid: {config.estimator} of the model in {config.checkpoint} (step {model.step}) on "
-              f"{description}: {n} points" + (f" (a seeded subsample of {n_all})" if n < n_all else "")
-              + f" of shape {summary['event_shape']}\n{_describe(config, dim)}")
-    print_summary(header, summary)
+        extra = dict(t0=np.float32(config.t0), t0s=config.t0s, curves=res["curves"], lid_knee=res["lid_knee"],
+                     t0_knee=res["t0_knee"], lid_plateau=res["lid_plateau"], t0_plateau=res["t0_plateau"])
+    summary = write_results(config, model, out, res["lid"], (x, truth, comp, index, n_all, description), extra,
+                            (compile_s, run_s), _describe(config, dim))
     if config.estimator == "flipd":
         summary["knee"] = summarize(res["lid_knee"], truth, comp)
         lo, hi, num = config.t0_grid
@@ -501,5 +513,5 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
         summary["plateau"] = summarize(res["lid_plateau"], truth, comp)
         print_summary(f"lid_plateau = FLIPD on the flattest stretch of its curve (t0 <= 0.5; median t0 "
                       f"{float(np.median(res['t0_plateau'])):.3g})", summary["plateau"])
-    print(f"mmh-jax lid: wrote {path}", file=sys.stderr)
+    print(f"mmh-jax lid: wrote {summary['out']}", file=sys.stderr)
     return summary
