@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import traceback
 
@@ -29,10 +31,31 @@ Subcommands:
 
 Run `mmh-jax SUBCOMMAND --help` for the options of each. Errors are one line on stderr with a
 non-zero exit code; --debug (before or after the subcommand) shows the full traceback.
+
+Interrupting (Ctrl-C, or SIGTERM from `kill` or a job scheduler) stops cleanly: `train` saves a
+checkpoint (continue with --resume), `run` keeps its trained models and the finished experiments
+(rerun the same command to resume). Exit code 130 after Ctrl-C (SIGINT), 143 after SIGTERM.
 """
 
 #: Below this much free space on the disk of --out, a command stops before it starts its work.
 MIN_FREE_BYTES = 64 * 2**20
+
+
+#: The signal that interrupted this process (SIGINT unless a SIGTERM arrived); exit code 128 + it.
+_interrupted_by = signal.SIGINT
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM handler: stop like Ctrl-C (KeyboardInterrupt in the main thread), so ``train`` saves
+    its checkpoint and ``run`` keeps what finished."""
+    global _interrupted_by
+    _interrupted_by = signal.Signals(signum)
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+def interrupt_exit_code() -> int:
+    """130 after Ctrl-C (SIGINT), 143 after SIGTERM: the shell's 128 + signal number."""
+    return 128 + int(_interrupted_by)
 
 
 class OutError(ValueError):
@@ -100,8 +123,12 @@ _RUN_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
     "(sampling steered towards higher LID_theta lowers the memorized fraction). 'validation' instead checks every "
     "LID estimator against closed-form ground truth.",
     "Presets: quick (tiny sizes, well under a minute of compute; for tests), default (about ten minutes on 2 CPU "
-    "cores), full (larger models and samples; for a GPU). Models are cached under OUT/models: rerunning into the "
-    "same --out reuses them.",
+    "cores), full (larger models and samples; for a GPU).",
+    "Resuming: models are cached under OUT/models, and metrics.json is written after each experiment. Rerunning "
+    "into the same --out (after Ctrl-C or SIGTERM, exit code 130 / 143, or a crash) continues a partly trained "
+    "model from its last checkpoint, reuses finished models, and keeps the results of experiments that finished "
+    "with the same configuration, seed and package versions instead of computing them again (--recompute: run "
+    "them again, still reusing the models).",
 )) + """
 
 examples:
@@ -125,6 +152,9 @@ def _add_run(sub) -> None:
                    help=f"any of {', '.join(EXPERIMENTS)} (default: all), or 'validation'")
     p.add_argument("--preset", choices=("quick", "default", "full"), default="default",
                    help="quick: tiny, for tests; default: ~10 min on 2 CPU cores; full: larger, for a GPU")
+    p.add_argument("--recompute", action="store_true",
+                   help="run the selected experiments even when OUT/metrics.json already holds their results from "
+                   "the same configuration (trained models under OUT/models are still reused)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="run the detection experiment (images) on your own model: a run directory of "
                    "`mmh-jax train`; needs --data")
@@ -168,7 +198,7 @@ def _cmd_run(args) -> int:
     from mmh_jax.data.images import ImageDataError
 
     try:
-        pipeline_run.run(config, out)
+        pipeline_run.run(config, out, recompute=args.recompute)
     except (CheckpointError, ImageDataError, FileNotFoundError) as e:  # the user's --checkpoint / --data
         _error(args, "run", e)
         return 2
@@ -374,7 +404,8 @@ def _add_train(sub) -> None:
         help="train a diffusion model (MLP or U-Net) or normalizing flows (flow, lidl) with checkpoints; resumable",
         description="Train an epsilon-prediction diffusion model on the VP-SDE with AdamW (warm-up, cosine decay, "
         "clipping) and EMA. Checkpoints are written atomically every --checkpoint-every steps (last --keep kept); "
-        "Ctrl-C saves and exits. --steps is the TOTAL number of steps: --resume --steps 300 after a 150-step run "
+        "Ctrl-C or SIGTERM saves a checkpoint and exits (code 130 / 143). --steps is the TOTAL number of steps: "
+        "--resume --steps 300 after a 150-step run "
         "trains 150 more, with exactly the parameters of an uninterrupted run.",
     )
     _common(p, "mmh_jax_out/train")
@@ -425,7 +456,7 @@ def _cmd_train(args) -> int:
         _error(args, "train", e)
         return 2
     if result["interrupted"]:
-        return 130
+        return interrupt_exit_code()
     print(f"trained to step {result['step']} (loss {result['loss']:.4f}); run directory {os.path.abspath(args.out)}")
     return 0
 
@@ -529,6 +560,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    global _interrupted_by
+    _interrupted_by = signal.SIGINT
+    # SIGTERM stops like Ctrl-C; the previous handler comes back afterwards (main() may be called from
+    # a program with its own). Only the main thread may install handlers: elsewhere SIGTERM is left alone.
+    installed = threading.current_thread() is threading.main_thread()
+    if installed:
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if hasattr(args, "out"):
             check_out(args.out or os.curdir)  # `run` without --out writes under ./runs/
@@ -537,12 +575,15 @@ def main(argv: list[str] | None = None) -> int:
         _error(args, args.command, e)
         return 2
     except KeyboardInterrupt:
-        print(f"mmh-jax {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"mmh-jax {args.command}: interrupted by {_interrupted_by.name}", file=sys.stderr)
+        return interrupt_exit_code()
     except Exception as e:  # anything a subcommand did not report itself: one line, traceback with --debug
         _error(args, args.command, e, prefix=f"{type(e).__name__}: ",
                suffix="" if _debug(args) else " (run with --debug for the traceback)")
         return 1
+    finally:
+        if installed:  # None: the previous handler was not set from Python; the default is the nearest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

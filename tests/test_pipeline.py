@@ -73,7 +73,7 @@ def test_quick_run_counts_and_samples_are_consistent(quick_run):
 def test_rerun_reuses_the_trained_models(quick_run, tmp_path):
     _, out, _ = quick_run
     before = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file() and "checkpoints" in str(p)}
-    assert cli.main(["run", "toy", "--preset", "quick", "--out", str(out)]) == 0
+    assert cli.main(["run", "toy", "--preset", "quick", "--recompute", "--out", str(out)]) == 0
     after = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file() and "checkpoints" in str(p)}
     assert before == after  # no checkpoint rewritten: training was skipped
 

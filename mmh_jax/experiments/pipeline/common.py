@@ -3,7 +3,9 @@
 Models are trained into ``<out>/models/<name>/`` with :func:`mmh_jax.experiments.train_cmd.run`
 and ``resume=True``: a rerun (or a second experiment that needs the same model, e.g. ``images``
 and ``conditional`` share the class-conditional digits U-Net) continues or reuses the checkpoint
-instead of training again, and a config that differs from the saved one is a clear error.
+instead of training again, and a config that differs from the saved one is a clear error. An
+interrupted training (Ctrl-C, SIGTERM) saves its checkpoint and stops the run with
+``KeyboardInterrupt`` rather than going on with a half-trained model.
 """
 
 from __future__ import annotations
@@ -57,10 +59,25 @@ def train_model(ctx: Context, name: str, config) -> Any:
     from mmh_jax.experiments import train_cmd
     from mmh_jax.trained import load
 
+    from mmh_jax.checkpoint import Checkpointer
+
     run_dir = ctx.path("models", name, "")
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
+    try:
+        done = ckpt.latest_step()
+    finally:
+        ckpt.close()
     with ctx.timed(f"train_{name}"):
-        ctx.log(f"[{name}] training {config.model} for {config.steps} steps on {config.data} -> {run_dir}")
-        train_cmd.run(config, run_dir, resume=True, progress=ctx.progress)
+        if done is None:
+            ctx.log(f"[{name}] training {config.model} for {config.steps} steps on {config.data} -> {run_dir}")
+        elif done < config.steps:
+            ctx.log(f"[{name}] resuming the training in {run_dir} from its checkpoint at step {done} of "
+                    f"{config.steps}")
+        else:
+            ctx.log(f"[{name}] reusing the model trained earlier in {run_dir} (step {done})")
+        result = train_cmd.run(config, run_dir, resume=True, progress=ctx.progress)
+    if result["interrupted"]:  # its checkpoint is saved; stop the run (a rerun continues from it)
+        raise KeyboardInterrupt(f"training of {name} interrupted at step {result['step']}")
     return load(run_dir)
 
 

@@ -3,7 +3,13 @@
 ``metrics.json`` is rewritten after every experiment, so an interrupted run keeps what finished; it
 records the seed, the configuration and :func:`mmh_jax.provenance.provenance` (package versions);
 models are cached under ``<out>/models`` (:func:`.common.train_model`), so rerunning into the same
-directory skips training that is already done.
+directory skips training that is already done and continues training that was interrupted.
+
+Rerunning into the same directory resumes: an experiment whose results are in ``metrics.json``
+from the same configuration (all of :class:`RunConfig` but the experiment selection), seed and
+package versions, with its figures still on disk, is not computed again (``recompute=True``
+forces it); the others run. What a user expects after Ctrl-C or SIGTERM, when the experiments are
+deterministic for a seed (``tests/test_determinism.py``).
 """
 
 from __future__ import annotations
@@ -74,8 +80,14 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
-    """Run ``config.experiments`` into ``out``; returns the metrics (also in ``out/metrics.json``)."""
+def run(config, out: str, *, progress: bool = True, recompute: bool = False) -> dict[str, Any]:
+    """Run ``config.experiments`` into ``out``; returns the metrics (also in ``out/metrics.json``).
+
+    Experiments finished by an earlier run into ``out`` with the same configuration are kept, not
+    computed again, unless ``recompute`` (see the module docstring). On ``KeyboardInterrupt``
+    (Ctrl-C; SIGTERM in the CLI) ``metrics.json`` holds the experiments finished so far, the
+    models their checkpoints, and the interrupt propagates.
+    """
     import jax
 
     os.makedirs(out, exist_ok=True)
@@ -91,11 +103,23 @@ def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
             metrics[name] = previous[name]
     start = time.perf_counter()
     for name in config.experiments:
-        module = importlib.import_module(f"mmh_jax.experiments.pipeline.{name}")
         ctx.log(f"== {name} ==")
-        tic = time.perf_counter()
-        metrics[name] = module.run(config, ctx)
-        metrics[name]["seconds"] = time.perf_counter() - tic
+        if not recompute and _finished(previous, name, metrics, out):
+            metrics[name] = previous[name]
+            ctx.log(f"[{name}] finished by an earlier run into {out} with the same configuration: keeping its "
+                    "results from metrics.json (--recompute runs it again)")
+        else:
+            module = importlib.import_module(f"mmh_jax.experiments.pipeline.{name}")
+            tic = time.perf_counter()
+            try:
+                metrics[name] = module.run(config, ctx)
+            except KeyboardInterrupt:
+                done = [e for e in EXPERIMENTS if e in metrics]
+                print(f"interrupted during {name}: {os.path.join(out, 'metrics.json')} holds "
+                      f"{', '.join(done) if done else 'no finished experiment'}; trained models are kept under "
+                      f"{os.path.join(out, 'models')}. Rerun the same command to resume.", file=sys.stderr)
+                raise
+            metrics[name]["seconds"] = time.perf_counter() - tic
         metrics["timing"] = {"total_s": time.perf_counter() - start, **ctx.timings,
                              **{f"{e}_s": metrics[e]["seconds"] for e in EXPERIMENTS if e in metrics}}
         report.write_json(os.path.join(out, "metrics.json"), metrics)
@@ -105,6 +129,29 @@ def run(config, out: str, *, progress: bool = True) -> dict[str, Any]:
     print(f"\nreport: {os.path.abspath(os.path.join(out, 'report.html'))} "
           f"({metrics['timing']['total_s']:.0f} s)", file=sys.stderr if not progress else sys.stdout)
     return metrics
+
+
+def _finished(previous: dict[str, Any], name: str, metrics: dict[str, Any], out: str) -> bool:
+    """Whether ``previous`` (an earlier metrics.json in ``out``) holds ``name``'s results computed with
+    the configuration (but the experiment selection), seed and package versions of ``metrics``, with
+    its figures still in ``out``."""
+    import json
+
+    old = previous.get(name)
+    if not isinstance(old, dict) or not isinstance(previous.get("config"), dict):
+        return False
+    if metrics["config"].get("checkpoint"):  # a user's own model may have been retrained since
+        return False
+
+    def same_config(cfg):  # through JSON, as metrics.json stores it (tuples read back as lists)
+        return json.loads(json.dumps({k: v for k, v in cfg.items() if k != "experiments"}))
+
+    if same_config(previous["config"]) != same_config(metrics["config"]) or previous.get("seed") != metrics["seed"]:
+        return False
+    if (previous.get("provenance") or {}).get("versions") != metrics["provenance"]["versions"]:
+        return False
+    figures = old.get("figures", [])
+    return isinstance(figures, list) and all(os.path.exists(os.path.join(out, f)) for f in figures)
 
 
 def _previous(out: str) -> dict[str, Any]:
