@@ -52,7 +52,7 @@ def _flipd_at(score_fn: ScoreFn, x: Array, t0: Array, sde, method: str, probes, 
     if method == "exact":
         s, tr = exact_trace(field, y, chunk_size=chunk_size)
     else:
-        s, tr = hutchinson_trace(field, y, probes)
+        s, tr = hutchinson_trace(field, y, probes, chunk_size=chunk_size)
     return (x.size + sigma**2 * (tr + jnp.sum(s.astype(jnp.float32) ** 2))).astype(jnp.float32)
 
 
@@ -83,7 +83,10 @@ def flipd(
       trace: ``"exact"`` (D JVPs), ``"hutchinson"`` (Rademacher probes) or ``"auto"``
         (exact when D ≤ 3500).
       num_probes: Hutchinson probes (≥ 1).
-      chunk_size: basis vectors per JVP batch for the exact trace (memory bound; default 256).
+      chunk_size: JVPs evaluated at once: basis vectors of the exact trace (default 256), or
+        Hutchinson probes (default: all ``num_probes``). Memory is that of ``chunk_size`` JVPs. To
+        bound the memory of *gradients* of FLIPD (guidance, regularisers), wrap the score in
+        ``jax.checkpoint`` (rematerialisation; see ``bench/bench_memory.py``).
 
     Returns:
       float32 scalar.

@@ -49,16 +49,23 @@ def exact_trace(fn: Callable[[Array], Array], x: Array, *, chunk_size: int | Non
     return value, jnp.sum(diag)
 
 
-def hutchinson_trace(fn: Callable[[Array], Array], x: Array, probes: Array) -> tuple[Array, Array]:
+def hutchinson_trace(fn: Callable[[Array], Array], x: Array, probes: Array, *,
+                     chunk_size: int | None = None) -> tuple[Array, Array]:
     """``(fn(x), mean_v vᵀ (∂fn/∂x) v)`` over the given probes of shape ``(P, *x.shape)``.
 
-    With one probe this is a single ``jax.jvp`` (value and tangent in one pass).
+    With one probe this is a single ``jax.jvp`` (value and tangent in one pass). With several, the
+    network is linearized once and the probes are pushed through ``chunk_size`` at a time
+    (``lax.map``; default: all at once), so memory is that of ``chunk_size`` JVPs whatever P is.
     """
     if probes.shape[0] == 1:
         value, jv = jax.jvp(fn, (x,), (probes[0].astype(x.dtype),))
         return value, jnp.vdot(probes[0], jv)
     value, f_jvp = jax.linearize(fn, x)
-    quad = jax.vmap(lambda v: jnp.vdot(v, f_jvp(v.astype(x.dtype))))(probes)
+    quad_form = lambda v: jnp.vdot(v, f_jvp(v.astype(x.dtype)))  # noqa: E731
+    if chunk_size is None or chunk_size >= probes.shape[0]:
+        quad = jax.vmap(quad_form)(probes)
+    else:
+        quad = jax.lax.map(quad_form, probes, batch_size=chunk_size)
     return value, jnp.mean(quad)
 
 
