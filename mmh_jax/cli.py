@@ -509,13 +509,14 @@ def _add_bench(sub) -> None:
     _common(p, "mmh_jax_out/bench")
     p.add_argument("--preset", choices=("quick", "default", "full"), default="default",
                    help="quick: D in {2, 64}, batch 16 (well under a minute); default: D in {2, 64, 784, 3072}, "
-                   "batch 64 and 512, settings within --max-work; full: every setting (for an accelerator)")
+                   "batch 64 and 512, settings within --max-work; full: batch up to 4096 and a 6x larger budget (for an "
+                   "accelerator)")
     p.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=None, metavar="NAME",
                    help=f"subset of {', '.join(ESTIMATORS)} (default: all)")
     p.add_argument("--dims", nargs="+", type=int, default=None, metavar="D", help="data dimensions")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None, metavar="B", help="points per call")
     p.add_argument("--max-work", type=float, default=None,
-                   help="largest batch x network-passes-per-point run (default 5e4; full: no limit)")
+                   help="largest batch x network-passes-per-point run (default 5e4; full: 3e5)")
     p.set_defaults(func=_cmd_bench)
 
 
