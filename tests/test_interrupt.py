@@ -6,6 +6,7 @@ a timeout. Exact resume of the training loop itself is tests/test_train.py (in-p
 after SIGKILL is tests/test_sweep.py.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -177,3 +178,31 @@ def test_sigterm_during_run_keeps_the_model_and_the_rerun_reuses_it(tmp_path):
     rc, log = _finish(_start(args, tmp_path / "third.log"))
     assert rc == 0 and "[toy] finished by an earlier run" in log, log[-3000:]
     assert json.loads((out / "metrics.json").read_text())["toy"] == metrics["toy"]
+
+
+def test_a_rerun_keeps_only_experiments_finished_with_the_same_configuration(tmp_path):
+    """pipeline.run._finished: an earlier metrics.json entry is kept only for the same configuration (but the
+    experiment selection), seed and package versions, with its figures on disk, and never for --checkpoint."""
+    from mmh_jax.experiments.pipeline import config as pipeline_config
+    from mmh_jax.experiments.pipeline.run import _finished
+    from mmh_jax.provenance import provenance
+
+    def metrics(experiments=("toy",), seed=0, **over):
+        cfg = pipeline_config.preset("quick", experiments=experiments, seed=seed)
+        return {"seed": seed, "config": {**dataclasses.asdict(cfg), **over}, "provenance": provenance()}
+
+    (tmp_path / "toy_scatter.png").write_bytes(b"png")
+    previous = json.loads(json.dumps({**metrics(), "toy": {"figures": ["toy_scatter.png"]}}))  # as read back
+    assert _finished(previous, "toy", metrics(), str(tmp_path))
+    assert _finished(previous, "toy", metrics(experiments=("toy", "images")), str(tmp_path))  # selection aside
+    assert not _finished(previous, "images", metrics(), str(tmp_path))  # never ran
+    assert not _finished(previous, "toy", metrics(seed=1), str(tmp_path))
+    changed = metrics()
+    changed["config"]["toy"] = {**changed["config"]["toy"], "steps": 201}
+    assert not _finished(previous, "toy", changed, str(tmp_path))
+    other = metrics()
+    other["provenance"] = {**other["provenance"], "versions": {**other["provenance"]["versions"], "jax": "0.0"}}
+    assert not _finished(previous, "toy", other, str(tmp_path))
+    assert not _finished(previous, "toy", metrics(checkpoint="some/run"), str(tmp_path))
+    (tmp_path / "toy_scatter.png").unlink()
+    assert not _finished(previous, "toy", metrics(), str(tmp_path))

@@ -6,7 +6,8 @@ Writes into ``out``: ``checkpoints/<step>/`` (orbax, atomic, last ``keep`` kept)
 one flow, or LIDL's ensemble of flows (one per noise scale δ, vmapped: one compile, one loop).
 ``steps`` is the total number of optimisation steps: ``resume=True`` continues from the newest
 checkpoint up to ``steps``, and gives exactly the parameters of an uninterrupted run with the same
-seed (keys are derived from the step number). Ctrl-C saves a checkpoint and returns cleanly.
+seed (keys are derived from the step number). Ctrl-C (SIGTERM too, under the CLI) saves a
+checkpoint and returns cleanly.
 
 Example:
   >>> cfg = preset("quick", data="lollipop")
@@ -263,7 +264,8 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
                 last_saved = int(state.step)
     except KeyboardInterrupt:
         interrupted = True
-        if int(state.step) != last_saved:
+        # The signal may have cut the periodic save short after orbax renamed the step into place.
+        if int(state.step) != last_saved and not os.path.isdir(os.path.join(ckpt.directory, str(int(state.step)))):
             ckpt.save(int(state.step), state, cfg)
         bar.write(f"interrupted: checkpoint saved at step {int(state.step)} in {out}; resume with --resume")
     finally:
