@@ -35,6 +35,7 @@ import tempfile
 
 SMALL = os.environ.get("MMH_NOTEBOOK_SMALL", "0") == "1"
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -54,7 +55,9 @@ print("preset:", "quick" if SMALL else "default", "| output directory:", out)
 # estimates LID_θ at every sample and writes the report.
 
 # %%
+backend = matplotlib.get_backend()
 metrics = pipeline_run.run(config, out, progress=False)
+matplotlib.use(backend)  # the pipeline draws its report figures with Agg; figures here stay inline
 
 # %% [markdown]
 # ## The 2-D toy: OD-Mem vs DD-Mem
