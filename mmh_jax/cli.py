@@ -516,7 +516,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--dims", nargs="+", type=int, default=None, metavar="D", help="data dimensions")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None, metavar="B", help="points per call")
     p.add_argument("--max-work", type=float, default=None,
-                   help="largest batch x network-passes-per-point run (default 5e4; full: 3e5)")
+                   help="largest batch x network-passes-per-point run (default 6e4; full: 3e5)")
     p.set_defaults(func=_cmd_bench)
 
 

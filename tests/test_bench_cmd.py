@@ -24,7 +24,9 @@ def test_bench_writes_rows_ratios_and_not_run_settings(tmp_path, capsys):
         assert r["status"] == "ok" and r["finite"], r
         assert r["compile_s"] > 0 and r["median_s"] > 0 and r["temp_mb"] >= 0
         np.testing.assert_allclose(r["points_per_s"], 8 / r["median_s"], rtol=1e-9)
-        np.testing.assert_allclose(r["vs_forward"], r["points_per_s"] / by["forward"]["points_per_s"], rtol=1e-9)
+    np.testing.assert_allclose(by["flipd_exact"]["vs_forward"],
+                               by["flipd_exact"]["points_per_s"] / by["forward"]["points_per_s"], rtol=1e-9)
+    assert "vs_forward" not in by["mle"]  # no score network: no ratio to its forward pass
     assert by["mle"]["skdim_s"] > 0  # scikit-dimension is a test dependency: the baseline is measured
     assert (out / "bench.md").read_text().count("\n| ") >= 4 and (out / "throughput.png").stat().st_size > 0
     assert "not run" in capsys.readouterr().out
