@@ -70,28 +70,33 @@ def _leaves(out) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(mmh_jax.load(str(out)).params)]
 
 
-@pytest.mark.parametrize("signum, code", [
-    (signal.SIGTERM, 143),
-    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),  # the same path as SIGTERM; ~60 s more
+@pytest.mark.parametrize("signum, code, exact", [
+    (signal.SIGTERM, 143, False),
+    # with an uninterrupted reference run alongside: ~60 s more on 2 loaded cores
+    pytest.param(signal.SIGTERM, 143, True, marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 130, True, marks=pytest.mark.slow),  # Ctrl-C: the same path
 ])
-def test_signal_during_train_saves_a_checkpoint_and_resume_matches_uninterrupted(tmp_path, signum, code):
+def test_signal_during_train_saves_a_checkpoint_and_resume_continues_it(tmp_path, signum, code, exact):
     part, ref = tmp_path / "part", tmp_path / "ref"
     proc = _start([*TRAIN, "--out", str(part)], tmp_path / "part.log")
-    reference = _start([*TRAIN, "--out", str(ref)], tmp_path / "ref.log")  # uninterrupted, alongside
+    reference = _start([*TRAIN, "--out", str(ref)], tmp_path / "ref.log") if exact else None
     _signal_when(proc, part / "checkpoints" / "250", signum)
     rc, log = _finish(proc)
     assert rc == code, log[-3000:]
-    assert "interrupted: checkpoint saved at step" in log
     saved = mmh_jax.load(str(part))  # readable, and holds the step the training reached
     assert 250 <= saved.step < 1500 and saved.step % 50 == 0
-    assert f"checkpoint saved at step {saved.step}" in log
+    assert f"interrupted: checkpoint saved at step {saved.step}" in log
 
     rc, log = _finish(_start([*TRAIN, "--resume", "--out", str(part)], tmp_path / "resume.log"))
     assert rc == 0 and "trained to step 1500" in log, log[-3000:]
-    rc, log = _finish(reference)
-    assert rc == 0, log[-3000:]
-    for a, b in zip(_leaves(part), _leaves(ref), strict=True):
-        np.testing.assert_array_equal(a, b)
+    steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()]
+    after = list(range(saved.step + 50, 1501, 50))  # the resumed run logs on from the saved step, not from 0
+    assert steps[-len(after):] == after and max(steps[:-len(after)]) <= saved.step, steps
+    if exact:  # the parameters of an uninterrupted run (in-process version: tests/test_train.py)
+        rc, log = _finish(reference)
+        assert rc == 0, log[-3000:]
+        for a, b in zip(_leaves(part), _leaves(ref), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_sigterm_is_handled_like_ctrl_c_and_the_handler_restored(tmp_path, monkeypatch, capsys):
