@@ -42,7 +42,7 @@ from mmh_jax import _timing, lid
 from mmh_jax.experiments._presets import from_preset
 from mmh_jax.sde import VPSDE
 
-__all__ = ["BenchConfig", "ESTIMATORS", "PRESETS", "preset", "run"]
+__all__ = ["BenchConfig", "ESTIMATORS", "PRESETS", "compact_table", "preset", "run"]
 
 #: Estimators the suite times, in table order.
 ESTIMATORS = ("forward", "flipd_exact", "flipd_hutchinson", "normal_bundle", "fp_regress", "cfdm",
@@ -218,6 +218,34 @@ COLUMNS = ("estimator", "D", "batch", "status", "points_per_s", "vs_forward", "m
            "device_peak_mb", "skdim_s", "speedup", "note")
 
 
+def compact_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: points/s per estimator (rows) and D (columns) at the largest batch that ran.
+
+    Examples:
+      >>> rows = [{"estimator": "mle", "D": 2, "batch": 8, "status": "ok", "points_per_s": 1234.5},
+      ...         {"estimator": "mle", "D": 64, "batch": 8, "status": "not run"}]
+      >>> print(compact_table(rows))
+      | estimator | D=2 | D=64 |
+      |---|---|---|
+      | mle | 1,234 (B=8) | not run |
+    """
+    dims = sorted({r["D"] for r in rows})
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    lines = ["| estimator | " + " | ".join(f"D={d}" for d in dims) + " |", "|---|" + "---|" * len(dims)]
+    for name in names:
+        cells = []
+        for d in dims:
+            ok = [r for r in rows if r["estimator"] == name and r["D"] == d and r["status"] == "ok"]
+            if not ok:
+                cells.append("not run")
+                continue
+            best = max(ok, key=lambda r: r["batch"])
+            v = best["points_per_s"]
+            cells.append((f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + f" (B={best['batch']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _plot(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib
 
@@ -270,6 +298,8 @@ def run(cfg: BenchConfig, out: str, *, progress: bool = True) -> dict[str, Any]:
     png = os.path.join(out, "throughput.png")
     _plot(rows, png)
     print(_timing.markdown_table(rows, COLUMNS))
+    print("\npoints/s at the largest batch that ran:\n")
+    print(compact_table(rows))
     print(f"\nwrote {paths['json']}, {paths['md']} and {png}")
     return {"rows": rows, "paths": {**{k: str(v) for k, v in paths.items()}, "png": png}}
 
