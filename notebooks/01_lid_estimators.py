@@ -205,7 +205,7 @@ axes[0].set_xlabel("τ (threshold e^τ on singular values)")
 axes[0].set_ylabel("mean #{σ_i > e^τ}")
 axes[0].legend(fontsize=8)
 flow_lid = jax.vmap(lambda s: lid.lid_from_spectrum(s, tau=-3.0))(svals)
-sc = axes[1].scatter(lolli.x[:, 0], lolli.x[:, 1], c=flow_lid, s=6, cmap="viridis")
+sc = axes[1].scatter(lolli.x[:, 0], lolli.x[:, 1], c=flow_lid, s=6, cmap="viridis", vmin=0, vmax=2)
 fig.colorbar(sc, ax=axes[1], label="LID at τ = −3")
 axes[1].set_aspect("equal")
 axes[1].set_title("flow Jacobian LID on the lollipop")
@@ -258,14 +258,16 @@ plt.show()
 
 # %% [markdown]
 # The printed means per true LID show how each estimator does on each piece. The lollipop's point
-# mass is a degenerate case: its neighbours coincide (distance 0), so neighbour-distance methods have
-# little to measure there, while lPCA sees a zero covariance. On the squiggly mixture, finite
+# mass is a degenerate case: its neighbours coincide (distance 0), so the estimators built on ratios
+# of neighbour distances (MLE, TwoNN, ESS) return NaN there — a documented value, not a crash — while
+# lPCA sees a zero covariance and returns 0. On the squiggly mixture, finite
 # neighbourhoods in a bent 8-dimensional piece are the hard case.
 #
 # ## MAE per estimator
 #
 # `lid.evaluate` compares pointwise estimates with the truth: mean absolute error, bias and
-# concordance (how often two points are ranked in the right order, 1 = perfect).
+# concordance (how often two points are ranked in the right order, 1 = perfect), over the points
+# with a finite estimate; `n_nonfinite` counts the others (the point mass, for MLE/TwoNN/ESS).
 
 # %%
 rows = []
@@ -277,9 +279,9 @@ rows.append(("lollipop", "fast-flow-LIDL", lid.evaluate(ffl, lolli.lid)))
 for (dname, name), est in model_free.items():
     rows.append((dname, name, lid.evaluate(est, (lolli if dname == "lollipop" else squig).lid)))
 
-print(f"{'data':22s} {'estimator':20s} {'MAE':>6s} {'bias':>7s} {'concord.':>8s}")
+print(f"{'data':22s} {'estimator':20s} {'MAE':>6s} {'bias':>7s} {'concord.':>8s} {'n_nonfinite':>11s}")
 for dname, name, m in rows:
-    print(f"{dname:22s} {name:20s} {m['mae']:6.2f} {m['bias']:7.2f} {m['concordance']:8.2f}")
+    print(f"{dname:22s} {name:20s} {m['mae']:6.2f} {m['bias']:7.2f} {m['concordance']:8.2f} {m['n_nonfinite']:11d}")
 
 # %% [markdown]
 # With exact scores the score-based estimators are judged alone, without a network's errors; the

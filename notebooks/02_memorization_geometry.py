@@ -26,7 +26,9 @@
 # We run the first two experiments of `mmh-jax run` (`mmh_jax.experiments.pipeline`): a 2-D toy
 # and 8×8 digits with duplicated images, then read their outputs (`metrics.json`, `*.npz`) and
 # plot them. `MMH_NOTEBOOK_SMALL=1` uses the `quick` preset (seconds of training, numbers are
-# noisy); otherwise the `default` preset (a few minutes on a CPU; the paper's findings).
+# noisy, and a run may have no memorized sample at all); otherwise the `default` preset (several
+# minutes on a CPU; the paper's findings). Outputs go to `MMH_NOTEBOOK_OUT` (default: a new
+# temporary directory).
 
 # %%
 import json

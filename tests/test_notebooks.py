@@ -67,6 +67,8 @@ def _execute(name: str, tmp_path: Path) -> float:
             else:
                 os.environ[k] = v
     seconds = time.perf_counter() - tic
+    if os.environ.get("MMH_NOTEBOOK_SAVE_DIR"):  # keep the executed notebook for a look at its figures
+        nbformat.write(nb, Path(os.environ["MMH_NOTEBOOK_SAVE_DIR"]) / f"{name}.ipynb")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     for i, cell in enumerate(nb.cells):  # every figure shown is inline (a library switching to Agg would hide it)
