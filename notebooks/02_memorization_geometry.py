@@ -37,7 +37,6 @@ import tempfile
 
 SMALL = os.environ.get("MMH_NOTEBOOK_SMALL", "0") == "1"
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -57,9 +56,9 @@ print("preset:", "quick" if SMALL else "default", "| output directory:", out)
 # estimates LID_θ at every sample and writes the report.
 
 # %%
-backend = matplotlib.get_backend()
 metrics = pipeline_run.run(config, out, progress=False)
-matplotlib.use(backend)  # the pipeline draws its report figures with Agg; figures here stay inline
+# (the library drew its own figures with the Agg backend; in Jupyter, show ours inline again)
+# %matplotlib inline
 
 # %% [markdown]
 # ## The 2-D toy: OD-Mem vs DD-Mem

@@ -38,7 +38,6 @@ SMALL = os.environ.get("MMH_NOTEBOOK_SMALL", "0") == "1"
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -115,6 +114,9 @@ for lam, (xs, flipd, off) in results.items():
 # trajectory), FLIPD(x | c) and FLIPD(x). Labels come from calibrated ℓ2 (notebook 2).
 # `mitigation` then samples with LID guidance at several relative λ, and also optimises the class
 # embedding at a late sampling step to raise FLIPD (the second intervention of the paper).
+#
+# Both train (or reuse) the digits model of notebook 2: set `MMH_NOTEBOOK_OUT` to the same
+# directory in both notebooks and this one skips training (models are cached in `OUT/models`).
 
 # %%
 from mmh_jax.experiments.pipeline import config as pipeline_config  # noqa: E402
@@ -122,9 +124,9 @@ from mmh_jax.experiments.pipeline import run as pipeline_run  # noqa: E402
 
 config = pipeline_config.preset("quick" if SMALL else "default", experiments=("conditional", "mitigation"), seed=0)
 out = os.environ.get("MMH_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="mmh_nb03_")
-backend = matplotlib.get_backend()
 metrics = pipeline_run.run(config, out, progress=False)
-matplotlib.use(backend)  # the pipeline draws its report figures with Agg; figures here stay inline
+# (the library drew its own figures with the Agg backend; in Jupyter, show ours inline again)
+# %matplotlib inline
 
 # %%
 cond = np.load(os.path.join(out, "conditional.npz"))

@@ -34,7 +34,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -176,9 +175,9 @@ from mmh_jax.experiments import bench_cmd  # noqa: E402
 bench_out = tempfile.mkdtemp(prefix="mmh_nb04_bench_")
 estimators = ("forward", "flipd_exact", "flipd_hutchinson", "lpca") if SMALL else bench_cmd.ESTIMATORS
 cfg = bench_cmd.preset("quick", estimators=estimators)
-backend = matplotlib.get_backend()
 result = bench_cmd.run(cfg, bench_out, progress=False)
-matplotlib.use(backend)  # bench draws throughput.png with Agg; figures here stay inline
+# (the library drew its own figures with the Agg backend; in Jupyter, show ours inline again)
+# %matplotlib inline
 
 # %%
 rows = bench_cmd.load_rows(os.path.join(bench_out, "bench.json"))
