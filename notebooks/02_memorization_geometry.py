@@ -174,6 +174,7 @@ plt.show()
 
 # %%
 setup = digits_setup(config.images, Context(out=out, progress=False, seed=config.seed))
+# %matplotlib inline
 order = np.argsort(img["calibrated_l2"])[:8]  # the 8 closest to a training image, memorized or not
 fig, axes = plt.subplots(2, len(order), figsize=(1.3 * len(order), 3))
 for j, i in enumerate(order):
