@@ -101,11 +101,13 @@ for lam, (xs, flipd, off) in results.items():
           f"{float(jnp.mean(off)):14.3f}")
 
 # %% [markdown]
-# Read the table from top to bottom. Guidance is meant to raise the LID read at the samples and pull
-# trajectories off the zero-dimensional point mass (first two columns); its price is fidelity: the
-# share of samples that end off the data, and their distance from it (last two columns). Too large
-# a λ overshoots — FLIPD then rises towards D = 3, the value off any manifold. λ has units (a score per dimension), so its
-# useful range depends on the model; the pipeline below measures it relative to the score norm.
+# Read the table from top to bottom. Guidance should lower the share of samples that land on the
+# zero-dimensional point mass and raise their mean FLIPD (first two columns). The last two columns
+# check what it costs in fidelity: whether guided samples end off the data. With an exact score the
+# end of the reverse process pulls samples back onto the data, so that cost can stay small here; a
+# trained model is less forgiving, and a λ well beyond this range can make trajectories diverge.
+# λ has units (a score per dimension), so its useful range depends on the model; the pipeline below
+# measures it relative to the score norm.
 #
 # ## Digits: CFG norm vs conditional LID
 #
