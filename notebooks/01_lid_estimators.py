@@ -281,7 +281,7 @@ for (dname, name), est in model_free.items():
 
 print(f"{'data':22s} {'estimator':20s} {'MAE':>6s} {'bias':>7s} {'concord.':>8s} {'n_nonfinite':>11s}")
 for dname, name, m in rows:
-    print(f"{dname:22s} {name:20s} {m['mae']:6.2f} {m['bias']:7.2f} {m['concordance']:8.2f} {m['n_nonfinite']:11d}")
+    print(f"{dname:22s} {name:20s} {m['mae']:6.2f} {m['bias']:7.2f} {m['concordance']:8.2f} {int(m['n_nonfinite']):11d}")
 
 # %% [markdown]
 # With exact scores the score-based estimators are judged alone, without a network's errors; the
