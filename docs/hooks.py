@@ -1,7 +1,10 @@
-"""mkdocs hook: the command-line page shows the live ``--help`` of every ``mmh-jax`` subcommand.
+"""mkdocs hooks: the command-line page shows the live ``--help`` of every ``mmh-jax`` subcommand,
+and the tutorials (``notebooks/*.py``, jupytext percent format) become pages.
 
 ``docs/cli.md`` holds the marker ``<!-- cli-help -->``; it is replaced at build time by the help
-text that ``mmh_jax.cli.build_parser()`` prints, so the page cannot drift from the code.
+text that ``mmh_jax.cli.build_parser()`` prints, so the page cannot drift from the code. Each
+notebook source becomes ``tutorials/<name>.md``: markdown cells as prose, code cells as Python
+blocks (outputs are not versioned; run the notebook to see them).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import sys
 from contextlib import redirect_stdout
 
 MARKER = "<!-- cli-help -->"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
 
 
 def _help_text() -> str:
@@ -33,3 +38,38 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER in markdown:
         return markdown.replace(MARKER, _help_text())
     return markdown
+
+
+def notebook_markdown(source: str) -> str:
+    """A jupytext percent-format source as markdown (header dropped, cells in order)."""
+    cells, kind, lines = [], None, []
+    for line in source.splitlines():
+        if line.startswith("# %%"):
+            if kind is not None:
+                cells.append((kind, lines))
+            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
+        elif kind is not None:
+            lines.append(line)
+    if kind is not None:
+        cells.append((kind, lines))
+    parts = []
+    for kind, lines in cells:
+        text = "\n".join(lines).strip("\n")
+        if not text:
+            continue
+        if kind == "markdown":
+            parts.append("\n".join(ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in text.splitlines()))
+        else:
+            parts.append("```python\n" + text + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def on_files(files, config):
+    from mkdocs.structure.files import File
+
+    for name in sorted(os.listdir(NOTEBOOKS)):
+        if name.endswith(".py") and name[:2].isdigit():
+            with open(os.path.join(NOTEBOOKS, name)) as fh:
+                content = notebook_markdown(fh.read())
+            files.append(File.generated(config, f"tutorials/{name[:-3]}.md", content=content))
+    return files

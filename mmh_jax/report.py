@@ -144,10 +144,9 @@ def plot_flipd_curves(
       >>> os.path.getsize(path) > 0
       True
     """
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = list(panels)
     cols = min(3, len(panels))

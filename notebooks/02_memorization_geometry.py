@@ -57,8 +57,6 @@ print("preset:", "quick" if SMALL else "default", "| output directory:", out)
 
 # %%
 metrics = pipeline_run.run(config, out, progress=False)
-# (the library drew its own figures with the Agg backend; in Jupyter, show ours inline again)
-# %matplotlib inline
 
 # %% [markdown]
 # ## The 2-D toy: OD-Mem vs DD-Mem
@@ -174,7 +172,6 @@ plt.show()
 
 # %%
 setup = digits_setup(config.images, Context(out=out, progress=False, seed=config.seed))
-# %matplotlib inline
 order = np.argsort(img["calibrated_l2"])[:8]  # the 8 closest to a training image, memorized or not
 fig, axes = plt.subplots(2, len(order), figsize=(1.3 * len(order), 3))
 for j, i in enumerate(order):

@@ -127,8 +127,6 @@ from mmh_jax.experiments.pipeline import run as pipeline_run  # noqa: E402
 config = pipeline_config.preset("quick" if SMALL else "default", experiments=("conditional", "mitigation"), seed=0)
 out = os.environ.get("MMH_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="mmh_nb03_")
 metrics = pipeline_run.run(config, out, progress=False)
-# (the library drew its own figures with the Agg backend; in Jupyter, show ours inline again)
-# %matplotlib inline
 
 # %%
 cond = np.load(os.path.join(out, "conditional.npz"))

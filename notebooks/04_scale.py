@@ -176,8 +176,6 @@ bench_out = tempfile.mkdtemp(prefix="mmh_nb04_bench_")
 estimators = ("forward", "flipd_exact", "flipd_hutchinson", "lpca") if SMALL else bench_cmd.ESTIMATORS
 cfg = bench_cmd.preset("quick", estimators=estimators)
 result = bench_cmd.run(cfg, bench_out, progress=False)
-# (the library drew its own figures with the Agg backend; in Jupyter, show ours inline again)
-# %matplotlib inline
 
 # %%
 rows = bench_cmd.load_rows(os.path.join(bench_out, "bench.json"))

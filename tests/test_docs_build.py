@@ -39,6 +39,12 @@ def test_docs_build_strict_and_cover_the_public_api(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     for page in ("index.html", "getting-started/index.html", "cli/index.html"):
         assert (site / page).stat().st_size > 0
+    notebooks = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, "notebooks"))
+                       if name[:2].isdigit() and name.endswith(".py"))
+    assert len(notebooks) == 4
+    for name in notebooks:  # every tutorial is a page, its code cells rendered as Python
+        html = (site / "tutorials" / name / "index.html").read_text()
+        assert "language-python" in html or "highlight" in html, name
     cli_page = (site / "cli" / "index.html").read_text()
     from mmh_jax import cli
 

@@ -247,10 +247,9 @@ def compact_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     batch = max(r["batch"] for r in rows)

@@ -13,10 +13,9 @@ __all__ = ["run", "save_grid"]
 
 def save_grid(images: np.ndarray, path: str, *, max_images: int = 64) -> None:
     """Save up to ``max_images`` images in [−1, 1], shape (N, H, W, C), as a PNG grid."""
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     imgs = np.clip((np.asarray(images[:max_images]) + 1.0) / 2.0, 0.0, 1.0)
     n = imgs.shape[0]

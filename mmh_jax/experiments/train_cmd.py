@@ -279,10 +279,9 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
 def _plot_loss(log_path: str, png: str, ylabel: str = "denoising loss") -> None:
     if not os.path.exists(log_path):
         return
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with open(log_path) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]

@@ -204,10 +204,9 @@ def _reading(m: dict[str, Any]) -> str:
 
 
 def _figure(path, scores, mem, m) -> None:
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import roc_curve
 
     fc, fu = scores["flipd_conditional"], scores["flipd_unconditional"]

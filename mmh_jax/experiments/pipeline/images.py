@@ -176,10 +176,9 @@ def _reading(m: dict[str, Any]) -> str:
 
 
 def _plt():
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     return plt
 

@@ -356,10 +356,9 @@ def _reading(m: dict[str, Any]) -> str:
 
 
 def _figure(path, m: dict[str, Any]) -> None:
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lams = np.asarray(m["lambdas"])
     order = np.argsort(lams)

@@ -143,10 +143,9 @@ def _reading(m: dict[str, Any]) -> str:
 
 
 def _scatter(path, train, samples, lid_t, codes, t0) -> None:
-    import matplotlib
+    from mmh_jax._plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     sc = ax.scatter(samples[:, 0], samples[:, 1], c=np.clip(lid_t, -0.25, 1.75), cmap="viridis", s=9,
