@@ -84,9 +84,8 @@ def flipd(
         (exact when D ≤ 3500).
       num_probes: Hutchinson probes (≥ 1).
       chunk_size: JVPs evaluated at once: basis vectors of the exact trace (default 256), or
-        Hutchinson probes (default: all ``num_probes``). Memory is that of ``chunk_size`` JVPs. To
-        bound the memory of *gradients* of FLIPD (guidance, regularisers), wrap the score in
-        ``jax.checkpoint`` (rematerialisation; see ``bench/bench_memory.py``).
+        Hutchinson probes (default: all ``num_probes``). Memory is that of ``chunk_size`` JVPs
+        (measured on a U-Net in ``bench/bench_memory.py``).
 
     Returns:
       float32 scalar.
