@@ -147,6 +147,7 @@ class Checkpointer:
             gc.collect()
         finally:
             sys.unraisablehook = hook
+        _quiet_closed_loop_reports()
         raise CheckpointError(
             f"checkpoint {self._step_dir(step)} could not be restored ({reason}). "
             f"It may be truncated or from another model; other checkpoints here: {self.all_steps()}. "
@@ -171,6 +172,36 @@ class Checkpointer:
 
 def _ignore_unraisable(unraisable) -> None:
     """``sys.unraisablehook`` that drops the report (see :meth:`Checkpointer.restore`)."""
+
+
+def _is_closed_loop_error(exc_type, exc, tb) -> bool:
+    """``RuntimeError('Event loop is closed')`` raised by asyncio's ``_check_closed``."""
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _quiet_closed_loop_reports() -> None:
+    """After a failed restore, reads that orbax had in flight finish on tensorstore's threads and try
+    to wake the event loop orbax already closed; each prints a "RuntimeError: Event loop is closed"
+    traceback at some later moment. Drop exactly those reports (unraisable or excepthook); every
+    other error is reported as before. Installed once per process."""
+    if getattr(sys.unraisablehook, "_mmh_quiet", False):
+        return
+    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+
+    def unraisable(u):
+        if not _is_closed_loop_error(u.exc_type, u.exc_value, u.exc_traceback):
+            unraisable_hook(u)
+
+    def excepthook(exc_type, exc, tb):
+        if not _is_closed_loop_error(exc_type, exc, tb):
+            except_hook(exc_type, exc, tb)
+
+    unraisable._mmh_quiet = True
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def abstract_like(tree):
