@@ -192,7 +192,8 @@ def user_setup(checkpoint: str, data: str, ctx: Context) -> DigitsSetup:
     from mmh_jax.trained import load
 
     model = load(checkpoint)
-    cfg = train_cmd.TrainConfig(data=data, model=model.config["model"])
+    cfg = train_cmd.TrainConfig(data=data, model=model.config["model"],
+                                model_kwargs=dict(model.config.get("model_kwargs") or {}))
     x, labels = train_cmd.load_training_data(cfg)
     if tuple(x.shape[1:]) != tuple(model.event_shape):
         raise ValueError(f"data {data!r} has points of shape {x.shape[1:]}, but the model at {checkpoint!r} was "
