@@ -83,14 +83,21 @@ def _finish(score_fn, x, t, sde, denoise: bool):
     return (x + sigma**2 * score_fn(x, t)) / alpha
 
 
-def _run(step, x_init, ts, return_trajectory: bool, extra=None):
-    """Scan ``step(x, t, t_next, extra_i)`` over consecutive grid times; optionally keep (x, t)."""
+def _run(step, x_init, ts, return_trajectory: bool, extra=None, has_aux: bool = False):
+    """Scan ``step(x, t, t_next, extra_i)`` over consecutive grid times; optionally keep (x, t).
+
+    With ``has_aux`` the step returns ``(x_next, aux)`` and the stacked ``aux`` is returned too:
+    ``(x, traj, auxs)``.
+    """
 
     def body(x, inp):
         t, t_next, e = inp
-        return step(x, t, t_next, e), ((x, t) if return_trajectory else None)
+        out = step(x, t, t_next, e)
+        x_next, aux = out if has_aux else (out, None)
+        return x_next, ((x, t) if return_trajectory else None, aux)
 
-    return jax.lax.scan(body, x_init, (ts[:-1], ts[1:], extra))
+    x, (traj, auxs) = jax.lax.scan(body, x_init, (ts[:-1], ts[1:], extra))
+    return (x, traj, auxs) if has_aux else (x, traj)
 
 
 def euler_maruyama(
@@ -163,6 +170,7 @@ def ddim(
     denoise: bool = True,
     return_trajectory: bool = False,
     x_init=None,
+    has_aux: bool = False,
 ):
     """Deterministic DDIM: x̂₀ = (x − σ_t ε̂)/α_t, then x_s = α_s x̂₀ + σ_s ε̂. From x_T ~ N(0, I)
     drawn from ``key`` (or ``x_init`` when given, making the map x_T ↦ x₀ a decoder).
@@ -176,10 +184,14 @@ def ddim(
       denoise: finish with x̂₀ at ``t_min``.
       return_trajectory: also return the states and times before each step.
       x_init: optional starting point x_T of ``shape`` (floating point).
+      has_aux: ``eps_fn`` returns ``(ε̂, aux)``; the ``aux`` of every step (at the states before
+        each step, as the trajectory) is returned stacked along a leading axis of length
+        ``num_steps``. E.g. classifier-free guidance's ‖ε_c − ε_∅‖ from the very evaluations that
+        drive the sampler, instead of a second pass over the trajectory.
 
     Returns:
       float32 array of ``shape``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
-      :func:`euler_maruyama`.
+      :func:`euler_maruyama`; with ``has_aux``, ``(x, auxs)``, or ``(x, (xs, ts), auxs)`` with both.
 
     Raises:
       TypeError: non-float ``x_init``; ``num_steps`` not an int.
@@ -200,18 +212,25 @@ def ddim(
     ts = time_grid(sde, num_steps, t_min)
     x_T = sde.prior_sample(key, shape) if x_init is None else _checks.float_array("x_init", x_init)
 
+    def eps_only(x, t):
+        return eps_fn(x, t)[0] if has_aux else eps_fn(x, t)
+
     def step(x, t, s, _):
         a_t, sig_t = sde.marginal_coefs(t)
         a_s, sig_s = sde.marginal_coefs(s)
-        eps = eps_fn(x, t)
+        out = eps_fn(x, t)
+        eps, aux = out if has_aux else (out, None)
         x0 = (x - sig_t * eps) / a_t
-        return a_s * x0 + sig_s * eps
+        x_s = a_s * x0 + sig_s * eps
+        return (x_s, aux) if has_aux else x_s
 
-    x, traj = _run(step, x_T, ts, return_trajectory)
+    x, traj, *auxs = _run(step, x_T, ts, return_trajectory, has_aux=has_aux)
     if denoise:
         a, sig = sde.marginal_coefs(ts[-1])
-        x = (x - sig * eps_fn(x, ts[-1])) / a
-    return (x, traj) if return_trajectory else x
+        x = (x - sig * eps_only(x, ts[-1])) / a
+    out = (x, traj) if return_trajectory else (x,)
+    out = out + tuple(auxs)
+    return out if len(out) > 1 else x
 
 
 def probability_flow(

@@ -211,9 +211,10 @@ def _load_flow(ckpt, meta) -> TrainedFlow:
     config = meta["config"]
     module = flow_train.make_flow(config)
     deltas = np.asarray(config["deltas"], np.float32)
-    params = flow_train.init_params(module, jax.random.key(0), deltas.shape[0])
     optimizer = train.make_optimizer(total_steps=max(int(config["steps"]), 1))
-    state = ckpt.restore(abstract_like(train.init_ensemble_state(params, optimizer)), meta["step"])
+    abstract = jax.eval_shape(lambda: train.init_ensemble_state(
+        flow_train.init_params(module, jax.random.key(0), deltas.shape[0]), optimizer))
+    state = ckpt.restore(abstract_like(abstract), meta["step"])
     ckpt.close()
     return TrainedFlow(module=module, params=state.ema_params, deltas=deltas, config=config, step=int(meta["step"]))
 
@@ -245,9 +246,10 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | Trai
     init_args = [jnp.zeros((1, *event_shape)), jnp.zeros((1,))]
     if config.get("num_classes"):
         init_args.append(jnp.zeros((1,), jnp.int32))
-    params = module.init(jax.random.key(0), *init_args)
     optimizer = train.make_optimizer(total_steps=max(int(config["steps"]), 1))
-    abstract = abstract_like(train.init_train_state(params, optimizer))
+    # Shapes only (what orbax restores into): no initializer runs.
+    abstract = abstract_like(jax.eval_shape(
+        lambda: train.init_train_state(module.init(jax.random.key(0), *init_args), optimizer)))
     state = ckpt.restore(abstract, meta["step"])
     ckpt.close()
     sde = VPSDE(**config.get("sde", {}))

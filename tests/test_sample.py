@@ -57,6 +57,26 @@ def test_trajectory_and_cfg_norm():
     assert float(val) == 0.0
 
 
+def test_ddim_aux_is_read_at_the_trajectory_states():
+    """has_aux returns each step's aux from the evaluation at the state before that step; the sample
+    is unchanged. Oracle: the aux ‖ε‖ recomputed at the returned trajectory's states."""
+    gm = _gm()
+    eps = _eps_fn(gm)
+    key = jax.random.key(3)
+    plain, (xs, ts) = sample.ddim(eps, key, (4,), sde=VP, num_steps=12, return_trajectory=True)
+    x_aux, norms = sample.ddim(lambda x, t: (eps(x, t), jnp.linalg.norm(eps(x, t))), key, (4,), sde=VP,
+                               num_steps=12, has_aux=True)
+    x_both, (xs2, _), norms2 = sample.ddim(lambda x, t: (eps(x, t), jnp.linalg.norm(eps(x, t))), key, (4,),
+                                           sde=VP, num_steps=12, has_aux=True, return_trajectory=True)
+    np.testing.assert_array_equal(x_aux, plain)
+    np.testing.assert_array_equal(x_both, plain)
+    np.testing.assert_array_equal(xs2, xs)
+    assert norms.shape == (12,)
+    expected = jax.vmap(lambda x, t: jnp.linalg.norm(eps(x, t)))(xs, ts)
+    np.testing.assert_allclose(norms, expected, rtol=1e-6)
+    np.testing.assert_array_equal(norms2, norms)
+
+
 def test_probability_flow_is_a_decoder_with_spectrum():
     gm = _gm()
     dec = lambda z: sample.probability_flow(gm.score_fn(VP), z, sde=VP, num_steps=40)  # noqa: E731

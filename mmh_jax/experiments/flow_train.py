@@ -87,7 +87,7 @@ def init_params(flow, key, num_members: int):
     from mmh_jax.models import Flow
 
     keys = jax.random.split(key, num_members)
-    return jax.vmap(lambda k: flow.init(k, jnp.zeros(flow.dim), method=Flow.log_prob))(keys)
+    return jax.jit(jax.vmap(lambda k: flow.init(k, jnp.zeros(flow.dim), method=Flow.log_prob)))(keys)  # one compile
 
 
 def init_state(config: dict[str, Any], optimizer, key, *, ema_decay: float):

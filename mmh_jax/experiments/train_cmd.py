@@ -216,7 +216,8 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
         init_args = [jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,))]
         if labels is not None:
             init_args.append(jnp.zeros((1,), jnp.int32))
-        state = train.init_train_state(module.init(k_init, *init_args), optimizer)
+        # One jitted init: eagerly, each initializer op of each layer compiles on its own (seconds).
+        state = jax.jit(lambda k: train.init_train_state(module.init(k, *init_args), optimizer))(k_init)
         step_fn = train.make_train_step(
             eps_apply, optimizer, VPSDE(**cfg["sde"]), ema_decay=config.ema_decay, num_classes=cfg["num_classes"],
             cond_drop_prob=config.cond_drop_prob, monitor_every=config.monitor_every,

@@ -13,8 +13,8 @@ memorization. This experiment checks both on the class-conditional digits U-Net 
    (:func:`~mmh_jax.experiments.pipeline.common.memorization_labels`).
 2. Scores of each sample x with class c:
    - ``cfg_norm``: :func:`mmh_jax.lid.cfg_norm` averaged over the states (x_t, t) of the sample's
-     *own* sampling trajectory — the DDIM states before each of its ``sample_steps`` steps, taken
-     from the very sampler call that produced the sample (not a re-noising of x);
+     *own* sampling trajectory — the DDIM states before each of its ``sample_steps`` steps, read
+     from the very ε evaluations that drove the sampler (not a re-noising of x);
    - ``flipd_conditional``: :func:`mmh_jax.lid.flipd` with the score s(·, t | c), exact trace, at
      ``t0``;
    - ``flipd_unconditional``: the same with the null class, s(·, t | ∅).
@@ -49,6 +49,8 @@ def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...
     Cached so that :func:`~mmh_jax.experiments.pipeline.common.map_model` (which caches its jit
     per point function) compiles each once; ``label``, ``guidance`` and ``t0`` are traced rows.
     """
+    import jax.numpy as jnp
+
     from mmh_jax import lid, sample
     from mmh_jax.sde import VPSDE
 
@@ -58,11 +60,20 @@ def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...
         return lambda x, t: -sde.marginal_coefs(t)[1] * score_fn(x, t)
 
     def sample_point(score_for, key, label, guidance):
-        """(sample, CFG norm along its own DDIM trajectory) for one key and class."""
-        cond, uncond = score_for(label), score_for(None)
-        eps = sample.guided_eps_fn(eps_of(cond), eps_of(uncond), guidance)
-        x, (xs, ts) = sample.ddim(eps, key, shape, sde=sde, num_steps=num_steps, return_trajectory=True)
-        return x, lid.cfg_norm(cond, uncond, xs, ts, sde=sde)
+        """(sample, CFG norm along its own DDIM trajectory) for one key and class.
+
+        The norm ‖ε_c − ε_∅‖ = σ‖s_c − s_∅‖ of each step comes from the two evaluations that drive
+        that step (``ddim(has_aux=True)``): the same value as :func:`mmh_jax.lid.cfg_norm` on the
+        trajectory's states (tested), at half the network evaluations.
+        """
+        eps_c, eps_u = eps_of(score_for(label)), eps_of(score_for(None))
+
+        def eps(x, t):
+            c, u = eps_c(x, t), eps_u(x, t)
+            return u + guidance * (c - u), jnp.sqrt(jnp.sum((c - u).astype(jnp.float32) ** 2))
+
+        x, norms = sample.ddim(eps, key, shape, sde=sde, num_steps=num_steps, has_aux=True)
+        return x, jnp.mean(norms)
 
     def flipd_point(score_for, x, label, t0):
         """(FLIPD with class ``label``, FLIPD unconditional) at x, exact trace."""

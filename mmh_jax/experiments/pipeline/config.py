@@ -48,6 +48,8 @@ class ImagesConfig:
     (``conditional``). The digits not used for training are the held-out set of sample quality.
     ``cfg_guidance`` is the guidance scale w of ``conditional``'s samples, ε_∅ + w(ε_c − ε_∅), used
     when ``guidance_scale`` is 0 (a positive ``guidance_scale`` overrides it).
+    ``normal_bundle_samples`` is K of :func:`mmh_jax.lid.normal_bundle` (2·D on digits: enough to
+    see a normal space of any rank, half the cost of the estimator's default 4·D).
     ``model`` is ``unet`` (``channels``, ``channel_mults``, ``attention``) or, for the quick preset
     whose point is to exercise the pipeline in seconds, an image-shaped class-conditional ``mlp``
     (``hidden``, ``num_layers``): both compile and run the same pipeline code.
@@ -66,13 +68,14 @@ class ImagesConfig:
     batch_size: int = 128
     learning_rate: float = 5e-4
     n_samples: int = 500
-    sample_steps: int = 100
+    sample_steps: int = 50
     guidance_scale: float = 0.0
     cfg_guidance: float = 2.0
     t0: float = 0.05
     t0_grid: tuple[float, float, int] = (1e-3, 1.0, 16)
     curve_points: int = 128
     normal_bundle_t: float = 0.01
+    normal_bundle_samples: int = 128
     calibration_n: int = 50
     threshold: float = 1.0 / 3.0
     model_free_k: int = 20
@@ -133,7 +136,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "full": {
         "toy": {"n_train": 200, "steps": 10000, "n_samples": 5000},
-        "images": {"n_train": 1000, "n_duplicated": 30, "steps": 20000, "channels": 32, "n_samples": 2000,
+        "images": {"n_train": 1000, "n_duplicated": 30, "steps": 20000, "channels": 32, "n_samples": 2000, "sample_steps": 100,
                    "t0_grid": (1e-3, 1.0, 24), "curve_points": 512},
         "mitigation": {"lambdas": (0.0, 0.025, 0.05, 0.1, 0.2, 0.4), "n_samples": 1000, "sample_steps": 100},
     },
