@@ -30,7 +30,38 @@ SAMPLERS = ("ddim", "euler_maruyama", "probability_flow")
 
 
 def make_eps_apply(config: dict[str, Any]) -> tuple[Any, Callable]:
-    """(flax module, ``eps_apply(params, x, t[, label])``) for a run's config."""
+    """The Flax module of a run's config and its batched ε-apply.
+
+    Args:
+      config: a run's configuration as saved in its checkpoint (``mmh-jax train`` writes it): the
+        keys read are ``"model"`` (a name of :data:`mmh_jax.models.MODELS`), ``"model_kwargs"``
+        (optional) and ``"num_classes"`` (optional; None or 0: unconditional).
+
+    Returns:
+      ``(module, eps_apply)``: the module from :func:`mmh_jax.models.make_model` and
+      ``eps_apply(params, x, t)`` — or ``eps_apply(params, x, t, label)`` for a class-conditional
+      config — on a batch: ``x`` ``(B, *event_shape)``, ``t`` ``(B,)``, ``label`` ``(B,)`` int32
+      (``num_classes`` is the null class ∅); it returns ε̂ shaped like ``x``.
+
+    Raises:
+      ValueError: as :func:`mmh_jax.models.make_model` (an unknown model, or classes for a flow).
+
+    The example works on shapes (``jax.eval_shape``): no parameters are initialised, nothing compiles.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jax.ShapeDtypeStruct((4, 2), jnp.float32)
+      >>> t = jax.ShapeDtypeStruct((4,), jnp.float32)
+      >>> module, eps_apply = make_eps_apply({"model": "mlp", "model_kwargs": {"hidden": 16}})
+      >>> params = jax.eval_shape(module.init, jax.random.key(0), x, t)
+      >>> jax.eval_shape(eps_apply, params, x, t).shape
+      (4, 2)
+      >>> module, eps_apply = make_eps_apply({"model": "mlp", "num_classes": 10, "model_kwargs": {"hidden": 16}})
+      >>> label = jax.ShapeDtypeStruct((4,), jnp.int32)
+      >>> params = jax.eval_shape(module.init, jax.random.key(0), x, t, label)
+      >>> jax.eval_shape(eps_apply, params, x, t, label).shape
+      (4, 2)
+    """
     from mmh_jax.models import make_model
 
     model = make_model(config["model"], num_classes=config.get("num_classes"), **dict(config.get("model_kwargs", {})))
@@ -43,12 +74,41 @@ def make_eps_apply(config: dict[str, Any]) -> tuple[Any, Callable]:
 class TrainedModel:
     """A trained ε-network with its SDE. ``params`` are the EMA parameters.
 
+    Usually made by :func:`load` from a run directory; the single-example functions it gives,
+    ``eps_fn`` and ``score_fn`` (s(x, t) = −ε̂(x, t)/σ(t)), or ``eps_fn_for`` / ``score_fn_for`` of
+    a class ``label``, are what the :mod:`mmh_jax.lid` estimators take; ``sample`` draws with
+    DDIM, Euler–Maruyama or the probability-flow ODE (with classifier-free guidance for
+    class-conditional networks).
+
     Attributes:
-      module: the Flax module; ``eps_apply(params, x, t[, label])`` its batched apply.
+      module: the Flax module.
+      eps_apply: its batched apply, ``eps_apply(params, x, t[, label])`` (see :func:`make_eps_apply`).
       params: EMA parameters (a pytree).
       sde: the :class:`~mmh_jax.sde.VPSDE` it was trained with.
-      config: the training configuration (a dict, as saved).
+      config: the training configuration (a dict, as saved); ``config["event_shape"]`` is the shape
+        of one example, ``config.get("num_classes")`` the number of classes (None: unconditional).
       step: the training step of the checkpoint.
+
+    In the example random parameters stand in for trained ones (``module.init`` gives real ones).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from mmh_jax.sde import VPSDE
+      >>> config = {"model": "mlp", "model_kwargs": {"hidden": 16, "num_layers": 1}, "event_shape": [2]}
+      >>> module, eps_apply = make_eps_apply(config)
+      >>> shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+      >>> rng = np.random.default_rng(0)
+      >>> params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+      >>> vp = VPSDE()
+      >>> model = TrainedModel(module=module, eps_apply=eps_apply, params=params, sde=vp, config=config, step=0)
+      >>> model.event_shape, model.num_classes
+      ((2,), None)
+      >>> x = jnp.array([0.3, -1.0])
+      >>> eps = model.eps_fn(x, 0.5)  # single example: x (D,), t scalar
+      >>> eps.shape
+      (2,)
+      >>> bool(jnp.allclose(model.score_fn(x, 0.5), -eps / vp.marginal_coefs(0.5)[1]))  # s = −ε̂/σ
+      True
     """
 
     module: Any
@@ -144,12 +204,41 @@ class TrainedFlow:
     Member m (of ``num_members``; one for ``flow``) was trained on the data perturbed by
     ``deltas[m]``·N(0, I). ``params`` are stacked on a leading member axis.
 
+    Usually made by :func:`load`. Single-example views of a member: ``log_prob`` (log p_δ(x)),
+    ``decoder`` (latent → data, for the Jacobian-spectrum estimators), ``encoder``; ``sample``
+    draws from a member and ``lidl`` estimates LID from all members (needs M ≥ 2).
+
     Attributes:
       module: the :class:`mmh_jax.models.Flow`.
       params: stacked EMA parameters (leading axis M).
       deltas: ``(M,)`` float32 noise scales, in data units.
-      config: the training configuration (a dict, as saved).
+      config: the training configuration (a dict, as saved); ``config["event_shape"]`` is ``[D]``.
       step: the training step of the checkpoint.
+
+    Raises:
+      ValueError: (from the methods) ``member`` not an int in [0, M); ``n < 1`` samples.
+
+    In the example two members with all-zero parameters (the identity flow) stand in for trained
+    ones; training stacks ``flow.init`` of M keys under ``jax.vmap`` the same way.
+
+    Examples:
+      >>> import math
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from mmh_jax.models import Flow
+      >>> flow = Flow(dim=2, num_coupling=2, hidden=16)
+      >>> shapes = jax.eval_shape(lambda k: flow.init(k, jnp.zeros(2), method=Flow.log_prob), jax.random.key(0))
+      >>> params = jax.tree.map(lambda s: np.zeros((2, *s.shape), s.dtype), shapes)  # leading axis M = 2
+      >>> model = TrainedFlow(module=flow, params=params, deltas=np.array([0.01, 0.1], np.float32),
+      ...                     config={"event_shape": [2]}, step=0)
+      >>> model.num_members, model.event_shape
+      (2, (2,))
+      >>> log_prob = jax.jit(model.log_prob, static_argnames="member")
+      >>> round(float(log_prob(jnp.zeros(2), member=1)), 4), round(-math.log(2 * math.pi), 4)  # log N(0; 0, I₂)
+      (-1.8379, -1.8379)
+      >>> model.member_params(2)
+      Traceback (most recent call last):
+      ...
+      ValueError: member must be an int in [0, 2), got 2.
     """
 
     module: Any
@@ -223,10 +312,52 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | Trai
     """Load a run directory written by ``mmh-jax train`` (or its ``checkpoints/`` folder).
 
     Diffusion models load as :class:`TrainedModel`, ``--model flow|lidl`` runs as :class:`TrainedFlow`.
+    The parameters are the EMA parameters; the network is rebuilt from the saved configuration and
+    restored into shapes from ``jax.eval_shape`` (no initialiser runs). Typical use, after
+    ``mmh-jax train --out runs/lollipop`` (or ``mmh_jax.experiments.train_cmd.run``)::
+
+        model = mmh_jax.load("runs/lollipop")
+        lid.flipd(model.score_fn, x, key, t0=0.05, sde=model.sde)
+
+    Args:
+      checkpoint_dir: the run directory (holding ``checkpoints/``) or the checkpoint folder itself.
+      step: the checkpoint to load (None: the latest).
+
+    Returns:
+      a :class:`TrainedModel` or, for a flow / LIDL run, a :class:`TrainedFlow`.
 
     Raises:
       FileNotFoundError: no such directory.
       mmh_jax.checkpoint.CheckpointError: no checkpoint there, or an unreadable one.
+
+    The example writes a checkpoint in the format ``mmh-jax train`` saves, with random parameters
+    and the entries of the configuration that ``load`` reads (training even a tiny model would
+    compile for seconds), and loads it back.
+
+    Examples:
+      >>> import os, tempfile
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from mmh_jax import train
+      >>> from mmh_jax.checkpoint import Checkpointer
+      >>> config = {"model": "mlp", "model_kwargs": {"hidden": 16, "num_layers": 1}, "event_shape": [2], "steps": 1}
+      >>> module, _ = make_eps_apply(config)
+      >>> shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+      >>> rng = np.random.default_rng(0)
+      >>> params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+      >>> state = train.init_train_state(params, train.make_optimizer(total_steps=1))
+      >>> with tempfile.TemporaryDirectory() as run:
+      ...     ckpt = Checkpointer(os.path.join(run, "checkpoints"))
+      ...     ckpt.save(7, state, config)
+      ...     ckpt.close()
+      ...     model = load(run)
+      >>> type(model).__name__, model.step, model.event_shape
+      ('TrainedModel', 7, (2,))
+      >>> all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(params)))
+      True
+      >>> load("no/such/run")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: checkpoint_dir: no such directory 'no/such/run'.
     """
     from mmh_jax import train
     from mmh_jax.checkpoint import Checkpointer, abstract_like

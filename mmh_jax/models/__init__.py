@@ -25,9 +25,34 @@ def make_model(name: str, *, num_classes: int | None = None, **kwargs):
     """Build a network by name: ``"mlp"`` (vectors, or small images with ``event_ndim=3``), ``"unet"`` (images), or
     ``"flow"``/``"lidl"`` (a :class:`Flow`; pass ``dim``).
 
-    Example:
+    Args:
+      name: one of ``MODELS``: ``"mlp"`` (:class:`ScoreMLP`), ``"unet"``
+        (:class:`mmh_jax.models.unet.UNet`), ``"flow"`` or ``"lidl"`` (:class:`Flow`; LIDL trains
+        one per noise scale).
+      num_classes: K for a class-conditional ε-network (``"mlp"``, ``"unet"``); None (or 0 for
+        ``"mlp"``): unconditional.
+      **kwargs: attributes of the network, e.g. ``hidden=256`` (``ScoreMLP``), ``channels=64``
+        (``UNet``), ``dim=2`` (``Flow``, required).
+
+    Returns:
+      an unbound Flax module; nothing is initialised (parameters come from its ``init``).
+
+    Raises:
+      ValueError: an unknown ``name``, or ``num_classes`` for a flow.
+      TypeError: a keyword the network does not have (raised by the module's constructor).
+
+    Examples:
       >>> make_model("mlp", hidden=32).hidden
       32
+      >>> make_model("mlp", num_classes=0).num_classes is None  # 0 classes: unconditional
+      True
+      >>> flow = make_model("lidl", dim=3, num_coupling=2)
+      >>> type(flow).__name__, flow.dim, flow.num_coupling
+      ('Flow', 3, 2)
+      >>> make_model("gan")
+      Traceback (most recent call last):
+      ...
+      ValueError: model must be one of ('mlp', 'unet', 'flow', 'lidl'), got 'gan'.
     """
     if name == "mlp":
         return ScoreMLP(num_classes=num_classes or None, **kwargs)

@@ -30,11 +30,31 @@ def sinusoidal_embedding(t, dim: int, *, scale: float = 1000.0, max_period: floa
     Continuous VP-SDE times t ∈ (0, 1] are scaled by 1000 to the range of DDPM's integer steps,
     as in score_sde's DDPM models. An odd ``dim`` gets one zero column at the end.
 
-    Example:
-      >>> sinusoidal_embedding(0.5, 8).shape
-      (8,)
-      >>> sinusoidal_embedding(jnp.ones(3), 8).shape
+    Args:
+      t: time(s), a scalar or any shape ``(...)``; cast to float32.
+      dim: embedding size (≥ 2): ⌊dim/2⌋ sine columns, then ⌊dim/2⌋ cosine columns (then a zero
+        column if ``dim`` is odd). The k in the formula runs over k < ⌊dim/2⌋.
+      scale: multiplier of ``t`` (1000 for t ∈ (0, 1]).
+      max_period: ω_k runs from 1 (k = 0) down towards 1/max_period, in radians per unit of scale·t.
+
+    Returns:
+      float32 array of shape ``(*t.shape, dim)``.
+
+    Raises:
+      ValueError: ``dim < 2``.
+
+    Reference: Vaswani et al., "Attention Is All You Need", arXiv 1706.03762 (§3.5); Ho et al.,
+    "Denoising Diffusion Probabilistic Models", arXiv 2006.11239 (its time embedding).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> sinusoidal_embedding(0.0, 5).tolist()  # t = 0: sines 0, cosines 1, odd dim: a zero column
+      [0.0, 0.0, 1.0, 1.0, 0.0]
+      >>> emb = sinusoidal_embedding(jnp.array([0.1, 0.7, 1.0]), 8)
+      >>> emb.shape
       (3, 8)
+      >>> bool(jnp.allclose(emb[:, :4] ** 2 + emb[:, 4:] ** 2, 1.0))  # sin² + cos² = 1 per frequency
+      True
     """
     if dim < 2:
         raise ValueError(f"dim must be >= 2 for a sinusoidal embedding, got {dim}.")
