@@ -62,6 +62,6 @@ def make_model(name: str, *, num_classes: int | None = None, **kwargs):
         return UNet(num_classes=num_classes, **kwargs)
     if name in FLOW_MODELS:
         if num_classes:
-            raise ValueError(f"model {name!r} is unconditional; class-conditional training needs model 'unet'.")
+            raise ValueError(f"model {name!r} is unconditional; class-conditional training needs model 'unet' or 'mlp'.")
         return Flow(**kwargs)
     raise ValueError(f"model must be one of {MODELS}, got {name!r}.")
