@@ -6,7 +6,8 @@ Data: N = 5000 points of a standard Gaussian on a random 10-dim affine subspace 
 k = 100 neighbours. For each of lpca, mle, twonn, ess:
 
 - ours: the estimator jitted once (``jax.jit(lambda x: lid.mle(x, k=k))``), compile time reported
-  separately, then the median of ``--repeats`` calls under ``jax.block_until_ready``;
+  separately, one untimed run, then the median of ``--repeats`` calls under
+  ``jax.block_until_ready``; the estimates come from the same executable;
 - skdim: the wall time of one pointwise fit, including its own kNN search —
   ``lPCA().fit_pw``, ``TwoNN().fit_pw`` (``n_neighbors=k``), ``MLE().fit`` and ``ESS().fit``
   (``n_neighbors=k``, ``dimension_pw_``). ESS takes minutes in skdim, so it is timed on the
@@ -15,18 +16,27 @@ k = 100 neighbours. For each of lpca, mle, twonn, ess:
 - agreement: fraction of identical estimates (lPCA), mean |ours − skdim| (the others).
 
 Then (unless ``--no-scaling``) the growth of our time with N = 10³…10⁵ (D = 100) and with D
-(N = 5000) for mle and lpca (one timed
-call, after the compiling one, when N·D ≥ 10⁶).
+(N = 5000) for mle and lpca (see below for the large sets).
 
 BLAS is limited to one thread for both sides (``threadpoolctl``): XLA's LAPACK calls and skdim's
 numpy/scikit-learn go through the same OpenBLAS, whose threads only contend on small matrices
 (one 100×100 PCA took 10× longer with threads on a busy 2-core machine). XLA's own ops keep their
-thread pool. Timings on a shared machine are noisy; the environment goes into the results.
+thread pool (one thread per core), which this script does not limit: of our stages only the large
+distance matmuls and elementwise ops use it (top-k, gathers, batched small matmuls and LAPACK run
+on one core), while skdim runs on one thread (scikit-learn's kNN with ``n_jobs=1``, its default in
+skdim). So both the wall time and the process CPU time (all threads) of each side are reported:
+``speedup`` is the wall-time ratio, ``cpu_speedup`` the CPU-time ratio, which does not credit our
+second thread. Timings on a shared machine are noisy; the environment and the load average go into
+the results.
+
+In the growth sweep a set with N·D ≥ 10⁶ is compiled ahead of time without running (``lower`` +
+``compile``) and then run once, timed; smaller sets are timed as in the comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -38,15 +48,16 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``mmh_jax``
 import jax
 import numpy as np
 
-from bench._common import DEFAULT_OUT, env_info, markdown_table, time_fn, write_results
+from bench._common import DEFAULT_OUT, env_info, markdown_table, prepare, time_fn, write_results
 from mmh_jax import lid
 
 NAME = "bench_model_free"
 ESTIMATORS = ("lpca", "mle", "twonn", "ess")
 #: Issue targets: speed-up of ours over skdim (MLE: no slower).
 TARGETS = {"lpca": 10.0, "twonn": 10.0, "ess": 50.0, "mle": 1.0}
-COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_compile_s", "skdim_s", "speedup", "target", "agreement", "note"]
-SCALE_COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_compile_s", "points_per_s"]
+COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_compile_s", "skdim_s", "speedup", "target", "ours_cpu_s",
+           "skdim_cpu_s", "cpu_speedup", "agreement", "note"]
+SCALE_COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_compile_s", "points_per_s", "ours_cpu_s", "load_avg_1min"]
 
 
 def subspace_data(n: int, dim: int, d: int, seed: int = 0) -> np.ndarray:
@@ -67,25 +78,44 @@ def one_blas_thread():
 
 
 def ours(name: str, x: np.ndarray, k: int, repeats: int) -> tuple[dict, np.ndarray]:
+    """Timing stats of our estimator (compile apart) and its estimates, from the same executable."""
     fn = getattr(lid, name)
-    jitted = jax.jit(lambda a: fn(a, k=k))
     xj = jax.device_put(x)
     with one_blas_thread():
-        stats = time_fn(jitted, xj, repeats=repeats, warmup=0)
-    return stats, np.asarray(jitted(xj))
+        prepared = prepare(jax.jit(lambda a: fn(a, k=k)), xj)  # compile, then one untimed run
+        stats = time_fn(prepared, xj, repeats=repeats, warmup=0)
+        return stats, np.asarray(prepared.call(xj))
 
 
-def skdim_pointwise(name: str, x: np.ndarray, k: int, ess_points: int) -> tuple[float, np.ndarray, str]:
-    """(seconds, estimates, note); ESS on the first ``ess_points`` neighbourhoods, extrapolated."""
+def ours_once(name: str, x: np.ndarray, k: int) -> dict:
+    """Compile without running, then one timed run (for the large sets of the growth sweep)."""
+    fn = getattr(lid, name)
+    xj = jax.device_put(x)
+    t0 = time.perf_counter()
+    compiled = jax.jit(lambda a: fn(a, k=k)).lower(xj).compile()
+    compile_s = time.perf_counter() - t0
+    with one_blas_thread():
+        c0, t0 = time.process_time(), time.perf_counter()
+        jax.block_until_ready(compiled(xj))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"median_s": wall, "compile_s": compile_s, "cpu_median_s": cpu, "times_s": [wall]}
+
+
+def skdim_pointwise(name: str, x: np.ndarray, k: int, ess_points: int) -> tuple[float, float, np.ndarray, str]:
+    """(wall s, process CPU s, estimates, note); ESS on the first ``ess_points`` neighbourhoods, extrapolated."""
     with one_blas_thread():
         return _skdim_pointwise(name, x.astype(np.float64), k, ess_points)
+
+
+def _clocks() -> np.ndarray:
+    return np.array([time.perf_counter(), time.process_time()])
 
 
 def _skdim_pointwise(name, x64, k, ess_points):
     import skdim
     from skdim._commonfuncs import get_nn
 
-    t0 = time.perf_counter()
+    t0 = _clocks()
     if name == "lpca":
         est = skdim.id.lPCA(ver="FO", alphaFO=0.05).fit_pw(x64, n_neighbors=k).dimension_pw_
     elif name == "twonn":
@@ -95,19 +125,21 @@ def _skdim_pointwise(name, x64, k, ess_points):
     else:
         m = min(ess_points, len(x64))
         _, idx = get_nn(x64, k=k)
-        t_nn = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        t_nn = _clocks() - t0
+        t1 = _clocks()
         ref = skdim.id.ESS(ver="a", d=1)
         est = np.array([ref.fit_once(x64[i]).dimension_ for i in idx[:m]])
-        per_point = (time.perf_counter() - t1) / m
+        per_point = (_clocks() - t1) / m
         note = f"skdim timed on {m} of {len(x64)} neighbourhoods, extrapolated" if m < len(x64) else ""
-        return t_nn + per_point * len(x64), est, note
-    return time.perf_counter() - t0, np.asarray(est, np.float64), ""
+        wall, cpu = t_nn + per_point * len(x64)
+        return wall, cpu, est, note
+    wall, cpu = _clocks() - t0
+    return wall, cpu, np.asarray(est, np.float64), ""
 
 
 def compare(name: str, x: np.ndarray, k: int, repeats: int, ess_points: int) -> dict:
     stats, est = ours(name, x, k, repeats)
-    ref_s, ref, note = skdim_pointwise(name, x, k, ess_points)
+    ref_s, ref_cpu_s, ref, note = skdim_pointwise(name, x, k, ess_points)
     mine = est[: len(ref)].astype(np.float64)
     if name == "lpca":
         agreement = float(np.mean(mine == ref))
@@ -125,16 +157,20 @@ def compare(name: str, x: np.ndarray, k: int, repeats: int, ess_points: int) -> 
         "skdim_s": ref_s,
         "speedup": ref_s / stats["median_s"],
         "target": TARGETS[name],
+        "ours_cpu_s": stats["cpu_median_s"],
+        "skdim_cpu_s": ref_cpu_s,
+        "cpu_speedup": ref_cpu_s / stats["cpu_median_s"],
         "agreement": agreement,
         "agreement_kind": agreement_kind,
         "note": note,
+        "load_avg_1min": os.getloadavg()[0],
         "ours_times_s": stats["times_s"],
     }
 
 
 def scaling(name: str, n: int, dim: int, k: int, repeats: int) -> dict:
     x = subspace_data(n, dim, 10, seed=1)
-    stats, _ = ours(name, x, k, repeats if n * dim < 10**6 else 1)  # large sets: one timed call
+    stats = ours(name, x, k, repeats)[0] if n * dim < 10**6 else ours_once(name, x, k)
     return {
         "estimator": name,
         "N": n,
@@ -143,6 +179,8 @@ def scaling(name: str, n: int, dim: int, k: int, repeats: int) -> dict:
         "ours_s": stats["median_s"],
         "ours_compile_s": stats["compile_s"],
         "points_per_s": n / stats["median_s"],
+        "ours_cpu_s": stats["cpu_median_s"],
+        "load_avg_1min": os.getloadavg()[0],
     }
 
 
@@ -165,12 +203,15 @@ def main(argv=None) -> dict:
     sweep_n_est = ("mle",) if quick else ("mle", "lpca")
 
     rows, scale_rows = [], []
+    load_start = list(os.getloadavg())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skdim's numpy/sklearn deprecation noise
         x = subspace_data(n, dim, d)
         for name in ESTIMATORS:
             rows.append(compare(name, x, k, repeats, ess_points))
-            print(f"{name}: ours {rows[-1]['ours_s']:.3g}s, skdim {rows[-1]['skdim_s']:.3g}s", flush=True)
+            r = rows[-1]
+            print(f"{name}: ours {r['ours_s']:.3g}s, skdim {r['skdim_s']:.3g}s (x{r['speedup']:.3g}; CPU time "
+                  f"x{r['cpu_speedup']:.3g}), load {r['load_avg_1min']:.2f}", flush=True)
         for name in () if args.no_scaling else sweep_n_est:
             for nn in sweep_n:
                 scale_rows.append(scaling(name, nn, 100, k, repeats))
@@ -182,7 +223,15 @@ def main(argv=None) -> dict:
 
     summary = {f"speedup_{r['estimator']}": r["speedup"] for r in rows}
     summary.update({f"target_met_{r['estimator']}": bool(r["speedup"] >= r["target"]) for r in rows})
-    meta = env_info(blas_threads=1, quick=quick, data=f"Gaussian on a {d}-dim affine subspace of R^{dim}")
+    meta = env_info(
+        blas_threads=1,
+        xla_threads="XLA:CPU's own thread pool, not limited (one thread per core)",
+        skdim_threads="1 (scikit-learn kNN n_jobs=1, BLAS limited to 1)",
+        load_avg_start=load_start,
+        load_avg_end=list(os.getloadavg()),
+        quick=quick,
+        data=f"Gaussian on a {d}-dim affine subspace of R^{dim}",
+    )
     paths = write_results(NAME, rows, args.out, meta=meta, columns=COLUMNS, summary=summary)
     print()
     print(markdown_table(rows, COLUMNS))

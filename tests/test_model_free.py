@@ -306,3 +306,18 @@ def test_empty_queries():
     assert d.shape == (0, 4) and i.shape == (0, 4)
     for name in ("lpca", "mle", "twonn", "ess"):
         assert getattr(lid, name)(x, k=4, queries=x[:0]).shape == (0,)
+
+
+def test_keep_nearest_is_the_top_k_set_with_its_ties():
+    """The refine's selection of k out of k + m candidates (no order) is lax.top_k's set, ties included."""
+    from jax import lax
+
+    from mmh_jax.lid._model_free import _keep_nearest
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        b, k, m = (int(v) for v in (rng.integers(1, 12), rng.integers(1, 25), rng.integers(1, 10)))
+        d = rng.integers(0, rng.integers(1, 12), (b, k + m)).astype(np.float32)  # many ties
+        got = np.sort(np.asarray(_keep_nearest(jnp.asarray(d), k)), axis=1)
+        want = np.sort(np.asarray(lax.top_k(-jnp.asarray(d), k)[1]), axis=1)
+        np.testing.assert_array_equal(got, want)
