@@ -165,11 +165,12 @@ class JaxSetup:
         self.x = x
         self.module = make_model(cfg.model, **cfg.model_kwargs)
         k_init, self.k_train = jax.random.split(jax.random.key(cfg.seed))
-        self.params = self.module.init(k_init, jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,)))
+        # Jitted, as the CLI does: eagerly every initializer op compiles on its own (a minute for the U-Net).
+        self.params = jax.jit(self.module.init)(k_init, jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,)))
         self.num_params = sum(int(v.size) for v in jax.tree.leaves(self.params))
         self.optimizer = train.make_optimizer(learning_rate=cfg.learning_rate, total_steps=cfg.steps,
                                               warmup_steps=cfg.warmup_steps)
-        self.state = train.init_train_state(self.params, self.optimizer)
+        self.state = jax.jit(lambda p: train.init_train_state(p, self.optimizer))(self.params)
         self.step = train.make_train_step(lambda p, xb, t: self.module.apply(p, xb, t), self.optimizer, VPSDE(),
                                           ema_decay=cfg.ema_decay)
         self.data = jnp.asarray(x)

@@ -89,8 +89,8 @@ def test_bench_train_unet_quick_runs_against_torch(tmp_path):
     [
         ("mlp", {"hidden": 12, "num_layers": 4, "time_embed_dim": 9, "skip": True}),  # odd embedding
         ("mlp", {"hidden": 12, "num_layers": 2, "time_embed_dim": 8, "skip": False}),
-        ("unet", {"channels": 8, "channel_mults": (1, 2, 2), "num_res_blocks": 2, "num_heads": 2,
-                  "num_groups": 4}),
+        pytest.param("unet", {"channels": 8, "channel_mults": (1, 2, 2), "num_res_blocks": 2, "num_heads": 2,
+                              "num_groups": 4}, marks=pytest.mark.slow),  # ~35 s: three levels to compile
         ("unet", {"channels": 8}),  # the benchmark's U-Net at a tiny width
     ],
 )

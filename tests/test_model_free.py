@@ -315,9 +315,11 @@ def test_keep_nearest_is_the_top_k_set_with_its_ties():
     from mmh_jax.lid._model_free import _keep_nearest
 
     rng = np.random.default_rng(0)
-    for _ in range(60):
-        b, k, m = (int(v) for v in (rng.integers(1, 12), rng.integers(1, 25), rng.integers(1, 10)))
-        d = rng.integers(0, rng.integers(1, 12), (b, k + m)).astype(np.float32)  # many ties
-        got = np.sort(np.asarray(_keep_nearest(jnp.asarray(d), k)), axis=1)
-        want = np.sort(np.asarray(lax.top_k(-jnp.asarray(d), k)[1]), axis=1)
+    # A few shapes (one compile each), many rows each: every row draws its own number of distinct
+    # values (1 to 11), so ties range from none-at-the-cut to all-equal.
+    for k, m in ((1, 1), (1, 9), (5, 8), (13, 3), (24, 9), (24, 1)):
+        levels = rng.integers(1, 12, (256, 1))
+        d = np.floor(rng.random((256, k + m)) * levels).astype(np.float32)
+        got = np.sort(np.asarray(jax.jit(_keep_nearest, static_argnums=1)(jnp.asarray(d), k)), axis=1)
+        want = np.sort(np.asarray(jax.jit(lambda a: lax.top_k(-a, k)[1])(jnp.asarray(d))), axis=1)
         np.testing.assert_array_equal(got, want)

@@ -19,8 +19,9 @@ import pytest
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("01_lid_estimators", "02_memorization_geometry", "03_conditioning_and_mitigation", "04_scale")
 # 02 and 03 train the pipeline's quick models (toy MLP, digits network) inside the notebook: about a
-# minute each on two idle cores, more than the default suite's share, so they run with the slow tests.
-SLOW = {"02_memorization_geometry", "03_conditioning_and_mitigation"}
+# minute each on two idle cores, more than the default suite's share, so they run with the slow tests;
+# 04 (a sharded sweep, a jitted train loop with FLIPD) takes ~55 s on two busy cores and joins them.
+SLOW = {"02_memorization_geometry", "03_conditioning_and_mitigation", "04_scale"}
 
 
 def _cells(nb) -> list[tuple[str, str]]:
