@@ -34,7 +34,11 @@ TRAIN = ["train", "--preset", "quick", "--n", "500", "--steps", "1500", "--check
 
 def _start(args, log: Path) -> subprocess.Popen:
     fh = open(log, "w")  # noqa: SIM115 - closed by _finish
-    proc = subprocess.Popen([sys.executable, "-m", "mmh_jax", *args], stdout=fh, stderr=subprocess.STDOUT,
+    # Python's Ctrl-C handler installed first: a test runner started in the background (`cmd &`) ignores
+    # SIGINT, the child inherits that, and Python then installs no KeyboardInterrupt at start-up.
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv = ['mmh-jax', *sys.argv[1:]]; runpy.run_module('mmh_jax', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", boot, *args], stdout=fh, stderr=subprocess.STDOUT,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
     proc.log_file, proc.log_path = fh, log
     return proc
@@ -80,6 +84,17 @@ def test_signal_during_train_saves_a_checkpoint_and_resume_continues_it(tmp_path
     part, ref = tmp_path / "part", tmp_path / "ref"
     proc = _start([*TRAIN, "--out", str(part)], tmp_path / "part.log")
     reference = _start([*TRAIN, "--out", str(ref)], tmp_path / "ref.log") if exact else None
+    try:
+        _check_interrupted_training(proc, reference, part, ref, tmp_path, signum, code)
+    finally:  # a failed assertion must not leave the reference run (and its log file) behind
+        if reference is not None and reference.poll() is None:
+            reference.kill()
+            reference.wait()
+        if reference is not None:
+            reference.log_file.close()
+
+
+def _check_interrupted_training(proc, reference, part, ref, tmp_path, signum, code):
     _signal_when(proc, part / "checkpoints" / "250", signum)
     rc, log = _finish(proc)
     assert rc == code, log[-3000:]
@@ -92,7 +107,7 @@ def test_signal_during_train_saves_a_checkpoint_and_resume_continues_it(tmp_path
     steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()]
     after = list(range(saved.step + 50, 1501, 50))  # the resumed run logs on from the saved step, not from 0
     assert steps[-len(after):] == after and max(steps[:-len(after)]) <= saved.step, steps
-    if exact:  # the parameters of an uninterrupted run (in-process version: tests/test_train.py)
+    if reference is not None:  # the parameters of an uninterrupted run (in-process version: tests/test_train.py)
         rc, log = _finish(reference)
         assert rc == 0, log[-3000:]
         for a, b in zip(_leaves(part), _leaves(ref), strict=True):
