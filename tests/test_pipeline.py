@@ -105,3 +105,21 @@ def test_detection_on_a_users_checkpoint_and_data(quick_run, tmp_path):
     # same model, same seed, same samples: detection numbers equal the embedded run's
     assert got["images"]["memorized_fraction"] == pytest.approx(metrics["images"]["memorized_fraction"])
     assert not (user_out / "models").exists()  # nothing trained
+
+
+def test_quick_compiles_with_optimisations_off_and_restores_the_setting(quick_run):
+    import jax
+
+    from mmh_jax.experiments.pipeline.run import _compile_mode
+
+    _, _, metrics = quick_run
+    assert metrics["config"]["fast_compile"] is True
+    assert pipeline_config.preset("default").fast_compile is False
+    assert jax.config.values["jax_disable_most_optimizations"] is False  # the quick run restored it
+    with pytest.raises(RuntimeError, match="boom"):
+        with _compile_mode(True):
+            assert jax.config.values["jax_disable_most_optimizations"] is True
+            assert jax.config.jax_optimization_level == "O0"  # keys the jit cache apart
+            raise RuntimeError("boom")
+    assert jax.config.values["jax_disable_most_optimizations"] is False
+    assert jax.config.jax_optimization_level == "UNKNOWN"

@@ -14,6 +14,7 @@ deterministic for a seed (``tests/test_determinism.py``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -102,6 +103,40 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False) -> 
         if name in previous and name not in config.experiments:
             metrics[name] = previous[name]
     start = time.perf_counter()
+    with _compile_mode(config.fast_compile):
+        _run_experiments(config, ctx, metrics, previous, out, start, recompute)
+    rows = summary_rows(metrics)
+    print(report.markdown_table(rows, ["experiment", "metric", "value"]))
+    print(f"\nreport: {os.path.abspath(os.path.join(out, 'report.html'))} "
+          f"({metrics['timing']['total_s']:.0f} s)", file=sys.stderr if not progress else sys.stdout)
+    return metrics
+
+
+@contextlib.contextmanager
+def _compile_mode(fast: bool):
+    """With ``fast``, XLA compiles with most optimisations off (``jax_disable_most_optimizations``).
+
+    ``jax_optimization_level`` is set to O0 as well: it is part of JAX's jit cache key, so programs
+    compiled here are cached apart from the optimised ones of the same process (other runs, tests).
+    Both settings are restored on exit.
+    """
+    import jax
+
+    if not fast:
+        yield
+        return
+    saved = {k: jax.config.values[k] for k in ("jax_disable_most_optimizations", "jax_optimization_level")}
+    jax.config.update("jax_disable_most_optimizations", True)
+    jax.config.update("jax_optimization_level", "O0")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
+
+
+def _run_experiments(config, ctx: Context, metrics: dict[str, Any], previous: dict[str, Any], out: str,
+                     start: float, recompute: bool) -> None:
     for name in config.experiments:
         ctx.log(f"== {name} ==")
         if not recompute and _finished(previous, name, metrics, out):
@@ -124,11 +159,6 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False) -> 
                              **{f"{e}_s": metrics[e]["seconds"] for e in EXPERIMENTS if e in metrics}}
         report.write_json(os.path.join(out, "metrics.json"), metrics)
         _write_html(metrics, config, out)
-    rows = summary_rows(metrics)
-    print(report.markdown_table(rows, ["experiment", "metric", "value"]))
-    print(f"\nreport: {os.path.abspath(os.path.join(out, 'report.html'))} "
-          f"({metrics['timing']['total_s']:.0f} s)", file=sys.stderr if not progress else sys.stdout)
-    return metrics
 
 
 def _finished(previous: dict[str, Any], name: str, metrics: dict[str, Any], out: str) -> bool:
