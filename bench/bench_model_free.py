@@ -7,7 +7,13 @@ k = 100 neighbours. For each of lpca, mle, twonn, ess:
 
 - ours: the estimator jitted once (``jax.jit(lambda x: lid.mle(x, k=k))``), compile time reported
   separately, one untimed run, then the median of ``--repeats`` calls under
-  ``jax.block_until_ready``; the estimates come from the same executable;
+  ``jax.block_until_ready``; the estimates come from the same executable. Twice: on one device
+  (``ours_s``), and with the queries split over a mesh of ``--cpu-devices`` CPU devices
+  (``mesh=parallel.make_mesh()``, ``ours_mesh_s``; default: one per core). XLA:CPU runs each
+  device's program on its own thread, so the mesh puts the stages that run on one core within a
+  device (top-k, gathers) on every core; not lPCA on CPU, whose LAPACK stage hangs XLA:CPU when
+  several CPU devices run it at once. ``speedup`` is skdim over the faster of the two,
+  ``speedup_one_device`` over one device;
 - skdim: the wall time of one pointwise fit, including its own kNN search —
   ``lPCA().fit_pw``, ``TwoNN().fit_pw`` (``n_neighbors=k``), ``MLE().fit`` and ``ESS().fit``
   (``n_neighbors=k``, ``dimension_pw_``). ESS takes minutes in skdim, so it is timed on the
@@ -49,14 +55,14 @@ import jax
 import numpy as np
 
 from bench._common import DEFAULT_OUT, env_info, markdown_table, prepare, time_fn, write_results
-from mmh_jax import lid
+from mmh_jax import lid, parallel
 
 NAME = "bench_model_free"
 ESTIMATORS = ("lpca", "mle", "twonn", "ess")
 #: Issue targets: speed-up of ours over skdim (MLE: no slower).
 TARGETS = {"lpca": 10.0, "twonn": 10.0, "ess": 50.0, "mle": 1.0}
-COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_compile_s", "skdim_s", "speedup", "target", "ours_cpu_s",
-           "skdim_cpu_s", "cpu_speedup", "agreement", "note"]
+COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_mesh_s", "devices", "ours_compile_s", "skdim_s", "speedup",
+           "speedup_one_device", "target", "ours_cpu_s", "skdim_cpu_s", "cpu_speedup", "agreement", "note"]
 SCALE_COLUMNS = ["estimator", "N", "D", "k", "ours_s", "ours_compile_s", "points_per_s", "ours_cpu_s", "load_avg_1min"]
 
 
@@ -77,12 +83,12 @@ def one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def ours(name: str, x: np.ndarray, k: int, repeats: int) -> tuple[dict, np.ndarray]:
+def ours(name: str, x: np.ndarray, k: int, repeats: int, mesh=None) -> tuple[dict, np.ndarray]:
     """Timing stats of our estimator (compile apart) and its estimates, from the same executable."""
     fn = getattr(lid, name)
     xj = jax.device_put(x)
     with one_blas_thread():
-        prepared = prepare(jax.jit(lambda a: fn(a, k=k)), xj)  # compile, then one untimed run
+        prepared = prepare(jax.jit(lambda a: fn(a, k=k, mesh=mesh)), xj)  # compile, then one untimed run
         stats = time_fn(prepared, xj, repeats=repeats, warmup=0)
         return stats, np.asarray(prepared.call(xj))
 
@@ -137,9 +143,19 @@ def _skdim_pointwise(name, x64, k, ess_points):
     return wall, cpu, np.asarray(est, np.float64), ""
 
 
-def compare(name: str, x: np.ndarray, k: int, repeats: int, ess_points: int) -> dict:
+def compare(name: str, x: np.ndarray, k: int, repeats: int, ess_points: int, mesh=None) -> dict:
+    if name == "lpca" and mesh is not None and mesh.devices.flat[0].platform == "cpu":
+        mesh = None  # refused: XLA:CPU hangs running LAPACK on several CPU devices at once (see lid.lpca)
     stats, est = ours(name, x, k, repeats)
+    if mesh is not None:
+        mesh_stats, mesh_est = ours(name, x, k, repeats, mesh=mesh)
+        if name == "lpca":
+            assert np.array_equal(mesh_est, est), "lpca on the mesh differs from one device"
+        else:  # float32 rounding of other chunk shapes; a point on a float32 tie may move further
+            off = ~np.isclose(mesh_est, est, rtol=1e-5, atol=0, equal_nan=True)
+            assert off.mean() < 0.01, f"{name} on the mesh differs at {off.sum()} of {off.size} points"
     ref_s, ref_cpu_s, ref, note = skdim_pointwise(name, x, k, ess_points)
+    best = stats if mesh is None or stats["median_s"] <= mesh_stats["median_s"] else mesh_stats
     mine = est[: len(ref)].astype(np.float64)
     if name == "lpca":
         agreement = float(np.mean(mine == ref))
@@ -153,13 +169,16 @@ def compare(name: str, x: np.ndarray, k: int, repeats: int, ess_points: int) -> 
         "D": x.shape[1],
         "k": k,
         "ours_s": stats["median_s"],
+        "ours_mesh_s": None if mesh is None else mesh_stats["median_s"],
+        "devices": 1 if mesh is None else mesh.size,
         "ours_compile_s": stats["compile_s"],
         "skdim_s": ref_s,
-        "speedup": ref_s / stats["median_s"],
+        "speedup": ref_s / best["median_s"],
+        "speedup_one_device": ref_s / stats["median_s"],
         "target": TARGETS[name],
-        "ours_cpu_s": stats["cpu_median_s"],
+        "ours_cpu_s": best["cpu_median_s"],
         "skdim_cpu_s": ref_cpu_s,
-        "cpu_speedup": ref_cpu_s / stats["cpu_median_s"],
+        "cpu_speedup": ref_cpu_s / best["cpu_median_s"],
         "agreement": agreement,
         "agreement_kind": agreement_kind,
         "note": note,
@@ -192,7 +211,15 @@ def main(argv=None) -> dict:
     p.add_argument("--ess-points", type=int, default=None, help="skdim ESS neighbourhoods timed (default 250)")
     p.add_argument("--no-scaling", action="store_true",
                    help="only the side-by-side comparison, not the growth with N (up to 10^5) and D")
+    p.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
+                   help="CPU devices (jax_num_cpu_devices) for the mesh timings (default: one per core); "
+                        "ignored when JAX has already started its backend in this process")
     args = p.parse_args(argv)
+    try:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    except Exception as err:  # the backend is already up (e.g. called from tests): use its devices
+        print(f"--cpu-devices not applied ({err}); using {jax.local_device_count()} device(s)", file=sys.stderr)
+    mesh = parallel.make_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
 
     quick = args.quick
     n, dim, d, k = (1000, 100, 10, 100) if quick else (5000, 100, 10, 100)
@@ -208,10 +235,11 @@ def main(argv=None) -> dict:
         warnings.simplefilter("ignore")  # skdim's numpy/sklearn deprecation noise
         x = subspace_data(n, dim, d)
         for name in ESTIMATORS:
-            rows.append(compare(name, x, k, repeats, ess_points))
+            rows.append(compare(name, x, k, repeats, ess_points, mesh))
             r = rows[-1]
-            print(f"{name}: ours {r['ours_s']:.3g}s, skdim {r['skdim_s']:.3g}s (x{r['speedup']:.3g}; CPU time "
-                  f"x{r['cpu_speedup']:.3g}), load {r['load_avg_1min']:.2f}", flush=True)
+            on_mesh = "" if r["ours_mesh_s"] is None else f", on {mesh.size} devices {r['ours_mesh_s']:.3g}s"
+            print(f"{name}: ours {r['ours_s']:.3g}s{on_mesh}, skdim {r['skdim_s']:.3g}s (x{r['speedup']:.3g}; CPU "
+                  f"time x{r['cpu_speedup']:.3g}), load {r['load_avg_1min']:.2f}", flush=True)
         for name in () if args.no_scaling else sweep_n_est:
             for nn in sweep_n:
                 scale_rows.append(scaling(name, nn, 100, k, repeats))
@@ -226,6 +254,7 @@ def main(argv=None) -> dict:
     meta = env_info(
         blas_threads=1,
         xla_threads="XLA:CPU's own thread pool, not limited (one thread per core)",
+        mesh_devices=1 if mesh is None else mesh.size,
         skdim_threads="1 (scikit-learn kNN n_jobs=1, BLAS limited to 1)",
         load_avg_start=load_start,
         load_avg_end=list(os.getloadavg()),

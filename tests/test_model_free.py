@@ -227,6 +227,47 @@ def test_works_under_jit_and_chunking_is_invisible():
         np.testing.assert_allclose(fn(x, k=10, chunk_size=7), fn(x, k=10), rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["knn", "mle", "twonn", "ess"])
+def test_queries_split_over_a_mesh_match_one_device(name):
+    """conftest emulates 4 CPU devices: 61 queries (not a multiple of 4) split over all of them."""
+    from mmh_jax import parallel
+
+    mesh = parallel.make_mesh(jax.local_devices())
+    assert mesh.size > 1
+    fn = getattr(lid, name)
+    x = _subspace_data(14, 61, 6, 2, 0.05)
+    q = x[:23] + 0.01
+    for kw in ({}, {"queries": q}, {"chunk_size": 5}):
+        one, split = fn(x, k=9, **kw), fn(x, k=9, mesh=mesh, **kw)
+        if name == "knn":  # the same neighbours; distances up to float32 rounding (summation order)
+            np.testing.assert_array_equal(split[1], one[1])
+            np.testing.assert_allclose(split[0], one[0], rtol=1e-6)
+        else:  # other chunk shapes per device: float32 rounding only
+            assert split.shape == one.shape
+            np.testing.assert_allclose(split, one, rtol=1e-5)
+    jitted = jax.jit(lambda a: fn(a, k=9, mesh=mesh))(x)  # inside the user's jit too
+    np.testing.assert_allclose(jitted[1] if name == "knn" else jitted, one[1] if name == "knn" else fn(x, k=9),
+                               rtol=1e-5)
+
+
+def test_bad_mesh():
+    from jax.sharding import Mesh
+
+    x = _subspace_data(15, 20, 3, 2, 0.1)
+    devs = np.asarray(jax.local_devices()[:4]).reshape(2, 2)
+    with pytest.raises(ValueError, match="mesh must have exactly one axis"):
+        lid.mle(x, k=3, mesh=Mesh(devs, ("a", "b")))
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        lid.mle(x, k=3, mesh=jax.local_devices())
+    # XLA:CPU hangs when several CPU devices run LAPACK at once (lPCA's spectra): refused, not hung
+    from mmh_jax import parallel
+
+    with pytest.raises(ValueError, match="lpca cannot split its queries over several CPU devices"):
+        lid.lpca(x, k=3, mesh=parallel.make_mesh(jax.local_devices()))
+    one = parallel.make_mesh(jax.local_devices()[:1])
+    np.testing.assert_array_equal(lid.lpca(x, k=3, mesh=one), lid.lpca(x, k=3))  # one device is fine
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 

@@ -253,7 +253,8 @@ def _knn_jit(data, queries, qidx, *, k, chunk_search, chunk_local, block, exclud
     return _map_chunks(lambda a: _refine(a[0], data, a[1], k, sort=True), (queries, cand), chunk_local)
 
 
-def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size: int | None = None):
+def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size: int | None = None,
+        mesh=None):
     """Exact k nearest neighbours (Euclidean) of queries among data, in JAX.
 
     The k + 8 best candidates by ‖q‖² + ‖x‖² − 2q·x (mean-centred, clipped at 0) are re-ranked by
@@ -269,13 +270,19 @@ def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size
       chunk_size: queries per chunk (default: from a budget per intermediate, 4 MiB on CPU, 16 MiB
         on accelerators).
       block_size: data points per block of the search (default 16384; N ≤ block is one block).
+      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
+        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
+        whole data set (default None: one device). Results equal those without a mesh up to
+        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
+        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
       ``(distances, indices)``: float32 (M, k) ascending, int32 (M, k).
 
     Raises:
-      TypeError: integer dtype, non-int k. ValueError: data not 2-D or empty, NaN/inf values,
-        k out of range, queries of another dimension.
+      TypeError: integer dtype, non-int k, a mesh that is not a Mesh. ValueError: data not 2-D or
+        empty, NaN/inf values, k out of range, queries of another dimension, a mesh with more than one
+        axis or with other processes' devices.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -289,16 +296,15 @@ def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size
     block = _BLOCK if block_size is None else _checks.positive_int("block_size", block_size)
     if m == 0:
         return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
-    return _knn_jit(
-        data,
-        queries,
-        qidx,
+    per = -(-m // _mesh_size(mesh))
+    statics = dict(
         k=k,
-        chunk_search=_chunk(m, min(n, block) + k, chunk_size),
-        chunk_local=_chunk(m, (k + _MARGIN) * dim, chunk_size),
+        chunk_search=_chunk(per, min(n, block) + k, chunk_size),
+        chunk_local=_chunk(per, (k + _MARGIN) * dim, chunk_size),
         block=block,
         exclude_self=exclude,
     )
+    return _split_queries(_knn_jit, statics, mesh, data, queries, qidx)
 
 
 # ----------------------------------------------------------------------------- shared driver
@@ -325,27 +331,76 @@ def _pointwise(
     return finish(_map_chunks(local, (queries, cand), chunk_local), params).astype(jnp.float32)
 
 
-def _run(data, queries, k, *, k_min, kernel, finish, params, local_cost, chunk_size, points=True):
-    """Validate, pick chunk sizes (``local_cost(k, D)`` floats per query), run :func:`_pointwise`."""
+def _run(data, queries, k, *, k_min, kernel, finish, params, local_cost, chunk_size, mesh, points=True):
+    """Validate, pick chunk sizes (``local_cost(k, D)`` floats per query), run :func:`_pointwise`
+    (on each device of ``mesh`` for its share of the queries)."""
     data, queries, qidx, k, exclude = _prepare(data, queries, k, k_min=k_min)
     n, dim = data.shape
     m = queries.shape[0]
     if m == 0:
         return jnp.zeros((0,), jnp.float32)
-    return _pointwise(
-        data,
-        queries,
-        qidx,
-        params,
+    per = -(-m // _mesh_size(mesh))
+    if kernel is _lpca_kernel and per < m and any(d.platform == "cpu" for d in mesh.devices.flat):
+        raise ValueError(
+            "lpca cannot split its queries over several CPU devices: XLA:CPU hangs when several CPU "
+            "devices run LAPACK at once (seen with jax 0.10), and lPCA's spectra go through LAPACK there. "
+            "Pass mesh=None on CPU (accelerator meshes are fine)."
+        )
+    statics = dict(
         kernel=kernel,
         finish=finish,
         points=points,
         k=k,
-        chunk_search=_chunk(m, min(n, _BLOCK) + k, chunk_size),
-        chunk_local=_chunk(m, local_cost(k, dim) + _MARGIN * dim, chunk_size),
+        chunk_search=_chunk(per, min(n, _BLOCK) + k, chunk_size),
+        chunk_local=_chunk(per, local_cost(k, dim) + _MARGIN * dim, chunk_size),
         block=_BLOCK,
         exclude_self=exclude,
     )
+    return _split_queries(_pointwise, statics, mesh, data, queries, qidx, params)
+
+
+def _mesh_size(mesh) -> int:
+    """Devices the queries are split over (1 without a mesh); checks the mesh."""
+    if mesh is None:
+        return 1
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (mmh_jax.parallel.make_mesh()) or None, got {mesh!r}.")
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must have exactly one axis to split the queries over, got axes {mesh.axis_names}; "
+                         "build one with mmh_jax.parallel.make_mesh().")
+    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+        raise ValueError("mesh must hold only this process's devices (every device needs the whole data set); "
+                         "on several hosts, give each process its own queries and a mesh of its local devices: "
+                         "mmh_jax.parallel.make_mesh(jax.local_devices()).")
+    return mesh.size
+
+
+def _split_queries(fn, statics: dict, mesh, data, queries, qidx, *rest):
+    """``fn(data, queries, qidx, *rest, **statics)``, the queries split evenly over ``mesh``'s devices.
+
+    Every device holds the whole data set and runs ``fn`` on its block of queries (padded with
+    copies of the first query, dropped afterwards).
+    """
+    parts = _mesh_size(mesh)
+    if parts == 1:
+        return fn(data, queries, qidx, *rest, **statics)
+    m = queries.shape[0]
+    pad = -(-m // parts) * parts - m
+    if pad:
+        queries = jnp.concatenate([queries, jnp.repeat(queries[:1], pad, axis=0)])
+        qidx = jnp.concatenate([qidx, jnp.repeat(qidx[:1], pad)])
+    out = _sharded(fn, tuple(sorted(statics.items())), mesh, len(rest))(data, queries, qidx, *rest)
+    return jax.tree_util.tree_map(lambda o: o[:m], out)
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded(fn, statics: tuple, mesh, n_rest: int):
+    """The jitted ``shard_map`` of ``fn`` with ``statics`` bound: queries and their indices split over
+    the mesh axis, data and the ``n_rest`` further arguments whole on every device."""
+    rows, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), jax.sharding.PartitionSpec()
+    bound = functools.partial(fn, **dict(statics))
+    return jax.jit(jax.shard_map(bound, mesh=mesh, in_specs=(whole, rows, rows) + (whole,) * n_rest,
+                                 out_specs=rows, check_vma=False))
 
 
 def _identity(out, params):
@@ -384,7 +439,7 @@ def _mle_kernel(dist, nbrs, params):
     return (k - 1) / jnp.sum(jnp.log(jnp.max(dist, axis=1, keepdims=True) / dist), axis=1)
 
 
-def mle(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
+def mle(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None) -> Array:
     """Pointwise maximum-likelihood LID (Levina & Bickel 2004), as skdim's ``MLE().dimension_pw_``.
 
     MLE(x) = (k − 1) / Σ_{j=1}^{k} log(r_k(x) / r_j(x)),  r_j the distance to the j-th neighbour
@@ -394,6 +449,11 @@ def mle(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 2. queries: (M, D) or None (see module doc).
       chunk_size: queries per chunk (memory bound; default automatic).
+      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
+        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
+        whole data set (default None: one device). Results equal those without a mesh up to
+        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
+        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
       float32 (M,) (M = N when queries is None).
@@ -410,7 +470,7 @@ def mle(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
     """
     return _run(
         data, queries, k, k_min=2, kernel=_mle_kernel, finish=_identity, params=jnp.zeros(()),
-        local_cost=lambda k, d: k * d, chunk_size=chunk_size, points=False,
+        local_cost=lambda k, d: k * d, chunk_size=chunk_size, mesh=mesh, points=False,
     )
 
 
@@ -425,7 +485,7 @@ def _lpca_kernel(dist, nbrs, params):
     s = s / jnp.where(scale > 0, scale, 1.0)[:, None, None]
 
     def via_tridiagonal(s):
-        _, d, e, _ = lax.linalg.tridiagonal(s, lower=True)
+        _, d, e, _ = lax.linalg.tridiagonal(s, lower=False)  # LAPACK ssytrd: ~10 % faster than lower
         return d, e
 
     def via_eigvalsh(s):
@@ -485,7 +545,7 @@ def _fo_finish(de, alpha):
     return jnp.where(lam_max > 0, above, 0)
 
 
-def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | None = None) -> Array:
+def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | None = None, mesh=None) -> Array:
     """Pointwise local PCA LID (version FO), as skdim's ``lPCA(ver="FO", alphaFO=alpha).fit_pw``.
 
     lPCA(x) = #{i : λ_i > α·λ_1}, λ_1 ≥ λ_2 ≥ … the eigenvalues of the covariance of the k nearest
@@ -496,6 +556,11 @@ def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | N
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 2. alpha: threshold in (0, 1), traced.
       queries: (M, D) or None (see module doc). chunk_size: queries per chunk.
+      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
+        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
+        whole data set (default None: one device). Results equal those without a mesh up to
+        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
+        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
       float32 (M,) of integers.
@@ -518,7 +583,7 @@ def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | N
     return _run(
         data, queries, k, k_min=2, kernel=_lpca_kernel, finish=_fo_finish,
         params=jnp.asarray(alpha, jnp.float32),
-        local_cost=lambda k, d: k * d + min(k, d) ** 2 * 2, chunk_size=chunk_size,
+        local_cost=lambda k, d: k * d + min(k, d) ** 2 * 2, chunk_size=chunk_size, mesh=mesh,
     )
 
 
@@ -564,7 +629,7 @@ def _twonn_kernel(dist, nbrs, params):
     return jnp.where(n_keep >= 2, slope, jnp.nan)
 
 
-def twonn(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
+def twonn(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None) -> Array:
     """Pointwise TwoNN LID, as skdim's ``TwoNN().fit_pw(data, n_neighbors=k)``.
 
     On the neighbourhood of x (its k nearest neighbours, x excluded), each point i has
@@ -576,6 +641,11 @@ def twonn(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 3. queries: (M, D) or None (see module doc).
       chunk_size: queries per chunk.
+      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
+        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
+        whole data set (default None: one device). Results equal those without a mesh up to
+        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
+        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
       float32 (M,).
@@ -592,7 +662,7 @@ def twonn(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array
     """
     return _run(
         data, queries, k, k_min=3, kernel=_twonn_kernel, finish=_identity, params=jnp.zeros(()),
-        local_cost=lambda k, d: 3 * k * d + 3 * k * k, chunk_size=chunk_size,
+        local_cost=lambda k, d: 3 * k * d + 3 * k * k, chunk_size=chunk_size, mesh=mesh,
     )
 
 
@@ -641,7 +711,7 @@ def _ess_finish(comp, params):
     return jnp.where(jnp.isnan(comp) | (n_int >= table.shape[0]), jnp.nan, de)
 
 
-def ess(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
+def ess(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None) -> Array:
     """Pointwise expected-simplex-skewness LID (version a, d = 1), as skdim's ``ESS().fit(...)``.
 
     On the neighbourhood of x (k nearest neighbours, x excluded) centred at its mean, u_1 … u_k:
@@ -659,6 +729,11 @@ def ess(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 2. queries: (M, D) or None (see module doc).
       chunk_size: queries per chunk.
+      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
+        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
+        whole data set (default None: one device). Results equal those without a mesh up to
+        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
+        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
       float32 (M,).
@@ -676,5 +751,5 @@ def ess(data, *, k: int, queries=None, chunk_size: int | None = None) -> Array:
     """
     return _run(
         data, queries, k, k_min=2, kernel=_ess_kernel, finish=_ess_finish, params=jnp.zeros(()),
-        local_cost=lambda k, d: k * d + 6 * k * k, chunk_size=chunk_size,
+        local_cost=lambda k, d: k * d + 6 * k * k, chunk_size=chunk_size, mesh=mesh,
     )
