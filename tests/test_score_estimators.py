@@ -317,8 +317,10 @@ def test_knee_of_a_plateau_then_bump():
     np.testing.assert_allclose(v, 0.0, atol=1e-6)
 
 
-def test_plateau_reads_the_level_where_knee_reads_a_corner():
-    """A trained-model-like curve at an atom: unresolved (≈ D) at tiny t0, flat at 0, bump, collapse."""
+def test_plateau_and_knee_read_the_level_after_an_unresolved_fall():
+    """A trained-model-like curve at an atom: unresolved (≈ D) at tiny t0, flat at 0, bump, collapse.
+    Kneedle from the grid's start would take the corner at the top of the concave fall (> 0.5); the
+    knee's segment starts on the plateau instead, so it reads the plateau's end, like plateau."""
     t0s = jnp.geomspace(1e-3, 1.0, 24)
     u = np.log10(np.asarray(t0s))
     curve = np.where(u < -2.2, 1.8 * (1.0 - ((u + 3.0) / 0.8) ** 2), 0.0)  # concave fall from 1.8 to 0 by 6e-3
@@ -326,8 +328,12 @@ def test_plateau_reads_the_level_where_knee_reads_a_corner():
     curve = jnp.asarray(curve, jnp.float32)
     _, v = lid.plateau(t0s, curve)
     np.testing.assert_allclose(v, 0.0, atol=1e-6)
-    _, v_knee = lid.knee(t0s, curve)
-    assert float(v_knee) > 0.5  # kneedle lands on the corner of the unresolved drop: why plateau exists
+    t_knee, v_knee = lid.knee(t0s, curve)
+    np.testing.assert_allclose(v_knee, 0.0, atol=1e-6)
+    assert 6e-3 < float(t_knee) < 0.3  # on the plateau, before the bump
+    # a grid too short for the plateau window: kneedle from the start, the corner of the fall
+    _, v_short = lid.knee(t0s[:4], curve[:4], window=2)
+    assert float(v_short) > 0.5
 
 
 def test_plateau_with_exact_scores_and_errors():

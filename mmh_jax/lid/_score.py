@@ -11,6 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from mmh_jax.lid import _checks
 from mmh_jax.lid._trace import exact_trace, hutchinson_trace, rademacher_probes, resolve_trace
@@ -156,31 +157,40 @@ def flipd_curve(
     return jax.vmap(lambda t0: _flipd_at(score_fn, x, t0, sde, method, probes, chunk_size))(t0s)
 
 
-def knee(t0s, curve) -> tuple[Array, Array]:
-    """Knee of a FLIPD curve by the kneedle rule on its first excursion; jittable.
+def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
+    """Knee of a FLIPD curve: kneedle on the first excursion after its plateau; jittable.
 
     Kneedle (Satopää et al.): rescale both axes to [0, 1] (time on a log scale, since grids are
     geometric) and take the grid point farthest, vertically, from the chord joining the segment's
-    ends. The segment runs from the smallest t₀ to the point where the curve is farthest from its
-    starting value, ``e = argmax |FLIPD(t₀) − FLIPD(t₀[0])|``:
+    ends. Kneedle assumes the curve starts on its plateau (at LID_θ) and bends off it; the segment
+    is chosen so that it does:
 
-    * a FLIPD curve that plateaus at LID_θ and then falls (the usual shape) has its largest
-      departure at the end of the grid, so this is plain kneedle over the whole curve;
-    * at an isolated low-dimensional point (a point mass, a thin stick beside a disk) the curve
-      first plateaus at the point's small LID and then *rises* while the noise reaches the
-      neighbouring components, before falling again. Kneedle over the whole curve would pick the
-      top of that bump; cutting the segment at the bump puts the knee where the plateau ends.
+    * it starts at the flattest stretch of the curve (:func:`plateau`'s window of ``2·window + 1``
+      points with the least spread, centres at t₀ ≤ ``t0_max``). A trained network does not resolve
+      a low-dimensional piece of its manifold at the finest scales, so there its curve *falls*
+      from near D onto the plateau; kneedle over that fall would take the corner at its top (at a
+      point mass of the lollipop: 1.16 instead of 0). Exact scores plateau from the smallest t₀,
+      and then the segment starts at the grid's start;
+    * it ends where the curve is farthest from its starting value. A plateau that then falls
+      (the usual shape) runs to the end of the grid; at an isolated low-dimensional point (a point
+      mass, a thin stick beside a disk) the curve first plateaus at the point's small LID and then
+      *rises* while the noise reaches the neighbouring components, before falling again: the
+      segment ends at the top of that bump, which puts the knee where the plateau ends.
 
     Args:
       t0s: ``(n,)`` positive times, in any order; n ≥ 3.
       curve: ``(n,)`` values at those times.
+      window: half-width of the plateau window, in grid points (static); a grid of fewer than
+        ``2·window + 1`` points starts the segment at its smallest t₀.
+      t0_max: largest plateau-window centre searched (see :func:`plateau`).
 
     Returns:
       ``(t0_star, value_at_knee)``, two scalars.
 
     Raises:
       TypeError: non-float ``t0s`` or ``curve``.
-      ValueError: ``t0s`` or ``curve`` not 1-D, of different shapes, or with fewer than 3 points.
+      ValueError: ``t0s`` or ``curve`` not 1-D, of different shapes, with fewer than 3 points, or
+        ``window`` not an int ≥ 1.
 
     Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011); FLIPD's knee readout,
     Kamkari et al. (arXiv 2406.03537).
@@ -195,26 +205,51 @@ def knee(t0s, curve) -> tuple[Array, Array]:
       >>> t, v = lid.knee(t0s, jnp.array([0.0, 0.0, 0.0, 0.0, 1.5, 0.6, 0.1]))  # plateau, bump
       >>> float(v)
       0.0
+      >>> t, v = lid.knee(t0s, jnp.array([1.6, 0.9, 0.0, 0.0, 0.0, 1.2, 0.0]), window=1)  # unresolved
+      >>> float(v)
+      0.0
     """
     t0s = _checks.float_array("t0s", t0s, ndim=1)
     curve = _checks.float_array("curve", curve, ndim=1)
     _checks.same_shape("t0s", t0s, "curve", curve)
-    if t0s.shape[0] < 3:
-        raise ValueError(f"knee needs at least 3 points on the curve, got {t0s.shape[0]}.")
+    n = t0s.shape[0]
+    if n < 3:
+        raise ValueError(f"knee needs at least 3 points on the curve, got {n}.")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}.")
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
-    idx = jnp.arange(t.shape[0])
-    end = jnp.maximum(jnp.argmax(jnp.abs(y - y[0])), 2)  # at least 3 points in the segment
-    inside = idx <= end
+    idx = jnp.arange(n)
+    if n >= 2 * window + 1:
+        start = jnp.minimum(_flattest(t, y, window, t0_max) - window, n - 3)
+    else:
+        start = jnp.zeros((), idx.dtype)
+    after = idx >= start
+    y0 = y[start]
+    end = jnp.argmax(jnp.where(after, jnp.abs(y - y0), -1.0))
+    end = jnp.maximum(end, start + 2)  # at least 3 points in the segment
+    inside = after & (idx <= end)
     u = jnp.log(t)
     tiny = jnp.finfo(jnp.float32).tiny
-    u = (u - u[0]) / jnp.maximum(u[end] - u[0], tiny)
+    u = (u - u[start]) / jnp.maximum(u[end] - u[start], tiny)
     y_lo = jnp.min(jnp.where(inside, y, jnp.inf))
     y_hi = jnp.max(jnp.where(inside, y, -jnp.inf))
     yn = (y - y_lo) / jnp.maximum(y_hi - y_lo, tiny)
-    chord = yn[0] + (yn[end] - yn[0]) * u
+    chord = yn[start] + (yn[end] - yn[start]) * u
     i = jnp.argmax(jnp.where(inside, jnp.abs(yn - chord), -1.0))
     return t[i], y[i]
+
+
+def _flattest(t: Array, y: Array, window: int, t0_max: float) -> Array:
+    """Centre index of the window of ``2·window + 1`` points of least spread (max − min) among the
+    centres with t ≤ ``t0_max`` (all centres if none qualifies); ``t`` sorted ascending."""
+    n = t.shape[0]
+    centres = jnp.arange(window, n - window)
+    wins = y[centres[:, None] + jnp.arange(-window, window + 1)[None, :]]  # (n − 2w, 2w + 1), static
+    spread = jnp.max(wins, axis=1) - jnp.min(wins, axis=1)
+    allowed = t[centres] <= t0_max
+    allowed = jnp.where(jnp.any(allowed), allowed, True)
+    return centres[jnp.argmin(jnp.where(allowed, spread, jnp.inf))]
 
 
 def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
@@ -266,14 +301,8 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array,
         raise ValueError(f"plateau needs at least 2*window + 1 = {2 * window + 1} points, got {n}.")
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
-    centres = jnp.arange(window, n - window)
-    idx = centres[:, None] + jnp.arange(-window, window + 1)[None, :]  # (n − 2w, 2w + 1), static
-    wins = y[idx]
-    spread = jnp.max(wins, axis=1) - jnp.min(wins, axis=1)
-    allowed = t[centres] <= t0_max
-    allowed = jnp.where(jnp.any(allowed), allowed, True)
-    i = jnp.argmin(jnp.where(allowed, spread, jnp.inf))
-    return t[centres[i]], jnp.mean(wins[i])
+    c = _flattest(t, y, window, t0_max)
+    return t[c], jnp.mean(lax.dynamic_slice(y, (c - window,), (2 * window + 1,)))
 
 
 def fp_regress(
