@@ -51,8 +51,11 @@ def _execute(name: str, tmp_path: Path) -> float:
     import ipykernel  # noqa: F401  (the kernel nbclient starts)
     import nbclient
     nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+    # Small runs are compile-bound: the kernel compiles with XLA's optimisations mostly off, as
+    # `mmh-jax run --preset quick` does (JAX's own switch; results differ in the last bits only).
     env = {"MMH_NOTEBOOK_SMALL": "1", "MMH_NOTEBOOK_OUT": str(tmp_path / "out"),
-           "JUPYTER_PLATFORM_DIRS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+           "JUPYTER_PLATFORM_DIRS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     tic = time.perf_counter()
