@@ -49,10 +49,11 @@ class ImagesConfig:
     ``cfg_guidance`` is the guidance scale w of ``conditional``'s samples, ε_∅ + w(ε_c − ε_∅), used
     when ``guidance_scale`` is 0 (a positive ``guidance_scale`` overrides it).
     ``batch_size`` 64 keeps the default run within 15 minutes on 2 CPU cores (batch 128 took 466 s of
-    a 1009 s run and gave 13 memorized samples of 500 instead of 3; ``full`` uses 128), and so do
-    ``curve_points`` 64 (FLIPD curves for the knee: half of ``images``' LID time at 128) and
-    ``MitigationConfig.embedding_steps`` 6 (``full``: 10). A clean-clone run with 128 and 10 took
-    15 min 14 s, pip install included.
+    a 1009 s run and gave 13 memorized samples of 500 instead of 3; ``full`` uses 128).
+    ``curve_points`` 64 and ``MitigationConfig.embedding_steps`` 6 (``full``: 512 and 10) save only
+    ~6 s of stage time over 128 and 10 (the curves use 4 Hutchinson probes: ~1/9 of ``images``' LID
+    time); clean-clone README runs took 15 min 14 s with 128 and 10, and 14 min 38 s with 64 and 6,
+    most of the difference being the machine's speed moving between runs.
     ``normal_bundle_samples`` is K of :func:`mmh_jax.lid.normal_bundle` (2·D on digits: enough to
     see a normal space of any rank, half the cost of the estimator's default 4·D).
     ``model`` is ``unet`` (``channels``, ``channel_mults``, ``attention``) or, for the quick preset
