@@ -72,6 +72,7 @@ def test_lidl_bad_inputs_name_the_argument():
         lid.lidl(fn, jnp.asarray(DELTAS), jnp.zeros(2, jnp.int32), deltas=DELTAS)
 
 
+@pytest.mark.slow  # ~32 s on 2 busy cores; .ci/run runs it after the default suite
 def test_vmapped_ensemble_training_equals_members_trained_one_by_one():
     """make_ensemble_step: member m of the vmapped run == train_step(state_m, {**batch, delta_m}, fold_in(key, m))
     run alone through the same make_train_loop (same batches, same keys)."""

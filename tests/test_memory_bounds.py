@@ -4,6 +4,7 @@ assignment of the compiled program, ``memory_analysis().temp_size_in_bytes``, is
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mmh_jax import lid, parallel
 from mmh_jax.models import ScoreMLP, as_score_fn
@@ -31,6 +32,7 @@ def test_chunked_probes_give_the_same_estimate(key):
     np.testing.assert_allclose(chunked, whole, rtol=1e-5)
 
 
+@pytest.mark.slow  # ~50 s on 2 busy cores (U-Net FLIPD compiles); .ci/run runs it after the default suite
 def test_unet_memory_is_bounded_by_the_probe_chunk(key):
     """8×8×1 U-Net: 64 probes in chunks of 4 need about what 4 probes need; all 64 at once, > 5×."""
     shape, vp = (8, 8, 1), VPSDE()
