@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmh_jax import parallel
 from mmh_jax.lid import _checks
 
 Array = jax.Array
@@ -340,12 +341,6 @@ def _run(data, queries, k, *, k_min, kernel, finish, params, local_cost, chunk_s
     if m == 0:
         return jnp.zeros((0,), jnp.float32)
     per = -(-m // _mesh_size(mesh))
-    if kernel is _lpca_kernel and per < m and any(d.platform == "cpu" for d in mesh.devices.flat):
-        raise ValueError(
-            "lpca cannot split its queries over several CPU devices: XLA:CPU hangs when several CPU "
-            "devices run LAPACK at once (seen with jax 0.10), and lPCA's spectra go through LAPACK there. "
-            "Pass mesh=None on CPU (accelerator meshes are fine)."
-        )
     statics = dict(
         kernel=kernel,
         finish=finish,
@@ -365,9 +360,7 @@ def _mesh_size(mesh) -> int:
         return 1
     if not isinstance(mesh, jax.sharding.Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (mmh_jax.parallel.make_mesh()) or None, got {mesh!r}.")
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh must have exactly one axis to split the queries over, got axes {mesh.axis_names}; "
-                         "build one with mmh_jax.parallel.make_mesh().")
+    parallel._check_mesh(mesh)  # one axis
     if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
         raise ValueError("mesh must hold only this process's devices (every device needs the whole data set); "
                          "on several hosts, give each process its own queries and a mesh of its local devices: "
@@ -385,10 +378,7 @@ def _split_queries(fn, statics: dict, mesh, data, queries, qidx, *rest):
     if parts == 1:
         return fn(data, queries, qidx, *rest, **statics)
     m = queries.shape[0]
-    pad = -(-m // parts) * parts - m
-    if pad:
-        queries = jnp.concatenate([queries, jnp.repeat(queries[:1], pad, axis=0)])
-        qidx = jnp.concatenate([qidx, jnp.repeat(qidx[:1], pad)])
+    queries, qidx = parallel._pad((queries, qidx), m, -(-m // parts) * parts)
     out = _sharded(fn, tuple(sorted(statics.items())), mesh, len(rest))(data, queries, qidx, *rest)
     return jax.tree_util.tree_map(lambda o: o[:m], out)
 
@@ -485,7 +475,7 @@ def _lpca_kernel(dist, nbrs, params):
     s = s / jnp.where(scale > 0, scale, 1.0)[:, None, None]
 
     def via_tridiagonal(s):
-        _, d, e, _ = lax.linalg.tridiagonal(s, lower=False)  # LAPACK ssytrd: ~10 % faster than lower
+        _, d, e, _ = lax.linalg.tridiagonal(s, lower=False)  # ssytrd: 10 % faster than lower alone, same in lpca
         return d, e
 
     def via_eigvalsh(s):
@@ -580,6 +570,12 @@ def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | N
         a = np.asarray(alpha)
         if a.ndim != 0 or not 0.0 < float(a) < 1.0:
             raise ValueError(f"alpha must be a scalar in (0, 1) (FO threshold), got {alpha!r}.")
+    if _mesh_size(mesh) > 1 and any(d.platform == "cpu" for d in mesh.devices.flat):
+        raise ValueError(
+            "lpca cannot split its queries over several CPU devices: XLA:CPU hangs when several CPU "
+            "devices run LAPACK at once (seen with jax 0.10), and lPCA's spectra go through LAPACK there. "
+            "Pass mesh=None on CPU (accelerator meshes are fine)."
+        )
     return _run(
         data, queries, k, k_min=2, kernel=_lpca_kernel, finish=_fo_finish,
         params=jnp.asarray(alpha, jnp.float32),
