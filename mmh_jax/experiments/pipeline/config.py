@@ -121,7 +121,7 @@ class RunConfig:
 
     ``fast_compile`` compiles every program with XLA's optimisations mostly off (JAX's
     ``jax_disable_most_optimizations``): for runs whose programs are tiny, where optimising them
-    costs more time than running them unoptimised (the ``quick`` preset: about 60 s → 45 s on 2
+    costs more time than running them unoptimised (the ``quick`` preset: 61 s → 41 s wall on 2
     CPU cores). Results then differ from an optimised build in the last bits only.
     """
 
