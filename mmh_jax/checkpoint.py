@@ -9,10 +9,13 @@ compared on resume — a checkpoint of another model or data set is refused, nev
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 import jax
@@ -80,7 +83,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint (temporaries of interrupted saves are ignored)."""
@@ -130,6 +134,15 @@ class Checkpointer:
     def restore(self, abstract_state, step: int | None = None):
         """Restore the train state (shapes/dtypes from ``abstract_state``) at ``step`` (default: newest)."""
         step = self._require_step(step)
+        # Shapes and dtypes are checked against the stored metadata first: a checkpoint of another
+        # model is then refused by name, before orbax starts any reads (see _leftover_reads_quiet).
+        mismatch = self._mismatch(step, abstract_state)
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} could not be restored: its arrays do not fit the "
+                f"model its config describes ({mismatch}). It is from another model, or its config was "
+                f"edited; other checkpoints here: {self.all_steps()}. Nothing was overwritten."
+            )
         # A failed orbax restore leaves its read coroutines behind; their finalizers would report
         # "never awaited" through sys.unraisablehook at some later, unrelated moment. They are
         # collected here, quietly: the CheckpointError below says what went wrong.
@@ -144,7 +157,8 @@ class Checkpointer:
                 reason = f"{type(e).__name__}: {e}"
             else:
                 return out["state"]
-            gc.collect()
+            with _leftover_reads_quiet():
+                gc.collect()
         finally:
             sys.unraisablehook = hook
         _quiet_closed_loop_reports()
@@ -153,6 +167,21 @@ class Checkpointer:
             f"It may be truncated or from another model; other checkpoints here: {self.all_steps()}. "
             "Nothing was overwritten."
         )
+
+    def _mismatch(self, step: int, abstract_state) -> str:
+        """What differs between the stored arrays and ``abstract_state`` ('' if nothing does, or if
+        the metadata cannot be read: the restore itself then says what is wrong)."""
+        try:
+            stored = self._manager.item_metadata(step)["state"].tree
+        except Exception:  # orbax raises many types for unreadable metadata
+            return ""
+        stored, expected = _by_name(stored), _by_name(abstract_state)
+        problems = [f"{k}: expected, not stored" for k in sorted(expected.keys() - stored.keys())]
+        problems += [f"{k}: stored, not expected" for k in sorted(stored.keys() - expected.keys())]
+        problems += [f"{k}: stored {stored[k]}, expected {expected[k]}"
+                     for k in sorted(stored.keys() & expected.keys()) if stored[k] != expected[k]]
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        return "; ".join(problems[:3]) + more
 
     def close(self) -> None:
         self._manager.close()
@@ -168,6 +197,42 @@ class Checkpointer:
         elif step not in self._manager.all_steps():
             raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; have {self.all_steps()}.")
         return int(step)
+
+
+def _key_name(entry) -> str:
+    for attr in ("name", "key", "idx"):  # GetAttrKey, DictKey, SequenceKey
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _by_name(tree) -> dict[str, str]:
+    """``{'params.Dense_0.kernel': 'float32[2,128]', ...}`` for a state or orbax's metadata of it
+    (orbax stores dataclasses and named tuples as dicts, so only the names along the path count)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(_key_name(e) for e in path): f"{jax.numpy.dtype(leaf.dtype).name}{list(leaf.shape)}"
+            for path, leaf in leaves}
+
+
+@contextlib.contextmanager
+def _leftover_reads_quiet():
+    """Collect what a failed restore left behind without its reports: coroutines orbax created but
+    never awaited (a RuntimeWarning each) and gathered futures whose error nobody retrieved (an
+    ``asyncio`` log record each). The CheckpointError raised afterwards says what went wrong."""
+    asyncio_log = logging.getLogger("asyncio")
+    drop = _DropUnretrieved()
+    asyncio_log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+            yield
+    finally:
+        asyncio_log.removeFilter(drop)
+
+
+class _DropUnretrieved(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
 
 
 def _ignore_unraisable(unraisable) -> None:
