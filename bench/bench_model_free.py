@@ -11,8 +11,8 @@ k = 100 neighbours. For each of lpca, mle, twonn, ess:
   (``ours_s``), and with the queries split over a mesh of ``--cpu-devices`` CPU devices
   (``mesh=parallel.make_mesh()``, ``ours_mesh_s``; default: one per core). XLA:CPU runs each
   device's program on its own thread, so the mesh puts the stages that run on one core within a
-  device (top-k, gathers) on every core; not lPCA on CPU, whose LAPACK stage hangs XLA:CPU when
-  several CPU devices run it at once. ``speedup`` is skdim over the faster of the two,
+  device (top-k, gathers) on every core; not lPCA on CPU, whose batched LAPACK stage can deadlock
+  XLA:CPU's thread pool when several CPU devices run it at once (see ``lid.lpca``). ``speedup`` is skdim over the faster of the two,
   ``speedup_one_device`` over one device;
 - skdim: the wall time of one pointwise fit, including its own kNN search —
   ``lPCA().fit_pw``, ``TwoNN().fit_pw`` (``n_neighbors=k``), ``MLE().fit`` and ``ESS().fit``
@@ -28,8 +28,8 @@ BLAS is limited to one thread for both sides (``threadpoolctl``): XLA's LAPACK c
 numpy/scikit-learn go through the same OpenBLAS, whose threads only contend on small matrices
 (one 100×100 PCA took 10× longer with threads on a busy 2-core machine). XLA's own ops keep their
 thread pool (one thread per core), which this script does not limit: of our stages only the large
-distance matmuls and elementwise ops use it (top-k, gathers, batched small matmuls and LAPACK run
-on one core), while skdim runs on one thread (scikit-learn's kNN with ``n_jobs=1``, its default in
+distance matmuls, elementwise ops and jaxlib's batched LAPACK calls (their batch is split over
+that pool) use it (top-k, gathers and batched small matmuls run on one core), while skdim runs on one thread (scikit-learn's kNN with ``n_jobs=1``, its default in
 skdim). So both the wall time and the process CPU time (all threads) of each side are reported:
 ``speedup`` is the wall-time ratio, ``cpu_speedup`` the CPU-time ratio, which does not credit our
 second thread. Timings on a shared machine are noisy; the environment and the load average go into
@@ -145,7 +145,7 @@ def _skdim_pointwise(name, x64, k, ess_points):
 
 def compare(name: str, x: np.ndarray, k: int, repeats: int, ess_points: int, mesh=None) -> dict:
     if name == "lpca" and mesh is not None and mesh.devices.flat[0].platform == "cpu":
-        mesh = None  # refused: XLA:CPU hangs running LAPACK on several CPU devices at once (see lid.lpca)
+        mesh = None  # refused: batched LAPACK on several CPU devices can deadlock (see lid.lpca)
     stats, est = ours(name, x, k, repeats)
     if mesh is not None:
         mesh_stats, mesh_est = ours(name, x, k, repeats, mesh=mesh)

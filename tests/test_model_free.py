@@ -259,7 +259,7 @@ def test_bad_mesh():
         lid.mle(x, k=3, mesh=Mesh(devs, ("a", "b")))
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
         lid.mle(x, k=3, mesh=jax.local_devices())
-    # XLA:CPU hangs when several CPU devices run LAPACK at once (lPCA's spectra): refused, not hung
+    # jaxlib's batched LAPACK on several CPU devices at once can deadlock XLA:CPU's pool: refused, not hung
     from mmh_jax import parallel
 
     with pytest.raises(ValueError, match="lpca cannot split its queries over several CPU devices"):
