@@ -44,13 +44,13 @@ def test_hutchinson_within_standard_error_of_exact(D, d):
     x = _points(gm, 1)[0]
     t0, num_probes, reps = 0.05, 4, 400
     alpha, sigma = VP.marginal_coefs(t0)
-    exact = lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact")
+    exact = jax.jit(lambda x: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"))(x)
     # Rademacher variance of v^T A v: 2 (||A||_F^2 - sum_i A_ii^2) for symmetric A (a score Jacobian).
-    jac = jax.jacfwd(lambda y: gm.score(y, t0, VP))(alpha * x)
+    jac = jax.jit(jax.jacfwd(lambda y: gm.score(y, t0, VP)))(alpha * x)
     var = 2.0 * (jnp.sum(jac**2) - jnp.sum(jnp.diag(jac) ** 2))
     se = float(sigma**2 * jnp.sqrt(var / num_probes))
     keys = jax.random.split(jax.random.key(3), reps)
-    est = jax.vmap(
+    est = _jvmap(
         lambda k: lid.flipd(gm.score_fn(VP), x, k, t0=t0, sde=VP, trace="hutchinson", num_probes=num_probes)
     )(keys)
     assert abs(float(jnp.mean(est) - exact)) < 4.0 * se / np.sqrt(reps) + 1e-4
@@ -65,8 +65,8 @@ def test_hutchinson_single_probe_path_agrees_with_multi_probe_path(key):
     from mmh_jax.lid._trace import hutchinson_trace
 
     f = lambda y: gm.score(y, 0.1, VP)  # noqa: E731
-    v1, t1 = hutchinson_trace(f, x, probes)
-    v2, t2 = hutchinson_trace(f, x, jnp.concatenate([probes, probes]))
+    v1, t1 = jax.jit(hutchinson_trace, static_argnums=0)(f, x, probes)
+    v2, t2 = jax.jit(hutchinson_trace, static_argnums=0)(f, x, jnp.concatenate([probes, probes]))
     np.testing.assert_allclose(t1, t2, rtol=1e-5)
     np.testing.assert_allclose(v1, v2, rtol=1e-6)
 
@@ -74,9 +74,12 @@ def test_hutchinson_single_probe_path_agrees_with_multi_probe_path(key):
 def test_exact_trace_chunking_is_invariant():
     gm = random_gaussian_mixture(1, [5], 23)
     x = _points(gm, 1)[0]
-    full = lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact")
+    def flipd(chunk):  # jitted: op-by-op dispatch made this test 5x slower
+        return jax.jit(lambda x: lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact", chunk_size=chunk))(x)
+
+    full = flipd(None)
     for chunk in [1, 4, 7, 23]:
-        part = lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact", chunk_size=chunk)
+        part = flipd(chunk)
         np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-4)
 
 
@@ -85,8 +88,8 @@ def test_flipd_on_image_shaped_events():
     gm = random_gaussian_mixture(2, [d], D)
     x = _points(gm, 1)[0]
     score_img = lambda y, t: gm.score(y.reshape(-1), t, VP).reshape(y.shape)  # noqa: E731
-    flat = lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP)
-    img = lid.flipd(score_img, x.reshape(2, 3, 2), t0=0.05, sde=VP)
+    flat = jax.jit(lambda x: lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP))(x)
+    img = jax.jit(lambda y: lid.flipd(score_img, y, t0=0.05, sde=VP))(x.reshape(2, 3, 2))
     np.testing.assert_allclose(img, flat, rtol=1e-5)
 
 
@@ -133,8 +136,9 @@ def test_flipd_curve_equals_pointwise_flipd_and_reuses_probes(key):
     gm = random_gaussian_mixture(8, [3], 7)
     x = _points(gm, 1)[0]
     t0s = jnp.array([0.01, 0.1, 0.3])
-    curve = lid.flipd_curve(gm.score_fn(VP), x, key, t0s=t0s, sde=VP, trace="hutchinson")
-    single = jnp.stack([lid.flipd(gm.score_fn(VP), x, key, t0=t, sde=VP, trace="hutchinson") for t in t0s])
+    curve = jax.jit(lambda x: lid.flipd_curve(gm.score_fn(VP), x, key, t0s=t0s, sde=VP, trace="hutchinson"))(x)
+    one = jax.jit(lambda x, t: lid.flipd(gm.score_fn(VP), x, key, t0=t, sde=VP, trace="hutchinson"))
+    single = jnp.stack([one(x, t) for t in t0s])
     np.testing.assert_allclose(curve, single, rtol=1e-5, atol=1e-5)
 
 
@@ -159,7 +163,7 @@ def test_knee_of_a_synthetic_corner():
     t0s = jnp.geomspace(1e-3, 1.0, 31)
     u = jnp.log10(t0s)
     curve = jnp.where(u < -1.0, 4.0, 4.0 - 4.0 * (u + 1.0))  # flat at 4, then linear drop to 0
-    t_star, v = lid.knee(t0s[::-1], curve[::-1])  # order of the grid does not matter
+    t_star, v = jax.jit(lid.knee)(t0s[::-1], curve[::-1])  # order of the grid does not matter
     np.testing.assert_allclose(t_star, 0.1, rtol=1e-5)
     np.testing.assert_allclose(v, 4.0)
 
@@ -186,7 +190,7 @@ def test_flipd_is_differentiable_in_x_t0_and_params(trace, key):
     def f(params, x, t0):
         return lid.flipd(lambda y, t: _tiny_score(params, y, t), x, jax.random.key(1), t0=t0, sde=VP, trace=trace)
 
-    gp, gx, gt = jax.grad(f, argnums=(0, 1, 2))(params, x, jnp.float32(0.05))
+    gp, gx, gt = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(params, x, jnp.float32(0.05))
     for g in jax.tree_util.tree_leaves((gp, gx, gt)):
         assert np.all(np.isfinite(np.asarray(g)))
     assert float(jnp.sum(jnp.abs(gx))) > 0
@@ -198,7 +202,8 @@ def test_fp_regress_recovers_d(D, d, key):
     xs = _points(gm, 4)
     est = _jvmap(lambda x: lid.fp_regress(gm.score_fn(VP), x, sde=VP))(xs)
     np.testing.assert_allclose(est, d, atol=0.05 * max(d, 1))
-    hut = lid.fp_regress(gm.score_fn(VP), xs[0], key, sde=VP, trace="hutchinson", num_probes=64)
+    hut = jax.jit(lambda x, k: lid.fp_regress(gm.score_fn(VP), x, k, sde=VP, trace="hutchinson", num_probes=64))(
+        xs[0], key)
     assert abs(float(hut) - d) < 1.0
 
 
@@ -237,13 +242,9 @@ def test_cfg_norm_matches_its_definition():
     one = random_gaussian_mixture(6, [1], 5)
     xs = _points(gm, 4)
     ts = jnp.array([0.9, 0.5, 0.2, 0.05])
-    val = lid.cfg_norm(one.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP)
-    manual = np.mean(
-        [
-            float(VP.marginal_coefs(t)[1] * jnp.linalg.norm(one.score(x, t, VP) - gm.score(x, t, VP)))
-            for x, t in zip(xs, ts)
-        ]
-    )
+    val = jax.jit(lambda xs, ts: lid.cfg_norm(one.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP))(xs, ts)
+    term = jax.jit(lambda x, t: VP.marginal_coefs(t)[1] * jnp.linalg.norm(one.score(x, t, VP) - gm.score(x, t, VP)))
+    manual = np.mean([float(term(x, t)) for x, t in zip(xs, ts)])
     np.testing.assert_allclose(val, manual, rtol=1e-5)
     assert float(val) > 0
 

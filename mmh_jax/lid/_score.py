@@ -6,6 +6,7 @@ All are pure single-example functions of a score function ``score_fn(x, t) -> ar
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -217,6 +218,12 @@ def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Ar
         raise ValueError(f"knee needs at least 3 points on the curve, got {n}.")
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}.")
+    return _knee(t0s, curve, window, t0_max)
+
+
+@functools.partial(jax.jit, static_argnums=2)  # jitted: called eagerly, its ~40 small ops took seconds
+def _knee(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
+    n = t0s.shape[0]
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
     idx = jnp.arange(n)
@@ -299,6 +306,11 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array,
     n = t0s.shape[0]
     if n < 2 * window + 1:
         raise ValueError(f"plateau needs at least 2*window + 1 = {2 * window + 1} points, got {n}.")
+    return _plateau(t0s, curve, window, t0_max)
+
+
+@functools.partial(jax.jit, static_argnums=2)  # jitted for eager callers, as _knee
+def _plateau(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
     c = _flattest(t, y, window, t0_max)
