@@ -143,12 +143,9 @@ class Checkpointer:
                 f"model its config describes ({mismatch}). It is from another model, or its config was "
                 f"edited; other checkpoints here: {self.all_steps()}. Nothing was overwritten."
             )
-        # A failed orbax restore leaves its read coroutines behind; their finalizers would report
-        # "never awaited" through sys.unraisablehook at some later, unrelated moment. They are
-        # collected here, quietly: the CheckpointError below says what went wrong.
-        hook = sys.unraisablehook
-        sys.unraisablehook = _ignore_unraisable
-        try:
+        # A failed orbax restore leaves its reads behind; they are collected here, quietly (see
+        # _leftover_reads_quiet): the CheckpointError below says what went wrong.
+        with _leftover_reads_quiet():
             try:
                 out = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
@@ -157,10 +154,7 @@ class Checkpointer:
                 reason = f"{type(e).__name__}: {e}"
             else:
                 return out["state"]
-            with _leftover_reads_quiet():
-                gc.collect()
-        finally:
-            sys.unraisablehook = hook
+            gc.collect()
         _quiet_closed_loop_reports()
         raise CheckpointError(
             f"checkpoint {self._step_dir(step)} could not be restored ({reason}). "
@@ -199,34 +193,30 @@ class Checkpointer:
         return int(step)
 
 
-def _key_name(entry) -> str:
-    for attr in ("name", "key", "idx"):  # GetAttrKey, DictKey, SequenceKey
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _by_name(tree) -> dict[str, str]:
     """``{'params.Dense_0.kernel': 'float32[2,128]', ...}`` for a state or orbax's metadata of it
     (orbax stores dataclasses and named tuples as dicts, so only the names along the path count)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(_key_name(e) for e in path): f"{jax.numpy.dtype(leaf.dtype).name}{list(leaf.shape)}"
-            for path, leaf in leaves}
+    return {jax.tree_util.keystr(path, simple=True, separator="."):
+            f"{jax.numpy.dtype(leaf.dtype).name}{list(leaf.shape)}" for path, leaf in leaves}
 
 
 @contextlib.contextmanager
 def _leftover_reads_quiet():
-    """Collect what a failed restore left behind without its reports: coroutines orbax created but
-    never awaited (a RuntimeWarning each) and gathered futures whose error nobody retrieved (an
-    ``asyncio`` log record each). The CheckpointError raised afterwards says what went wrong."""
+    """Silence, while a restore runs and what it left behind is collected, the reports of reads a
+    failed orbax restore abandons: coroutines created but never awaited (a RuntimeWarning, or an
+    unraisable exception from their finalizer) and gathered futures whose error nobody retrieved
+    (an ``asyncio`` log record). The CheckpointError raised afterwards says what went wrong."""
     asyncio_log = logging.getLogger("asyncio")
     drop = _DropUnretrieved()
     asyncio_log.addFilter(drop)
+    hook, sys.unraisablehook = sys.unraisablehook, _ignore_unraisable
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
             yield
     finally:
+        sys.unraisablehook = hook
         asyncio_log.removeFilter(drop)
 
 
