@@ -123,7 +123,7 @@ _RUN_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
     "(sampling steered towards higher LID_theta lowers the memorized fraction). 'validation' instead checks every "
     "LID estimator against closed-form ground truth.",
     "Presets: quick (tiny sizes, about 40 s on 2 CPU cores, compiled with XLA optimisations off; for tests), "
-    "default (about 14 minutes on 2 CPU "
+    "default (about 11 minutes on 2 CPU "
     "cores), full (larger models and samples; for a GPU).",
     "Resuming: models are cached under OUT/models, and metrics.json is written after each experiment. Rerunning "
     "into the same --out (after Ctrl-C or SIGTERM, exit code 130 / 143, or a crash) continues a partly trained "
@@ -152,7 +152,7 @@ def _add_run(sub) -> None:
     p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", 
                    help=f"any of {', '.join(EXPERIMENTS)} (default: all), or 'validation'")
     p.add_argument("--preset", choices=("quick", "default", "full"), default="default",
-                   help="quick: tiny, for tests; default: ~14 min on 2 CPU cores; full: larger, for a GPU")
+                   help="quick: tiny, for tests; default: ~11 min on 2 CPU cores; full: larger, for a GPU")
     p.add_argument("--recompute", action="store_true",
                    help="run the selected experiments even when OUT/metrics.json already holds their results from "
                    "the same configuration (trained models under OUT/models are still reused)")

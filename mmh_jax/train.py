@@ -372,6 +372,7 @@ def make_train_loop(
     batch_size: int,
     steps_per_call: int,
     unroll: bool = False,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable:
     """``loop(state, data, labels, probe, base_key) -> (state, metrics)``: ``steps_per_call`` steps.
 
@@ -385,6 +386,8 @@ def make_train_loop(
       batch_size: examples per step (static).
       steps_per_call: steps per jitted call (static; ``lax.scan`` length).
       unroll: unroll the scan (faster on some backends, longer compile).
+      compiler_options: XLA options of the loop's compile (``jax.jit``'s ``compiler_options``; None:
+        XLA's defaults). ``mmh-jax train`` passes LLVM level 1 on CPU (see ``mmh_jax._compile``).
 
     Returns:
       the jitted ``loop(state, data, labels, probe, base_key) -> (state, metrics)``.
@@ -410,9 +413,8 @@ def make_train_loop(
             batch["probe"] = probe
         return train_step(state, batch, k_step)
 
-    @jax.jit
     def loop(state, data, labels, probe, base_key):
         return jax.lax.scan(lambda s, _: one(s, data, labels, probe, base_key), state, None,
                             length=steps_per_call, unroll=unroll)
 
-    return loop
+    return jax.jit(loop, compiler_options=compiler_options)

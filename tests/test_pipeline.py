@@ -123,3 +123,23 @@ def test_quick_compiles_with_optimisations_off_and_restores_the_setting(quick_ru
             raise RuntimeError("boom")
     assert jax.config.values["jax_disable_most_optimizations"] is False
     assert jax.config.jax_optimization_level == "UNKNOWN"
+
+
+def test_compiler_options_lower_the_llvm_level_on_cpu_outside_fast_compile():
+    import jax
+    import jax.numpy as jnp
+
+    from mmh_jax._compile import compiler_options
+    from mmh_jax.experiments.pipeline.run import _compile_mode
+
+    assert jax.default_backend() == "cpu"
+    opts = compiler_options()
+    assert opts == {"xla_backend_optimization_level": 1}
+    with _compile_mode(True):  # the quick preset's own level 0 is left alone
+        assert compiler_options() is None
+
+    def f(x):
+        return jnp.tanh(x @ x.T).sum(axis=1) * jnp.exp(-x[:, 0])
+
+    x = jax.random.normal(jax.random.key(0), (64, 32))
+    np.testing.assert_allclose(jax.jit(f, compiler_options=opts)(x), jax.jit(f)(x), rtol=1e-5, atol=1e-5)

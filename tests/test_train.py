@@ -41,6 +41,32 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert extended["step"] == 40
 
 
+def test_resuming_takes_the_state_shapes_from_eval_shape_not_a_compiled_init(tmp_path, monkeypatch):
+    """A fresh run compiles its initialisation; a resumed or finished one restores into shapes only.
+
+    (Compiling the digits U-Net's init costs 14 s, for values the restore throws away.)
+    """
+    jitted = []
+    real_jit = jax.jit
+
+    def spy(fn, *args, **kwargs):
+        jitted.append(getattr(fn, "__name__", ""))
+        return real_jit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    out = str(tmp_path / "run")
+    cfg = train_cmd.TrainConfig(steps=10, **TINY)
+    train_cmd.run(cfg, out, progress=False)
+    assert "init" in jitted
+    fresh = _params(out)
+    jitted.clear()
+    assert train_cmd.run(cfg, out, resume=True, progress=False)["step"] == 10  # finished: reused
+    more = train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, resume=True, progress=False)
+    assert more["step"] == 20 and "init" not in jitted
+    assert jitted  # the spy did see the resumed run's jits (its train loop)
+    assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(fresh, _params(out)))
+
+
 def _interrupt_at(step, fn):
     """Run ``fn`` with a train loop that raises KeyboardInterrupt once the state reaches ``step``."""
     original = train.make_train_loop

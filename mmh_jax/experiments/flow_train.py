@@ -90,13 +90,21 @@ def init_params(flow, key, num_members: int):
     return jax.jit(jax.vmap(lambda k: flow.init(k, jnp.zeros(flow.dim), method=Flow.log_prob)))(keys)  # one compile
 
 
-def init_state(config: dict[str, Any], optimizer, key, *, ema_decay: float):
-    """``(flow, state, ensemble_step)`` of a run: fresh stacked state and the vmapped train step."""
+def init_state(config: dict[str, Any], optimizer, key, *, ema_decay: float, abstract: bool = False):
+    """``(flow, state, ensemble_step)`` of a run: fresh stacked state and the vmapped train step.
+
+    ``abstract=True`` gives the state's shapes only (``jax.eval_shape``: nothing is initialised or
+    compiled), for a run about to be restored from its checkpoint.
+    """
     from mmh_jax import train
     from mmh_jax.models import make_nll_loss
 
     flow = make_flow(config)
     deltas = jnp.asarray(config["deltas"], jnp.float32)
-    state = train.init_ensemble_state(init_params(flow, key, deltas.shape[0]), optimizer)
+
+    def init(k):
+        return train.init_ensemble_state(init_params(flow, k, deltas.shape[0]), optimizer)
+
+    state = jax.eval_shape(init, key) if abstract else init(key)
     step = train.make_loss_train_step(make_nll_loss(flow), optimizer, ema_decay=ema_decay)
     return flow, state, train.make_ensemble_step(step, {"delta": deltas})

@@ -184,6 +184,7 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
     from tqdm.auto import tqdm
 
     from mmh_jax import train
+    from mmh_jax._compile import compiler_options
     from mmh_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
     from mmh_jax.trained import make_eps_apply
 
@@ -210,14 +211,22 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
         if config.monitor_every:
             raise ValueError(f"monitor_every (FLIPD of a probe batch) applies to diffusion models, not to model "
                              f"{config.model!r}; drop --monitor-every.")
-        _, state, step_fn = flow_train.init_state(cfg, optimizer, k_init, ema_decay=config.ema_decay)
+        _, state, step_fn = flow_train.init_state(cfg, optimizer, k_init, ema_decay=config.ema_decay,
+                                                  abstract=existing is not None)
     else:
         module, eps_apply = make_eps_apply(cfg)
         init_args = [jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,))]
         if labels is not None:
             init_args.append(jnp.zeros((1,), jnp.int32))
-        # One jitted init: eagerly, each initializer op of each layer compiles on its own (seconds).
-        state = jax.jit(lambda k: train.init_train_state(module.init(k, *init_args), optimizer))(k_init)
+
+        def init(k):
+            return train.init_train_state(module.init(k, *init_args), optimizer)
+
+        # A fresh run: one jitted init (eagerly, each initializer op of each layer compiles on its own).
+        # A resumed or finished run: its shapes only, restored below; compiling the init would cost
+        # as much as for a fresh run (14 s for the digits U-Net) for values that are thrown away.
+        state = jax.eval_shape(init, k_init) if existing is not None else \
+            jax.jit(init, compiler_options=compiler_options())(k_init)
         step_fn = train.make_train_step(
             eps_apply, optimizer, VPSDE(**cfg["sde"]), ema_decay=config.ema_decay, num_classes=cfg["num_classes"],
             cond_drop_prob=config.cond_drop_prob, monitor_every=config.monitor_every,
@@ -233,7 +242,8 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
 
     def loop_for(n_steps):
         if n_steps not in loops:
-            loops[n_steps] = train.make_train_loop(step_fn, batch_size=config.batch_size, steps_per_call=n_steps)
+            loops[n_steps] = train.make_train_loop(step_fn, batch_size=config.batch_size, steps_per_call=n_steps,
+                                                   compiler_options=compiler_options())
         return loops[n_steps]
 
     report.write_json(os.path.join(out, "config.json"), {**cfg, "provenance": provenance()})

@@ -110,6 +110,7 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
     import jax
 
     from mmh_jax import parallel
+    from mmh_jax._compile import compiler_options
 
     cache = model._cache.setdefault("map_model", {})
     fn = cache.get((point_fn, batch_size))
@@ -124,7 +125,7 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
             return parallel.map_points(lambda *row: point_fn(score_for, *row), *arrs, batch_size=batch_size,
                                        mesh=mesh)
 
-        fn = cache[(point_fn, batch_size)] = jax.jit(run)
+        fn = cache[(point_fn, batch_size)] = jax.jit(run, compiler_options=compiler_options())
     params = model.params
     return jax.device_get(fn(params, *arrays))
 

@@ -43,12 +43,14 @@ SCORES = {"cfg_norm": 1.0, "flipd_conditional": -1.0, "flipd_unconditional": -1.
 
 
 @functools.lru_cache(maxsize=None)
-def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...], num_steps: int):
-    """The single-example functions of this experiment for one SDE, event shape and step count.
+def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...], num_steps: int,
+               null_class: int):
+    """The single-example functions of this experiment for one SDE, event shape, step count and null class.
 
     Cached so that :func:`~mmh_jax.experiments.pipeline.common.map_model` (which caches its jit
     per point function) compiles each once; ``label``, ``guidance`` and ``t0`` are traced rows.
     """
+    import jax
     import jax.numpy as jnp
 
     from mmh_jax import lid, sample
@@ -66,19 +68,24 @@ def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...
         that step (``ddim(has_aux=True)``): the same value as :func:`mmh_jax.lid.cfg_norm` on the
         trajectory's states (tested), at half the network evaluations.
         """
-        eps_c, eps_u = eps_of(score_for(label)), eps_of(score_for(None))
+        classes = jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(null_class, jnp.int32)])
 
-        def eps(x, t):
-            c, u = eps_c(x, t), eps_u(x, t)
+        def eps(x, t):  # both classes in one (vmapped) network call: one copy of the network to compile
+            c, u = jax.vmap(lambda k: eps_of(score_for(k))(x, t))(classes)
             return u + guidance * (c - u), jnp.sqrt(jnp.sum((c - u).astype(jnp.float32) ** 2))
 
         x, norms = sample.ddim(eps, key, shape, sde=sde, num_steps=num_steps, has_aux=True)
         return x, jnp.mean(norms)
 
     def flipd_point(score_for, x, label, t0):
-        """(FLIPD with class ``label``, FLIPD unconditional) at x, exact trace."""
-        return (lid.flipd(score_for(label), x, t0=t0, sde=sde, trace="exact"),
-                lid.flipd(score_for(None), x, t0=t0, sde=sde, trace="exact"))
+        """(FLIPD with class ``label``, FLIPD unconditional) at x, exact trace.
+
+        One FLIPD mapped over the two classes (the null class is the unconditional model): the same
+        values as two calls, with one copy of the traced network to compile instead of two.
+        """
+        classes = jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(null_class, jnp.int32)])
+        f = jax.vmap(lambda c: lid.flipd(score_for(c), x, t0=t0, sde=sde, trace="exact"))(classes)
+        return f[0], f[1]
 
     return sample_point, flipd_point
 
@@ -111,7 +118,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
     n, guidance = int(cfg.n_samples), _guidance(cfg)
     sde = model.sde
     sample_point, flipd_point = _point_fns(float(sde.beta_min), float(sde.beta_max), float(sde.T),
-                                           tuple(model.event_shape), int(cfg.sample_steps))
+                                           tuple(model.event_shape), int(cfg.sample_steps), int(model.num_classes))
 
     labels = _balanced_labels(n, model.num_classes, ctx.seed)
     keys = jax.random.split(jax.random.key(ctx.seed + 3), n)

@@ -1,6 +1,6 @@
 """Configuration of ``mmh-jax run``: one frozen dataclass per experiment, and the presets.
 
-``quick`` (~40 s on 2 CPU cores; tiny sizes, for tests), ``default`` (~14 minutes on 2 CPU
+``quick`` (~40 s on 2 CPU cores; tiny sizes, for tests), ``default`` (~11 minutes on 2 CPU
 cores: the paper's findings on embedded data) and ``full`` (larger models and samples, for a GPU).
 """
 
@@ -53,7 +53,9 @@ class ImagesConfig:
     ``curve_points`` 64 and ``MitigationConfig.embedding_steps`` 6 (``full``: 512 and 10) save only
     ~6 s of stage time over 128 and 10 (the curves use 4 Hutchinson probes: ~1/9 of ``images``' LID
     time); clean-clone README runs took 15 min 14 s with 128 and 10, and 14 min 38 s with 64 and 6,
-    most of the difference being the machine's speed moving between runs.
+    most of the difference being the machine's speed moving between runs. Compiling took about a
+    third of those runs (310 of 815 s); :func:`mmh_jax._compile.compiler_options` and one network
+    call for both classes in ``conditional`` brought it to 173 s and the run to 626 s, same findings.
     ``normal_bundle_samples`` is K of :func:`mmh_jax.lid.normal_bundle` (2·D on digits: enough to
     see a normal space of any rank, half the cost of the estimator's default 4·D).
     ``model`` is ``unet`` (``channels``, ``channel_mults``, ``attention``) or, for the quick preset

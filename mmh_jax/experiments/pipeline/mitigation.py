@@ -121,13 +121,14 @@ def _mapped(fn, batch_size: int):
     import jax.numpy as jnp
 
     from mmh_jax import parallel
+    from mmh_jax._compile import compiler_options
 
     mesh = parallel.make_mesh(jax.devices()[:1])
 
     def run(params, *arrays, chunk):
         return parallel.map_points(lambda *row: fn(params, *row), *arrays, batch_size=chunk, mesh=mesh)
 
-    jitted = jax.jit(run, static_argnames="chunk")
+    jitted = jax.jit(run, static_argnames="chunk", compiler_options=compiler_options())
 
     def call(params, *arrays):
         n = int(arrays[0].shape[0])
