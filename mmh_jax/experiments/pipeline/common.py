@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Context", "lid_theta", "train_model"]
+__all__ = ["Context", "lid_theta", "train_model", "with_null_class"]
 
 
 @dataclasses.dataclass
@@ -97,6 +97,14 @@ def lid_theta(model, x: np.ndarray, key, *, estimator: str = "flipd", progress: 
     if estimator == "flipd":
         res["t0s"] = cfg.t0s
     return res
+
+
+def with_null_class(label, null_class: int):
+    """``[label, null_class]`` (int32): a class and the null class ∅ of classifier-free guidance,
+    to evaluate both with one vmapped (batched) network call rather than two copies of the network."""
+    import jax.numpy as jnp
+
+    return jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(null_class, jnp.int32)])
 
 
 def map_model(model, point_fn, *arrays, batch_size: int = 64):

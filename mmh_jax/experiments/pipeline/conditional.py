@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from mmh_jax.experiments.pipeline.common import Context, digits_setup, map_model, memorization_labels
+from mmh_jax.experiments.pipeline.common import (Context, digits_setup, map_model, memorization_labels,
+                                                  with_null_class)
 
 __all__ = ["SCORES", "run"]
 
@@ -68,7 +69,7 @@ def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...
         that step (``ddim(has_aux=True)``): the same value as :func:`mmh_jax.lid.cfg_norm` on the
         trajectory's states (tested), at half the network evaluations.
         """
-        classes = jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(null_class, jnp.int32)])
+        classes = with_null_class(label, null_class)
 
         def eps(x, t):  # both classes in one (vmapped) network call: one copy of the network to compile
             c, u = jax.vmap(lambda k: eps_of(score_for(k))(x, t))(classes)
@@ -83,7 +84,7 @@ def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...
         One FLIPD mapped over the two classes (the null class is the unconditional model): the same
         values as two calls, with one copy of the traced network to compile instead of two.
         """
-        classes = jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(null_class, jnp.int32)])
+        classes = with_null_class(label, null_class)
         f = jax.vmap(lambda c: lid.flipd(score_for(c), x, t0=t0, sde=sde, trace="exact"))(classes)
         return f[0], f[1]
 

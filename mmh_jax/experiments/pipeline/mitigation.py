@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mmh_jax.experiments.pipeline.common import Context, digits_setup, memorization_labels
+from mmh_jax.experiments.pipeline.common import Context, digits_setup, memorization_labels, with_null_class
 
 __all__ = ["run"]
 
@@ -100,7 +100,7 @@ def _cfg_eps(model, params, label, w: float):
 
     if w == 1.0:  # the plain conditional model: half the network, and a much smaller program to compile
         return model.eps_fn_for(label, params=params)
-    labels = jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(model.num_classes, jnp.int32)])
+    labels = with_null_class(label, model.num_classes)
 
     def eps(x, t):
         out = model.eps_apply(params, jnp.stack([x, x]), jnp.full((2,), t, jnp.float32), labels)
