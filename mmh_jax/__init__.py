@@ -8,7 +8,11 @@ Subpackages are imported lazily so that ``import mmh_jax.lid`` never pulls in fl
 
 __version__ = "0.1.0"
 
-from mmh_jax import lid, memorization, parallel, quality, sde  # noqa: F401  (jax/numpy only)
+import importlib
+
+#: Submodules loaded on first use (PEP 562): ``import mmh_jax`` costs no JAX import, so the CLI can
+#: install its signal handling before the heavy imports start (see ``mmh_jax/_interrupt.py``).
+_LAZY = ("lid", "memorization", "parallel", "quality", "sde")
 
 __all__ = ["lid", "load", "memorization", "parallel", "quality", "sde", "__version__"]
 
@@ -43,3 +47,13 @@ def load(checkpoint_dir: str, *, step: int | None = None):
     from mmh_jax.trained import load as _load
 
     return _load(checkpoint_dir, step=step)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"mmh_jax.{name}")
+    raise AttributeError(f"module 'mmh_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})

@@ -7,15 +7,16 @@ are imported only when their subcommand runs, so ``mmh-jax --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import traceback
+
+from mmh_jax import _interrupt
 
 DESCRIPTION = """\
 mmh-jax: measure memorization in generative models through geometry
@@ -41,21 +42,11 @@ checkpoint (continue with --resume), `run` keeps its trained models and the fini
 MIN_FREE_BYTES = 64 * 2**20
 
 
-#: The signal that interrupted this process (SIGINT unless a SIGTERM arrived); exit code 128 + it.
-_interrupted_by = signal.SIGINT
-
-
-def _terminate(signum, frame) -> None:
-    """SIGTERM handler: stop like Ctrl-C (KeyboardInterrupt in the main thread), so ``train`` saves
-    its checkpoint and ``run`` keeps what finished."""
-    global _interrupted_by
-    _interrupted_by = signal.Signals(signum)
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
-
-
 def interrupt_exit_code() -> int:
     """130 after Ctrl-C (SIGINT), 143 after SIGTERM: the shell's 128 + signal number."""
-    return 128 + int(_interrupted_by)
+    from mmh_jax import _interrupt
+
+    return _interrupt.exit_code()
 
 
 class OutError(ValueError):
@@ -105,10 +96,38 @@ def check_out(out: str) -> None:
                        f"{MIN_FREE_BYTES // 2**20} MiB); free some space or choose another --out.")
 
 
-def _common(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--out", default=default_out,
-                   help=f"output directory or file (default: {default_out or 'runs/<timestamp>/'})")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+def int_at_least(lo: int):
+    """argparse type: an integer >= ``lo`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, default_out: str, *, fills: str = "", overwrite: str = "") -> None:
+    p.add_argument("--out", default=default_out, metavar="DIR",
+                   help=f"the directory this command fills{fills} (default: {default_out or 'runs/<timestamp>/'})")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="PRNG seed, an integer >= 0 (default: 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help=overwrite or "replace the outputs an earlier run left in --out (default: refuse, keep them)")
     p.add_argument("--debug", dest="debug_sub", action="store_true", default=False,
                    help="on an error, show the full Python traceback (default: a one-line message)")
 
@@ -148,7 +167,9 @@ def _add_run(sub) -> None:
         description=_RUN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p, None)
+    _common(p, None, fills=" (report.html, metrics.json, figures, trained models under models/)",
+            overwrite="replace a run of another model or configuration in --out (default: refuse; a rerun of "
+            "the same command resumes instead)")
     p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", 
                    help=f"any of {', '.join(EXPERIMENTS)} (default: all), or 'validation'")
     p.add_argument("--preset", choices=("quick", "default", "full"), default="default",
@@ -159,6 +180,8 @@ def _add_run(sub) -> None:
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="run the detection experiment (images) on your own model: a run directory of "
                    "`mmh-jax train`; needs --data")
+    p.add_argument("--step", type=int_at_least(0), default=None,
+                   help="with --checkpoint: the checkpoint step to use (default: the newest)")
     p.add_argument("--data", metavar="PATH", default=None,
                    help="the training data of --checkpoint (any path `mmh-jax train --data` reads); repeated "
                    "points are treated as the duplicated ones")
@@ -239,7 +262,7 @@ def _add_lid(sub) -> None:
         description=_LID_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p, "mmh_jax_out/lid.npz")
+    _common(p, "mmh_jax_out/lid", fills=" (lid.npz)")
     p.add_argument("--estimator", choices=ESTIMATORS + MODEL_ESTIMATORS, default=None,
                    help="model-free (without --checkpoint): lpca: local PCA (eigenvalues above alpha*max); mle: "
                    "Levina-Bickel; twonn: ratio of 2nd to 1st neighbour distance; ess: expected simplex skewness "
@@ -253,7 +276,7 @@ def _add_lid(sub) -> None:
                    "from its saved config; ground truth known for synthetic data), 'samples' (--n samples drawn "
                    "from the model) or a path: .npz/.npy as above, or images (.npz/.npy, image folder, MNIST IDX, "
                    "CIFAR-10, 'digits') of the model's event shape (default: train)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=int_at_least(1), default=None,
                    help=f"points to generate (default: {PRESETS['full']['n']}, or {PRESETS['quick']['n']} with "
                    "--preset quick); with a file or --data train, a seeded random subsample of N points when "
                    f"there are more (default: all; {MODEL_PRESETS['quick']['n']} with --checkpoint and --preset "
@@ -264,7 +287,7 @@ def _add_lid(sub) -> None:
                    "file or training set; --n overrides either")
 
     free = p.add_argument_group("model-free estimators (without --checkpoint)")
-    free.add_argument("--k", type=int, default=None,
+    free.add_argument("--k", type=int_at_least(1), default=None,
                       help="number of nearest neighbours (default: 20; the reference uses lpca/mle 1000, ess 100 on "
                       "4096-point subsamples)")
     free.add_argument("--queries", default=None, metavar="FILE",
@@ -280,7 +303,9 @@ def _add_lid(sub) -> None:
     model.add_argument("--checkpoint", default=None, metavar="DIR",
                        help="run directory of `mmh-jax train`: estimate the LID_theta of its model (EMA parameters, "
                        "unconditional score)")
-    model.add_argument("--batch-size", type=int, default=None,
+    model.add_argument("--step", type=int_at_least(0), default=None,
+                       help="the checkpoint step to use (default: the newest)")
+    model.add_argument("--batch-size", type=int_at_least(1), default=None,
                        help="points evaluated at once per device inside the one jitted function (default: 64; lower "
                        "it for large images)")
     model.add_argument("--t0", type=float, default=None,
@@ -291,15 +316,15 @@ def _add_lid(sub) -> None:
     model.add_argument("--trace", choices=("auto", "exact", "hutchinson"), default=None,
                        help="flipd, fp-regress: divergence of the score by D Jacobian-vector products (exact) or "
                        "Rademacher probes (hutchinson); auto = exact when D <= 3500 (default: auto)")
-    model.add_argument("--num-probes", type=int, default=None,
+    model.add_argument("--num-probes", type=int_at_least(1), default=None,
                        help="flipd, fp-regress: Hutchinson probes per point (default: 1)")
     model.add_argument("--t", type=float, default=None,
                        help="normal-bundle: the small diffusion time of the noisy copies (default: 0.01)")
-    model.add_argument("--num-samples", type=int, default=None,
+    model.add_argument("--num-samples", type=int_at_least(1), default=None,
                        help="normal-bundle: number K of noisy copies of each point (default: 4*D)")
     model.add_argument("--sampler", choices=SAMPLERS, default=None,
                        help="--data samples: the sampler (default: ddim)")
-    model.add_argument("--num-steps", type=int, default=None,
+    model.add_argument("--num-steps", type=int_at_least(1), default=None,
                        help="--data samples: sampler steps (default: 100)")
     model.add_argument("--tau", type=float, default=None,
                        help="flow checkpoints: flow-jacobian's log singular-value threshold, fast-flow-lidl's log "
@@ -315,6 +340,7 @@ _MODEL_FREE_OPTIONS = {"k": "--k", "queries": "--queries", "alpha": "--alpha", "
 _MODEL_OPTIONS = {
     "batch_size": ("--batch-size", ("flipd", "normal-bundle", "fp-regress", "lidl", "flow-jacobian",
                                     "fast-flow-lidl")),
+    "step": ("--step", ("flipd", "normal-bundle", "fp-regress", "lidl", "flow-jacobian", "fast-flow-lidl")),
     "tau": ("--tau", ("flow-jacobian", "fast-flow-lidl")),
     "tau_grid": ("--tau-grid", ("flow-jacobian", "fast-flow-lidl")),
     "t0": ("--t0", ("flipd",)),
@@ -385,13 +411,13 @@ def _cmd_lid(args) -> int:
                 args.preset, checkpoint=args.checkpoint, estimator=estimator, data=args.data, n=args.n,
                 seed=args.seed, batch_size=args.batch_size, t0=args.t0, t0_grid=grid, trace=args.trace,
                 num_probes=args.num_probes, t=args.t, num_samples=args.num_samples, sampler=args.sampler,
-                num_steps=args.num_steps, tau=args.tau, tau_grid=_tau_grid(args.tau_grid))
-            model_lid.run(config, args.out)
+                num_steps=args.num_steps, tau=args.tau, tau_grid=_tau_grid(args.tau_grid), step=args.step)
+            model_lid.run(config, args.out, overwrite=args.overwrite)
             return 0
         params = tuple(lid_cmd.parse_param(t) for t in args.param)
         config = lid_cmd.preset(args.preset, estimator=estimator, data=args.data, k=args.k, n=args.n,
                                 seed=args.seed, queries=args.queries, params=params, alpha=args.alpha)
-        lid_cmd.run(config, args.out)
+        lid_cmd.run(config, args.out, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as e:  # CheckpointError and ImageDataError are ValueErrors
         _error(args, "lid", e)
         return 2
@@ -409,7 +435,8 @@ def _add_train(sub) -> None:
         "--resume --steps 300 after a 150-step run "
         "trains 150 more, with exactly the parameters of an uninterrupted run.",
     )
-    _common(p, "mmh_jax_out/train")
+    _common(p, "mmh_jax_out/train", fills=" (checkpoints/, config.json, train_log.jsonl, loss.png)",
+            overwrite="delete the run already in --out and start a new one (default: refuse; --resume continues it)")
     p.add_argument("--data", default="lollipop", metavar="NAME|PATH",
                    help="synthetic generator name (lollipop, torus_circle, ...), 'digits', or a path: images "
                    "(.npz/.npy, image folder, MNIST IDX, CIFAR-10 batches) or an (N, D) .npy/.npz (default: lollipop)")
@@ -420,15 +447,19 @@ def _add_train(sub) -> None:
                    help="mlp for vector data (images are flattened), unet for images (default: unet for images, else "
                    "mlp); flow: a normalizing flow (rational-quadratic spline couplings) of vector data; lidl: one "
                    "flow per --deltas noise scale, for `mmh-jax lid --estimator lidl`")
-    p.add_argument("--steps", type=int, default=None, help="total optimisation steps (default: 4000; quick: 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 256 mlp, 128 unet)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 mlp, 5e-4 unet)")
-    p.add_argument("--n", type=int, default=None, help="points drawn from a synthetic generator (default: 20000)")
+    p.add_argument("--steps", type=int_at_least(1), default=None,
+                   help="total optimisation steps (default: 4000; quick: 300)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None, help="batch size (default: 256 mlp, 128 unet)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate, a finite number > 0 (default: 1e-3 mlp, 5e-4 unet)")
+    p.add_argument("--n", type=int_at_least(1), default=None,
+                   help="points drawn from a synthetic generator (default: 20000)")
     p.add_argument("--class-conditional", action="store_true",
                    help="condition on labels (labelled images), with a null class for classifier-free guidance")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 500)")
-    p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default: 3)")
-    p.add_argument("--monitor-every", type=int, default=None,
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=None,
+                   help="steps between checkpoints (default: 500)")
+    p.add_argument("--keep", type=int_at_least(1), default=None, help="checkpoints kept, at least 1 (default: 3)")
+    p.add_argument("--monitor-every", type=int_at_least(0), default=None,
                    help="FLIPD of a fixed probe batch every N steps, inside the jitted step (default: 0, off)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--preset", choices=("quick", "full"), default="full",
@@ -452,13 +483,15 @@ def _cmd_train(args) -> int:
     try:
         overrides["model"] = args.model or train_cmd.default_model(args.data)
         config = train_cmd.preset(args.preset, **overrides)
-        result = train_cmd.run(config, args.out, resume=args.resume)
+        result = train_cmd.run(config, args.out, resume=args.resume, overwrite=args.overwrite)
     except (CheckpointError, ImageDataError, ValueError, FileNotFoundError) as e:
         _error(args, "train", e)
         return 2
     if result["interrupted"]:
         return interrupt_exit_code()
-    print(f"trained to step {result['step']} (loss {result['loss']:.4f}); run directory {os.path.abspath(args.out)}")
+    done = "trained" if result["step"] > result["start"] else "already trained"
+    print(f"{done} to step {result['step']} (loss {result['loss']:.4f}); run directory {os.path.abspath(args.out)}",
+          file=sys.stderr)
     return 0
 
 
@@ -468,13 +501,15 @@ def _add_sample(sub) -> None:
         help="draw samples from a trained model (npz, plus a PNG grid for images)",
         description="Sample from the EMA parameters of a checkpoint written by `mmh-jax train`.",
     )
-    _common(p, "mmh_jax_out/samples.npz")
+    _common(p, "mmh_jax_out/sample", fills=" (samples.npz, and samples.png for images)")
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory of `mmh-jax train`")
-    p.add_argument("--n", type=int, default=None, help="number of samples (default: 1000; quick: 64)")
-    p.add_argument("--method", choices=("ddim", "euler_maruyama", "probability_flow"), default="ddim",
-                   help="sampler (default: ddim)")
-    p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: 100; quick: 50)")
-    p.add_argument("--label", type=int, default=None, help="class label (class-conditional models)")
+    p.add_argument("--step", type=int_at_least(0), default=None,
+                   help="the checkpoint step to sample from (default: the newest)")
+    p.add_argument("--n", type=int_at_least(1), default=None, help="number of samples (default: 1000; quick: 64)")
+    p.add_argument("--method", choices=("ddim", "euler_maruyama", "probability_flow"), default=None,
+                   help="sampler of a diffusion model (default: ddim); flows sample exactly")
+    p.add_argument("--num-steps", type=int_at_least(1), default=None, help="sampler steps (default: 100; quick: 50)")
+    p.add_argument("--label", type=int_at_least(0), default=None, help="class label (class-conditional models)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (with --label)")
     p.add_argument("--preset", choices=("quick", "full"), default="full", help="quick: 64 samples, 50 steps")
     p.set_defaults(func=_cmd_sample)
@@ -485,14 +520,14 @@ def _cmd_sample(args) -> int:
     from mmh_jax.experiments import sample_cmd
 
     n = args.n if args.n is not None else (64 if args.preset == "quick" else 1000)
-    steps = args.num_steps if args.num_steps is not None else (50 if args.preset == "quick" else 100)
     try:
         paths = sample_cmd.run(args.checkpoint, args.out, n=n, seed=args.seed, method=args.method,
-                               num_steps=steps, label=args.label, guidance=args.guidance)
+                               num_steps=args.num_steps, default_num_steps=50 if args.preset == "quick" else 100, label=args.label, guidance=args.guidance, step=args.step,
+                               overwrite=args.overwrite)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         _error(args, "sample", e)
         return 2
-    print("wrote " + ", ".join(paths))
+    print("wrote " + ", ".join(paths), file=sys.stderr)
     return 0
 
 
@@ -507,15 +542,15 @@ def _add_bench(sub) -> None:
         "memory where reported, and the ratio to the network's forward pass; scikit-dimension side by side for "
         "the model-free estimators when installed. Settings beyond --max-work are listed as not run.",
     )
-    _common(p, "mmh_jax_out/bench")
+    _common(p, "mmh_jax_out/bench", fills=" (bench.json, bench.md, PNGs)")
     p.add_argument("--preset", choices=("quick", "default", "full"), default="default",
                    help="quick: D in {2, 64}, batch 16 (well under a minute); default: D in {2, 64, 784, 3072}, "
                    "batch 64 and 512, settings within --max-work; full: batch up to 4096 and a 6x larger budget (for an "
                    "accelerator)")
     p.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=None, metavar="NAME",
                    help=f"subset of {', '.join(ESTIMATORS)} (default: all)")
-    p.add_argument("--dims", nargs="+", type=int, default=None, metavar="D", help="data dimensions")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=None, metavar="B", help="points per call")
+    p.add_argument("--dims", nargs="+", type=int_at_least(1), default=None, metavar="D", help="data dimensions")
+    p.add_argument("--batch-sizes", nargs="+", type=int_at_least(1), default=None, metavar="B", help="points per call")
     p.add_argument("--max-work", type=float, default=None,
                    help="largest batch x network-passes-per-point run (default 6e4; full: 3e5)")
     p.set_defaults(func=_cmd_bench)
@@ -557,35 +592,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Signals are recorded, not raised, from here on (mmh_jax/_interrupt.py): the work stops at its
+    # next safe point, so an interrupt never lands inside an import, a compile, a save or a finalizer.
+    with _interrupt.deferred():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    global _interrupted_by
-    _interrupted_by = signal.SIGINT
-    # SIGTERM stops like Ctrl-C; the previous handler comes back afterwards (main() may be called from
-    # a program with its own). Only the main thread may install handlers: elsewhere SIGTERM is left alone.
-    installed = threading.current_thread() is threading.main_thread()
-    if installed:
-        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        _interrupt.check()  # a signal during the imports above
         if hasattr(args, "out"):
             check_out(args.out or os.curdir)  # `run` without --out writes under ./runs/
         return int(args.func(args) or 0)
     except OutError as e:
         _error(args, args.command, e)
         return 2
-    except KeyboardInterrupt:
-        print(f"mmh-jax {args.command}: interrupted by {_interrupted_by.name}", file=sys.stderr)
-        return interrupt_exit_code()
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, _interrupt.Interrupted) else None
+        print(f"mmh-jax {args.command}: interrupted by {_signal_name(signum)}", file=sys.stderr)
+        return _interrupt.exit_code(signum)
     except Exception as e:  # anything a subcommand did not report itself: one line, traceback with --debug
         _error(args, args.command, e, prefix=f"{type(e).__name__}: ",
                suffix="" if _debug(args) else " (run with --debug for the traceback)")
         return 1
-    finally:
-        if installed:  # None: the previous handler was not set from Python; the default is the nearest
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _signal_name(signum) -> str:
+    import signal
+
+    return signal.Signals(signum or _interrupt.requested() or signal.SIGINT).name
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from mmh_jax.experiments._presets import from_preset
+from mmh_jax.experiments._outputs import write_npz
 from mmh_jax.experiments.lid_cmd import out_path, print_summary, summarize
 
 __all__ = ["DATA_MODES", "ESTIMATORS", "ModelLidConfig", "PRESETS", "SAMPLES_DEFAULT_N", "preset", "run"]
@@ -118,6 +119,7 @@ class ModelLidConfig:
       sampler, num_steps: how samples are drawn for ``data="samples"``.
       tau: flow-jacobian's log threshold and fast-flow-lidl's log noise scale of ``lid`` (default −3).
       tau_grid: ``(min, max, num)`` of the τ curve ``linspace(*tau_grid)`` (default −10, 5, 50).
+      step: the checkpoint step to load (None: the newest).
     """
 
     checkpoint: str
@@ -136,6 +138,7 @@ class ModelLidConfig:
     num_steps: int = 100
     tau: float = -3.0
     tau_grid: tuple[float, float, int] = (-10.0, 5.0, 50)
+    step: int | None = None
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -421,14 +424,14 @@ def write_results(config: ModelLidConfig, model, out: str, lid, points, extra: d
     n = x.shape[0]
     print(f"mmh-jax lid: compiled in {compile_s:.2f} s, estimated in {run_s:.2f} s "
           f"({n / max(run_s, 1e-9):.1f} points/s, batch size {config.batch_size})", file=sys.stderr, flush=True)
-    path = out_path(out)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    path = out_path(out)  # refused before the work if it existed (see run)
+    os.makedirs(out, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"lid": lid, "x": x, "index": np.asarray(index, np.int64)}
     if truth is not None:
         arrays["truth"] = np.asarray(truth)
     if comp is not None:
         arrays["component"] = np.asarray(comp, np.int32)
-    np.savez(path, **arrays, **extra)
+    write_npz(path, **arrays, **extra)
     summary: dict[str, Any] = {
         "estimator": config.estimator,
         "checkpoint": config.checkpoint,
@@ -449,13 +452,14 @@ def write_results(config: ModelLidConfig, model, out: str, lid, points, extra: d
     return summary
 
 
-def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str, Any]:
+def run(config: ModelLidConfig, out: str, *, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Estimate LID_θ per point, write ``out`` (.npz, keys in the module docstring), print a summary.
 
     Returns the summary: the settings, ``num_points``, ``event_shape``, ``compile_seconds``,
     ``seconds`` (run time after compiling), ``overall``/``group_by``/``groups`` of ``lid`` (see
     :func:`mmh_jax.experiments.lid_cmd.summarize`), ``knee`` (the same for ``lid_knee``, flipd only)
-    and ``out`` (the path written).
+    and ``out`` (the path written: ``lid.npz`` in the directory ``out``, refused before any work when
+    it exists, unless ``overwrite``).
 
     Raises:
       FileNotFoundError: no ``checkpoint`` directory or ``data`` file.
@@ -467,13 +471,14 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True) -> dict[str,
     from mmh_jax.checkpoint import CheckpointError
     from mmh_jax.trained import load
 
+    out_path(out, overwrite=overwrite)
     if not os.path.isdir(config.checkpoint):
         raise FileNotFoundError(
             f"--checkpoint {config.checkpoint!r}: no such directory; pass the run directory written by "
             "`mmh-jax train --out DIR`."
         )
     try:
-        model = load(config.checkpoint)
+        model = load(config.checkpoint, step=config.step)
     except CheckpointError as e:
         raise CheckpointError(
             f"--checkpoint {config.checkpoint!r}: {e} Pass the run directory written by `mmh-jax train --out DIR`."

@@ -32,24 +32,46 @@ def save_grid(images: np.ndarray, path: str, *, max_images: int = 64) -> None:
     plt.close(fig)
 
 
-def run(checkpoint: str, out: str, *, n: int, seed: int = 0, method: str = "ddim", num_steps: int = 100,
-        label: int | None = None, guidance: float | None = None) -> list[str]:
-    """Sample ``n`` points and write ``out`` (npz with ``x``); returns the written paths."""
+def run(checkpoint: str, out: str, *, n: int, seed: int = 0, method: str | None = None, num_steps: int | None = None,
+        label: int | None = None, guidance: float | None = None, step: int | None = None,
+        overwrite: bool = False, default_num_steps: int = 100) -> list[str]:
+    """Sample ``n`` points into the directory ``out`` (``samples.npz`` with ``x``, plus ``samples.png``
+    for images); returns the written paths.
+
+    Diffusion models sample with ``method`` (default ddim) in ``num_steps`` steps (default
+    ``default_num_steps``);
+    normalizing flows (``mmh-jax train --model flow|lidl``) sample exactly, from their first member.
+    ``step`` picks a checkpoint (default: the newest). Existing outputs are refused unless
+    ``overwrite`` (see :mod:`mmh_jax.experiments._outputs`).
+    """
+    from mmh_jax import _interrupt
+    from mmh_jax.experiments._outputs import output_paths, write_npz
     from mmh_jax.trained import load
 
-    model = load(checkpoint)
-    if label is not None and model.num_classes is None:
-        raise ValueError(f"label: the model in {checkpoint} is unconditional, got --label {label}.")
-    if guidance is not None and label is None:
-        raise ValueError("guidance needs a --label (classifier-free guidance steers towards a class).")
-    xs = model.sample(jax.random.key(seed), n, method=method, num_steps=num_steps, label=label, guidance=guidance)
-    if not out.endswith(".npz"):
-        out = out + ".npz"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.savez(out, x=xs, step=model.step, method=method, num_steps=num_steps)
-    paths = [out]
+    paths = output_paths(out, ("samples.npz", "samples.png"), command="sample", overwrite=overwrite)
+    model = load(checkpoint, step=step)
+    _interrupt.check()
+    if hasattr(model, "deltas"):  # a normalizing flow: exact samples, no sampler to choose
+        given = [flag for flag, v in (("--method", method), ("--num-steps", num_steps), ("--label", label),
+                                      ("--guidance", guidance)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: the model in {checkpoint} is a normalizing flow, which samples "
+                             "exactly and unconditionally; drop these options.")
+        xs = model.sample(jax.random.key(seed), n)
+        method, num_steps = "flow", 0
+    else:
+        method, num_steps = method or "ddim", default_num_steps if num_steps is None else num_steps
+        if label is not None and model.num_classes is None:
+            raise ValueError(f"label: the model in {checkpoint} is unconditional, got --label {label}.")
+        if guidance is not None and label is None:
+            raise ValueError("guidance needs a --label (classifier-free guidance steers towards a class).")
+        xs = model.sample(jax.random.key(seed), n, method=method, num_steps=num_steps, label=label,
+                          guidance=guidance)
+    _interrupt.check()
+    os.makedirs(out, exist_ok=True)
+    write_npz(paths["samples.npz"], x=xs, step=model.step, method=method, num_steps=num_steps)
+    written = [paths["samples.npz"]]
     if xs.ndim == 4:
-        png = out[:-4] + ".png"
-        save_grid(xs, png)
-        paths.append(png)
-    return paths
+        save_grid(xs, paths["samples.png"])
+        written.append(paths["samples.png"])
+    return written

@@ -5,9 +5,13 @@ Writes into ``out``: ``checkpoints/<step>/`` (orbax, atomic, last ``keep`` kept)
 ``model`` ``flow``/``lidl`` trains normalizing flows instead (:mod:`mmh_jax.experiments.flow_train`):
 one flow, or LIDL's ensemble of flows (one per noise scale δ, vmapped: one compile, one loop).
 ``steps`` is the total number of optimisation steps: ``resume=True`` continues from the newest
-checkpoint up to ``steps``, and gives exactly the parameters of an uninterrupted run with the same
-seed (keys are derived from the step number). Ctrl-C (SIGTERM too, under the CLI) saves a
-checkpoint and returns cleanly.
+checkpoint up to ``steps``. With the ``steps`` of the interrupted run it gives exactly the
+parameters of an uninterrupted run with the same seed (keys are derived from the step number).
+With a larger ``steps`` it *extends* the run: the learning-rate schedule (warm-up, cosine decay
+over ``steps``) is planned anew for the new total, so the learning rate rises again where the run
+resumes (a warm restart) and the result differs from an uninterrupted run of the new length.
+Ctrl-C (SIGTERM too, under the CLI) saves a checkpoint and returns cleanly; a non-finite loss
+stops the run with :class:`TrainingDiverged`, keeping the last good checkpoint.
 
 Example:
   >>> cfg = preset("quick", data="lollipop")
@@ -17,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -32,7 +38,7 @@ from mmh_jax.experiments._presets import from_preset
 from mmh_jax.provenance import provenance
 from mmh_jax.sde import VPSDE
 
-__all__ = ["TrainConfig", "PRESETS", "default_model", "load_training_data", "preset", "run"]
+__all__ = ["TrainConfig", "TrainingDiverged", "PRESETS", "default_model", "load_training_data", "preset", "run"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
@@ -77,6 +83,24 @@ class TrainConfig:
     monitor_every: int = 0
     seed: int = 0
     deltas: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        import math
+
+        for name, lo in (("steps", 1), ("n", 1), ("batch_size", 1), ("steps_per_call", 1),
+                         ("checkpoint_every", 1), ("keep", 1), ("monitor_every", 0), ("warmup_steps", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {name}={v!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got seed={self.seed!r}.")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate must be a finite number > 0, got learning_rate={lr!r}.")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became non-finite: training stopped, no checkpoint of the diverged state was written."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -179,27 +203,81 @@ def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
     return d
 
 
-def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) and return ``{"step", "loss", "interrupted", "out"}``."""
-    from tqdm.auto import tqdm
+def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) and return ``{"step", "start", "loss", "interrupted", "out", "saved"}``.
 
-    from mmh_jax import train
-    from mmh_jax._compile import compiler_options
-    from mmh_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
-    from mmh_jax.trained import make_eps_apply
+    ``start`` is the step this call began from, ``loss`` the last logged loss, ``saved`` the step of
+    the newest checkpoint on disk when the function returns (None if none).
 
-    if config.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {config.steps}.")
+    Raises:
+      CheckpointError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` was given;
+        ``resume`` where ``out`` holds no run, or a run of another configuration, or one that has done
+        more than ``steps`` steps.
+      TrainingDiverged: the loss became non-finite (the last good checkpoint is kept).
+      ValueError: unusable data or settings (before anything is written).
+    """
+    from mmh_jax import _interrupt
+    from mmh_jax.checkpoint import Checkpointer, CheckpointError
+
     x, labels = load_training_data(config)
     cfg = _config_dict(config, x, labels)
-    os.makedirs(out, exist_ok=True)
-    ckpt = Checkpointer(os.path.join(out, "checkpoints"), max_to_keep=config.keep, identity_keys=IDENTITY_KEYS)
-    existing = ckpt.latest_step()
+    _interrupt.check()
+    ckpt_dir = os.path.join(out, "checkpoints")
+    existing = _newest_step(ckpt_dir)
     if existing is not None and not resume:
-        raise CheckpointError(
-            f"{out} already holds a run (checkpoint at step {existing}); pass --resume to continue it "
-            "or choose another --out. Nothing was overwritten."
-        )
+        if not overwrite:
+            raise CheckpointError(
+                f"{out} already holds a run (checkpoint at step {existing}); pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --out. Nothing was overwritten."
+            )
+        _remove_run(out)
+        existing = None
+    if resume and existing is None:
+        raise CheckpointError(f"--resume: {out} holds no checkpoint to resume (nothing was saved there yet); "
+                              "drop --resume to start a new run.")
+    os.makedirs(out, exist_ok=True)
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep, identity_keys=IDENTITY_KEYS)
+    try:
+        return _train(config, cfg, x, labels, out, ckpt, existing, progress)
+    except KeyboardInterrupt:  # before the training loop began (the loop handles its own)
+        step = existing or 0
+        print(_interrupted_message(out, step, existing, step), file=sys.stderr)
+        return {"step": step, "start": step, "loss": float("nan"), "interrupted": True, "out": out,
+                "saved": existing}
+    finally:
+        ckpt.close()
+
+
+def _newest_step(ckpt_dir: str) -> int | None:
+    from mmh_jax.checkpoint import Checkpointer
+
+    if not os.path.isdir(ckpt_dir):
+        return None
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
+def _remove_run(out: str) -> None:
+    """Delete what ``mmh-jax train`` wrote in ``out`` (``--overwrite``); other files stay."""
+    import shutil
+
+    shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+    for name in ("config.json", "train_log.jsonl", "loss.png"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, name))
+
+
+def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from mmh_jax import _interrupt, train
+    from mmh_jax._compile import compiler_options
+    from mmh_jax.checkpoint import abstract_like
+    from mmh_jax.trained import make_eps_apply
 
     key = jax.random.key(config.seed)
     k_init, k_probe, k_train = jax.random.split(key, 3)
@@ -231,9 +309,12 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
             eps_apply, optimizer, VPSDE(**cfg["sde"]), ema_decay=config.ema_decay, num_classes=cfg["num_classes"],
             cond_drop_prob=config.cond_drop_prob, monitor_every=config.monitor_every,
         )
+    log_path = os.path.join(out, "train_log.jsonl")
     if existing is not None:
         ckpt.check_compatible(cfg)
-        state = ckpt.restore(abstract_like(state))
+        state, existing = _restore(ckpt, abstract_like(state), config.steps, out)
+        _trim_log(log_path, existing)
+    _interrupt.check()
     data = jnp.asarray(x)
     lab = None if labels is None else jnp.asarray(labels, jnp.int32)
     probe = data[jax.random.choice(k_probe, data.shape[0], (min(16, data.shape[0]),), replace=False)] \
@@ -247,18 +328,26 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
         return loops[n_steps]
 
     report.write_json(os.path.join(out, "config.json"), {**cfg, "provenance": provenance()})
-    log_path = os.path.join(out, "train_log.jsonl")
     start_step = int(state.step)
-    last_saved = start_step
+    saved = existing
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress)
-    interrupted, loss = False, float("nan")
+    interrupted, loss = False, _last_loss(log_path)
     try:
         while int(state.step) < config.steps:
+            _interrupt.check()
             step = int(state.step)
             n = min(config.steps_per_call, config.steps - step)
             t = time.perf_counter()
-            state, metrics = loop_for(n)(state, data, lab, probe, k_train)
-            loss = float(jnp.mean(metrics["loss"]))
+            new_state, metrics = loop_for(n)(state, data, lab, probe, k_train)
+            new_loss = float(jnp.mean(metrics["loss"]))
+            if not np.isfinite(new_loss):
+                raise TrainingDiverged(
+                    f"the loss became {new_loss} between steps {step} and {step + n} (learning rate "
+                    f"{config.learning_rate:g}); training stopped, "
+                    + (f"the last good checkpoint is step {saved}" if saved is not None else "no checkpoint was saved")
+                    + ". Lower --lr, or check the data for extreme values."
+                )
+            state, loss = new_state, new_loss
             rate = n / (time.perf_counter() - t)
             entry = {"step": int(state.step), "loss": loss, "grad_norm": float(jnp.mean(metrics["grad_norm"])),
                      "steps_per_s": rate}
@@ -270,21 +359,89 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, progress: bool =
                 fh.write(json.dumps(entry) + "\n")
             bar.update(n)
             bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.0f}")
-            if int(state.step) - last_saved >= config.checkpoint_every or int(state.step) >= config.steps:
+            if int(state.step) - (saved or 0) >= config.checkpoint_every or int(state.step) >= config.steps:
                 ckpt.save(int(state.step), state, cfg)
-                last_saved = int(state.step)
+                saved = int(state.step)
     except KeyboardInterrupt:
         interrupted = True
-        # The signal may have cut the periodic save short after orbax renamed the step into place.
-        if int(state.step) != last_saved and not os.path.isdir(os.path.join(ckpt.directory, str(int(state.step)))):
-            ckpt.save(int(state.step), state, cfg)
-        bar.write(f"interrupted: checkpoint saved at step {int(state.step)} in {out}; resume with --resume")
+        step = int(state.step)
+        # A library caller's Ctrl-C may have cut the periodic save short after orbax renamed the step
+        # into place; under the CLI signals only stop the loop at its safe points.
+        if step != (saved or 0) and step > start_step and \
+                not os.path.isdir(os.path.join(ckpt.directory, str(step))):
+            ckpt.save(step, state, cfg)
+            saved = step
+        bar.close()
+        print(_interrupted_message(out, step, saved, start_step), file=sys.stderr)
     finally:
         bar.close()
-        ckpt.close()
     _plot_loss(log_path, os.path.join(out, "loss.png"),
                "negative log-likelihood" if "flow_stats" in cfg else "denoising loss")
-    return {"step": int(state.step), "loss": loss, "interrupted": interrupted, "out": out}
+    return {"step": int(state.step), "start": start_step, "loss": loss, "interrupted": interrupted, "out": out,
+            "saved": saved}
+
+
+def _restore(ckpt, abstract, steps: int, out: str):
+    """The newest restorable state (damaged newer checkpoints are skipped, and said so) and its step."""
+    restore_newest = getattr(ckpt, "restore_newest_intact", None)
+    if restore_newest is not None:
+        state, step, skipped = restore_newest(abstract)
+    else:  # pragma: no cover - older Checkpointer
+        state, step, skipped = ckpt.restore(abstract), ckpt.latest_step(), []
+    from mmh_jax.checkpoint import CheckpointError
+
+    step = int(step)
+    if step > steps:
+        raise CheckpointError(
+            f"--steps {steps} is fewer than the {step} steps the run in {out} has already done; pass --steps "
+            f"{step} or more to continue it, or choose another --out."
+        )
+    notes = [f"resuming the run in {out} from its checkpoint at step {step}"]
+    if skipped:
+        notes.append(f"newer checkpoint(s) at step {', '.join(map(str, skipped))} are damaged and were skipped")
+    interrupted_saves = getattr(ckpt, "interrupted_saves", lambda: [])()
+    if interrupted_saves:
+        notes.append(f"{len(interrupted_saves)} save(s) cut short (e.g. by kill -9) are ignored")
+    saved_steps = ckpt.read_meta(step)["config"].get("steps")
+    if saved_steps is not None and int(saved_steps) != steps and step < steps:
+        notes.append(f"extending it from {saved_steps} to {steps} steps: the learning-rate schedule is planned anew "
+                     f"for {steps} steps, so the result differs from an uninterrupted {steps}-step run")
+    print("mmh-jax train: " + "; ".join(notes), file=sys.stderr)
+    return state, step
+
+
+def _trim_log(log_path: str, step: int) -> None:
+    """Drop log lines past ``step`` (dispatches after the checkpoint a resume starts from)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as fh:
+        lines = [ln for ln in fh if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        report.write_text(log_path, "".join(keep))
+
+
+def _last_loss(log_path: str) -> float:
+    """The loss of the last logged dispatch (NaN if none): what a finished run reports again."""
+    try:
+        with open(log_path) as fh:
+            lines = [ln for ln in fh if ln.strip()]
+        return float(json.loads(lines[-1])["loss"]) if lines else float("nan")
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+
+
+def _interrupted_message(out: str, step: int, saved: int | None, start_step: int) -> str:
+    """What an interrupted training says: the truth about what is on disk."""
+    if saved is None:
+        return (f"interrupted at step {step}: no checkpoint yet, nothing to resume; rerun the command without "
+                f"--resume to start again (into {out})")
+    if saved == step and step == start_step:
+        return f"interrupted: no new steps since the checkpoint at step {step} in {out}; continue with --resume"
+    if saved == step:
+        return f"interrupted: checkpoint saved at step {step} in {out}; continue with --resume"
+    return (f"interrupted at step {step}: the newest checkpoint is step {saved} in {out}; continue from it "
+            "with --resume")
 
 
 def _plot_loss(log_path: str, png: str, ylabel: str = "denoising loss") -> None:
@@ -299,7 +456,9 @@ def _plot_loss(log_path: str, png: str, ylabel: str = "denoising loss") -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    # Markers too: a run of one or two dispatches (<= 100 steps) has one or two points, no visible line.
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, marker="o" if len(rows) <= 20 else None,
+            ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     if all(r["loss"] > 0 for r in rows):  # a log-likelihood loss may be negative

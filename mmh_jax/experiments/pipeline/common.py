@@ -5,18 +5,22 @@ and ``resume=True``: a rerun (or a second experiment that needs the same model, 
 and ``conditional`` share the class-conditional digits U-Net) continues or reuses the checkpoint
 instead of training again, and a config that differs from the saved one is a clear error. An
 interrupted training (Ctrl-C, SIGTERM) saves its checkpoint and stops the run with
-``KeyboardInterrupt`` rather than going on with a half-trained model.
+``KeyboardInterrupt`` rather than going on with a half-trained model. Under the CLI a signal is
+honoured at the safe points here: every logged stage, every network pass (:func:`map_model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from mmh_jax import _interrupt
 
 __all__ = ["Context", "lid_theta", "train_model", "with_null_class"]
 
@@ -36,6 +40,8 @@ class Context:
         return p
 
     def log(self, msg: str) -> None:
+        """Print a stage's message; a stage boundary is a safe point to stop after a signal."""
+        _interrupt.check()
         if self.progress:
             print(msg, file=sys.stderr, flush=True)
 
@@ -47,8 +53,10 @@ class Context:
             def __enter__(self):
                 self.t = time.perf_counter()
 
-            def __exit__(self, *exc):
+            def __exit__(self, exc_type, *exc):
                 ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - self.t
+                if exc_type is None:
+                    _interrupt.check()
 
         return _Timer()
 
@@ -75,9 +83,9 @@ def train_model(ctx: Context, name: str, config) -> Any:
                     f"{config.steps}")
         else:
             ctx.log(f"[{name}] reusing the model trained earlier in {run_dir} (step {done})")
-        result = train_cmd.run(config, run_dir, resume=True, progress=ctx.progress)
+        result = train_cmd.run(config, run_dir, resume=done is not None, progress=ctx.progress)
     if result["interrupted"]:  # its checkpoint is saved; stop the run (a rerun continues from it)
-        raise KeyboardInterrupt(f"training of {name} interrupted at step {result['step']}")
+        raise _interrupt.Interrupted(_interrupt.requested() or signal.SIGINT)
     return load(run_dir)
 
 
@@ -134,8 +142,10 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
                                        mesh=mesh)
 
         fn = cache[(point_fn, batch_size)] = jax.jit(run, compiler_options=compiler_options())
-    params = model.params
-    return jax.device_get(fn(params, *arrays))
+    _interrupt.check()
+    out = jax.device_get(fn(model.params, *arrays))
+    _interrupt.check()
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
