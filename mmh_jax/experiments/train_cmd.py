@@ -222,7 +222,6 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
 
     x, labels = load_training_data(config)
     cfg = _config_dict(config, x, labels)
-    _interrupt.check()
     ckpt_dir = os.path.join(out, "checkpoints")
     existing = _newest_step(ckpt_dir)
     if existing is not None and not resume:
@@ -239,6 +238,7 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
     os.makedirs(out, exist_ok=True)
     ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep, identity_keys=IDENTITY_KEYS)
     try:
+        _interrupt.check()  # a signal while the data loaded: stop before the model is built
         return _train(config, cfg, x, labels, out, ckpt, existing, progress)
     except KeyboardInterrupt:  # before the training loop began (the loop handles its own)
         step = existing or 0
