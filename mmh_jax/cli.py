@@ -564,7 +564,7 @@ def _cmd_bench(args) -> int:
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     try:
         cfg = bench_cmd.preset(args.preset, **overrides)
-        bench_cmd.run(cfg, args.out)
+        bench_cmd.run(cfg, args.out, overwrite=args.overwrite)
     except ValueError as e:
         _error(args, "bench", e)
         return 2
@@ -600,7 +600,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (argparse printed the message): its exit code
+        return 0 if e.code is None else int(e.code)
     if args.command is None:
         parser.print_help()
         return 2

@@ -13,8 +13,9 @@ import threading
 
 POINT, SIG, ARGS = sys.argv[1], signal.Signals[sys.argv[2]], sys.argv[3:]
 # A test runner started in the background (`cmd &` in a script) ignores SIGINT, and children inherit
-# that; the CLI keeps an inherited SIG_IGN (as Python does), so restore the default for the test.
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+# that; the CLI keeps an inherited SIG_IGN (as Python does), so install what Python installs when
+# started from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def fire() -> None:

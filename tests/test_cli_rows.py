@@ -259,3 +259,16 @@ def test_the_loss_figure_of_a_one_dispatch_run_shows_its_point(tmp_path):
     img = matplotlib.image.imread(tmp_path / "loss.png")[..., :3]
     blue = np.array([0x1F, 0x77, 0xB4]) / 255  # matplotlib's first colour, the loss marker
     assert (np.abs(img - blue).max(axis=-1) < 0.1).sum() > 4
+
+
+@pytest.mark.slow  # a flow's training and sampler compile: ~40 s on 2 loaded cores
+def test_sample_works_on_a_flow_run(tmp_path, capsys):
+    run = tmp_path / "flow"
+    assert cli.main(["train", "--model", "flow", "--preset", "quick", "--steps", "5", "--n", "64", "--out",
+                     str(run)]) == 0
+    rc, err = _main(["sample", "--checkpoint", str(run), "--n", "6", "--out", str(tmp_path / "s")], capsys)
+    assert rc == 0, err
+    x = np.load(tmp_path / "s" / "samples.npz")["x"]
+    assert x.shape == (6, 2) and np.isfinite(x).all()
+    rc, err = _main(["sample", "--checkpoint", str(run), "--method", "ddim", "--out", str(tmp_path / "t")], capsys)
+    assert rc == 2 and "--method: the model in" in err and "normalizing flow" in err, err

@@ -266,12 +266,17 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def run(cfg: BenchConfig, out: str, *, progress: bool = True) -> dict[str, Any]:
+def run(cfg: BenchConfig, out: str, *, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Measure every (estimator, D, batch) of ``cfg``; write ``bench.json``, ``bench.md`` and
-    ``throughput.png`` into ``out``. Returns ``{"rows", "paths"}``."""
+    ``throughput.png`` into ``out`` (refused before any work when they exist, unless ``overwrite``).
+    Returns ``{"rows", "paths"}``."""
     from tqdm.auto import tqdm
 
+    from mmh_jax import _interrupt
+    from mmh_jax.experiments._outputs import output_paths
     from mmh_jax.provenance import provenance
+
+    output_paths(out, ("bench.json", "bench.md", "throughput.png"), command="bench", overwrite=overwrite)
 
     bad = [e for e in cfg.estimators if e not in ESTIMATORS]
     if bad:
@@ -286,6 +291,7 @@ def run(cfg: BenchConfig, out: str, *, progress: bool = True) -> dict[str, Any]:
     rows = []
     bar = tqdm(grid, desc="bench", disable=not progress)
     for name, dim, batch in bar:
+        _interrupt.check()
         bar.set_postfix_str(f"{name} D={dim} B={batch}")
         rows.append(_measure(name, dim, batch, cfg, key))
     fwd = {(r["D"], r["batch"]): r["points_per_s"] for r in rows if r["estimator"] == "forward" and r["status"] == "ok"}

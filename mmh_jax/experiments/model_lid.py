@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from mmh_jax.experiments._presets import from_preset
+from mmh_jax import _interrupt
 from mmh_jax.experiments._outputs import write_npz
 from mmh_jax.experiments.lid_cmd import out_path, print_summary, summarize
 
@@ -392,6 +393,7 @@ def estimate(config: ModelLidConfig, model, x: np.ndarray, keys, *, progress: bo
     with tqdm(total=n, desc=config.estimator, unit="pt", disable=not progress or n_calls == 1,
               file=sys.stderr) as bar:
         for start in range(0, n, per_call):
+            _interrupt.check()  # between chunks: a safe point to stop after a signal (CLI only)
             xs, ks = x[start:start + per_call], keys[start:start + per_call]
             m = xs.shape[0]
             if m < per_call:  # pad the last chunk with copies of its first point (one compiled shape)
