@@ -4,6 +4,9 @@
 reports damaged files with several exception types (``ValueError`` about pickles or format
 versions, ``OSError``, ``EOFError``, ``zipfile.BadZipFile``). :func:`read_numpy` opens the file
 itself, reads every array eagerly and turns all of these into one ``ValueError`` that names the file.
+Bytes that are not NumPy's at all (text, random bytes) are named as such: ``numpy.load`` takes any
+file without the ``.npy``/zip magic for a pickle and advises ``allow_pickle``, which would be wrong
+and risky here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,47 @@ import numpy as np
 __all__ = ["read_numpy"]
 
 
+#: First bytes of a ``.npy`` file, and of a ``.npz`` (a zip archive: a member's header, or an empty archive's end).
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _not_numpy(path: str, head: bytes) -> ValueError:
+    """The error for bytes that are neither ``.npy`` nor ``.npz`` (no pickle advice: loading never runs code)."""
+    seen = f"starts with {head[:8]!r}" if head else "is empty"
+    return ValueError(
+        f"{path!r} is not a NumPy file (it {seen}, not the .npy magic {_NPY_MAGIC!r} or a .npz zip header); "
+        "save the array with np.save or np.savez."
+    )
+
+
+def _pickled(path: str) -> ValueError:
+    """The error for an object array: its items are pickles, which are never loaded."""
+    return ValueError(
+        f"{path!r} holds an object (pickled) array, which is refused because loading it could run code; "
+        "save a numeric array instead, e.g. np.save(path, np.asarray(x, np.float32))."
+    )
+
+
+def _load(fh) -> np.ndarray | dict:
+    """Every array of an open ``.npy``/``.npz``, read eagerly so the file can be closed."""
+    fh.seek(0)
+    loaded = np.load(fh, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {name: loaded[name] for name in loaded.files}
+
+
+def _check_members(path: str, arrays: dict) -> dict[str, np.ndarray]:
+    """A zip whose members are not all ``.npy`` arrays is not an ``.npz`` (NpzFile returns their raw bytes)."""
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"{path!r} is not a NumPy .npz file: its member {name!r} is not a .npy array; "
+                             "save the arrays with np.savez.")
+    return arrays
+
+
 def read_numpy(path: str) -> np.ndarray | dict[str, np.ndarray]:
     """The array of a ``.npy`` file, or ``{name: array}`` of a ``.npz`` file (read by content, not name).
 
@@ -22,7 +66,8 @@ def read_numpy(path: str) -> np.ndarray | dict[str, np.ndarray]:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: a directory, a damaged or truncated file, a pickle, or not a numpy file at all.
+      ValueError: a directory, a damaged or truncated file, a pickle, or not a numpy file at all
+        (text, random bytes: "not a NumPy file").
 
     Examples:
       >>> import os, tempfile
@@ -36,15 +81,25 @@ def read_numpy(path: str) -> np.ndarray | dict[str, np.ndarray]:
       Traceback (most recent call last):
       ...
       ValueError: '...a.npz' is not a readable numpy .npy/.npz file (BadZipFile: File is not a zip file).
+      >>> with open(path, "w") as fh:
+      ...     _ = fh.write("x,y\\n1,2\\n")
+      >>> read_numpy(path)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: '...a.npz' is not a NumPy file (it starts with b'x,y\\n1,2\\n', not the .npy magic ...
     """
     try:
         with open(path, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if isinstance(loaded, np.ndarray):
-                return loaded
-            with loaded:
-                return {name: loaded[name] for name in loaded.files}
+            head = fh.read(8)
+            loaded = _load(fh) if head.startswith((_NPY_MAGIC, *_ZIP_MAGICS)) else None
     except FileNotFoundError:
         raise
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # numpy's words for an object array: never pass its advice on
+            raise _pickled(path) from None
         raise ValueError(f"{path!r} is not a readable numpy .npy/.npz file ({type(e).__name__}: {e}).") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable numpy .npy/.npz file ({type(e).__name__}: {e}).") from None
+    if loaded is None:
+        raise _not_numpy(path, head)
+    return loaded if isinstance(loaded, np.ndarray) else _check_members(path, loaded)

@@ -41,7 +41,7 @@ class ImageDataError(ValueError):
       >>> from_array(np.zeros((2, 5)))
       Traceback (most recent call last):
       ...
-      mmh_jax.data.images.ImageDataError: array: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1/3/4, got (2, 5).
+      mmh_jax.data.images.ImageDataError: array: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1-4, got (2, 5).
     """
 
 
@@ -77,14 +77,28 @@ class ImageData:
         return int(self.x.shape[0])
 
 
-def _scale(images: np.ndarray, source: str, *, max_value: float | None = None) -> np.ndarray:
-    """Integers (0..255 or 0..max_value) or floats in [0, 1] / [−1, 1] → float32 in [−1, 1]."""
+def _int_top(a: np.ndarray, source: str) -> float:
+    """Full scale of integer images: 1 (0/1 masks), 255 (8-bit) or 65535 (uint16 above 255).
+
+    Values outside 0..255 (0..65535 for uint16) are refused: scaling them would leave [−1, 1].
+    """
+    lo, hi = int(a.min()), int(a.max())
+    limit = 65535 if (a.dtype.kind, a.dtype.itemsize) == ("u", 2) else 255
+    if lo < 0 or hi > limit:
+        raise ImageDataError(
+            f"{source}: integer images ({a.dtype}) must lie in [0, {limit}], got values in [{lo}, {hi}]; "
+            "rescale them to 0..255 (uint8) or to floats in [0, 1]."
+        )
+    return 1.0 if hi <= 1 else 255.0 if hi <= 255 else 65535.0
+
+
+def _scale(images: np.ndarray, source: str) -> np.ndarray:
+    """Integers (0..1, 0..255, uint16 0..65535) or floats in [0, 1] / [−1, 1] / [0, 255] → float32 in [−1, 1]."""
     a = np.asarray(images)
     if a.size == 0:
         raise ImageDataError(f"{source}: holds no images (shape {a.shape}).")
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        top = float(max_value if max_value is not None else (255 if a.max() > 1 else 1))
-        return (a.astype(np.float32) / top) * 2.0 - 1.0
+        return (a.astype(np.float32) / _int_top(a, source)) * 2.0 - 1.0
     if not np.issubdtype(a.dtype, np.floating):
         raise ImageDataError(f"{source}: images must be numeric, got dtype {a.dtype}.")
     a = a.astype(np.float32)
@@ -102,45 +116,87 @@ def _scale(images: np.ndarray, source: str, *, max_value: float | None = None) -
     )
 
 
-def _as_nhwc(a: np.ndarray, source: str) -> np.ndarray:
-    if a.ndim == 3:  # (N, H, W) grayscale
-        return a[..., None]
-    if a.ndim == 4:
-        if a.shape[-1] in (1, 3, 4):
-            return a
-        if a.shape[1] in (1, 3, 4):  # channels-first
-            return np.transpose(a, (0, 2, 3, 1))
-    raise ImageDataError(
-        f"{source}: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1/3/4, got {a.shape}."
+#: Layouts of 4-D image arrays, and the channel counts a channel axis may have (grey, grey + alpha, RGB, RGBA).
+_LAYOUTS = ("NHWC", "NCHW")
+_CHANNELS = (1, 2, 3, 4)
+
+
+def _shape_error(a: np.ndarray, source: str) -> ImageDataError:
+    return ImageDataError(
+        f"{source}: images must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1-4, got {a.shape}."
     )
 
 
-def from_array(images, labels=None, *, source: str = "array") -> ImageData:
+def _guess_layout(a: np.ndarray, source: str) -> str:
+    """The layout whose channel axis (last, or second) has 1–4 entries; refused when both do."""
+    nhwc, nchw = a.shape[3] in _CHANNELS, a.shape[1] in _CHANNELS
+    if nhwc and nchw:  # e.g. (3, 4, 4, 2): 4×4 images of 2 channels, or 4×2 images of 4 channels
+        raise ImageDataError(
+            f"{source}: images of shape {a.shape} are ambiguous, (N, H, W, C) with C={a.shape[3]} or (N, C, H, W) "
+            f"with C={a.shape[1]}; pass layout='NHWC' or layout='NCHW' (from_array, load_npz) to say which."
+        )
+    if nhwc or nchw:
+        return "NHWC" if nhwc else "NCHW"
+    raise _shape_error(a, source)
+
+
+def _as_nhwc(a: np.ndarray, source: str, layout: str | None = None) -> np.ndarray:
+    """``(N, H, W, C)`` from ``(N, H, W)`` or a 4-D array in ``layout`` (None: guessed, if unambiguous)."""
+    if a.ndim == 3:  # (N, H, W) grayscale
+        return a[..., None]
+    if a.ndim != 4:
+        raise _shape_error(a, source)
+    layout = _guess_layout(a, source) if layout is None else layout
+    x = np.transpose(a, (0, 2, 3, 1)) if layout == "NCHW" else a
+    if x.shape[-1] not in _CHANNELS:
+        raise ImageDataError(
+            f"{source}: layout={layout!r} reads shape {a.shape} as {x.shape[-1]} channels; images need 1-4 "
+            "channels, so pass the other layout or reshape the array."
+        )
+    return x
+
+
+def _check_layout(layout: str | None) -> str | None:
+    if layout is not None and layout not in _LAYOUTS:
+        raise ValueError(f"layout must be 'NHWC', 'NCHW' or None (read it from the shape), got layout={layout!r}.")
+    return layout
+
+
+def from_array(images, labels=None, *, source: str = "array", layout: str | None = None) -> ImageData:
     """Wrap an array of images (any of the layouts above) and optional labels.
 
-    Integers are scaled from 0..255 (or 0..1), floats from [0, 1], [−1, 1] or [0, 255], to [−1, 1].
+    Integers are scaled from 0..255 (0..1 if all are 0 or 1; uint16 above 255 from 0..65535), floats
+    from [0, 1], [−1, 1] or [0, 255], to [−1, 1].
 
     Args:
-      images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in 1/3/4; numeric.
+      images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with C in 1–4; numeric.
       labels: optional ``N`` integers.
       source: the name used in error messages and ``ImageData.source``.
+      layout: ``"NHWC"`` or ``"NCHW"`` for a 4-D ``images``; None reads it from the shape (the axis
+        of 1–4 entries is the channel axis) and refuses a shape where both axes 1 and 3 could be
+        it, such as ``(3, 4, 4, 2)``. Ignored for ``(N, H, W)``.
 
     Returns:
       an :class:`ImageData`.
 
     Raises:
-      ImageDataError: non-numeric or empty images, another layout, NaN/inf, values outside the
-        ranges above, or labels that are not N integers.
+      ImageDataError: non-numeric or empty images, another layout, an ambiguous layout without
+        ``layout``, NaN/inf, values outside the ranges above (integers outside 0..255, or 0..65535
+        for uint16), or labels that are not N integers.
+      ValueError: ``layout`` not ``"NHWC"``, ``"NCHW"`` or None.
 
     Examples:
       >>> d = from_array(np.zeros((2, 4, 4), np.uint8), [0, 1])
       >>> d.x.shape, float(d.x.min()), d.num_classes
       ((2, 4, 4, 1), -1.0, 2)
+      >>> from_array(np.zeros((3, 4, 4, 2), np.uint8), layout="NHWC").shape
+      (4, 4, 2)
     """
+    layout = _check_layout(layout)
     a = np.asarray(images)
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
         raise ImageDataError(f"{source}: images must be numeric (integers or floats), got dtype {a.dtype}.")
-    x = _scale(_as_nhwc(a, source), source)
+    x = _scale(_as_nhwc(a, source, layout), source)
     n = x.shape[0]
     if labels is None:
         y = np.full(n, -1, np.int32)
@@ -172,17 +228,19 @@ def digits() -> ImageData:
     return ImageData(x=x[..., None], labels=bunch.target.astype(np.int32), source="digits")
 
 
-def load_npz(path: str) -> ImageData:
+def load_npz(path: str, *, layout: str | None = None) -> ImageData:
     """Images from ``.npz`` (key ``x``/``images``/the only array; labels ``y``/``labels``) or ``.npy``.
 
-    Read without pickles (:func:`mmh_jax.data._npfile.read_numpy`), scaled as in :func:`from_array`.
+    Read without pickles (:func:`mmh_jax.data._npfile.read_numpy`), scaled as in :func:`from_array`;
+    ``layout`` as there.
 
     Returns:
       an :class:`ImageData`.
 
     Raises:
       FileNotFoundError: no such file.
-      ImageDataError: a damaged file, an ambiguous ``.npz``, or arrays :func:`from_array` refuses.
+      ImageDataError: a damaged file or one that is not a NumPy file, an object (pickled) array, an
+        ambiguous ``.npz``, or arrays :func:`from_array` refuses.
 
     Examples:
       >>> import os, tempfile
@@ -199,13 +257,13 @@ def load_npz(path: str) -> ImageData:
     except ValueError as e:
         raise ImageDataError(str(e)) from None  # "'<path>' is not a readable numpy .npy/.npz file (...)"
     if isinstance(f, np.ndarray):
-        return from_array(f, source=path)
+        return from_array(f, source=path, layout=layout)
     keys = list(f)
     key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
     if key is None:
         raise ImageDataError(f"{path}: expected an array named 'x' or 'images', found {keys}.")
     lab = next((k for k in ("y", "labels") if k in keys), None)
-    return from_array(f[key], None if lab is None else f[lab], source=path)
+    return from_array(f[key], None if lab is None else f[lab], source=path, layout=layout)
 
 
 def load_folder(path: str) -> ImageData:
@@ -218,7 +276,8 @@ def load_folder(path: str) -> ImageData:
       an :class:`ImageData` (labels: the index of the sorted class folder, or −1).
 
     Raises:
-      ImageDataError: no images, an unreadable image, or images of different sizes.
+      FileNotFoundError: no such folder.
+      ImageDataError: ``path`` is a file, no images, an unreadable image, or images of different sizes.
 
     Examples:
       >>> import os, tempfile
@@ -233,6 +292,12 @@ def load_folder(path: str) -> ImageData:
     """
     from PIL import Image, UnidentifiedImageError
 
+    if os.path.isfile(path):  # os.listdir would raise a bare NotADirectoryError
+        raise ImageDataError(
+            f"load_folder: path {path!r} is a file, not a folder; pass the folder that holds the PNG/JPEG images "
+            f"(e.g. {os.path.dirname(os.path.abspath(path))!r}), or read a .npz/.npy, IDX or CIFAR-10 file with "
+            "images.load(path)."
+        )
     entries = sorted(os.listdir(path))
     classes = [e for e in entries if os.path.isdir(os.path.join(path, e))]
     files: list[tuple[str, int]] = []
@@ -258,7 +323,8 @@ def load_folder(path: str) -> ImageData:
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise ImageDataError(f"{path}: images have different sizes {sorted(sizes)[:4]}; resize them to one size.")
-    return from_array(np.stack(arrays), [c for _, c in files] if classes else None, source=path)
+    labels = [c for _, c in files] if classes else None
+    return from_array(np.stack(arrays), labels, source=path, layout="NHWC")  # PIL arrays are (H, W[, C])
 
 
 def _open_maybe_gzip(path: str) -> bytes:
@@ -395,11 +461,14 @@ def load_cifar10(path: str) -> ImageData:
         x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     else:
         x, y = _read_cifar_batch(path)
-    return from_array(x, y, source=path)
+    return from_array(x, y, source=path, layout="NHWC")
 
 
-def load(source: str) -> ImageData:
+def load(source: str, *, layout: str | None = None) -> ImageData:
     """Load images by name or path: ``digits``, ``.npz``/``.npy``, an image folder, IDX, or CIFAR-10.
+
+    ``layout`` (``"NHWC"``/``"NCHW"``) says how to read a 4-D ``.npz``/``.npy`` whose shape is
+    ambiguous (see :func:`from_array`); the other sources have a known layout.
 
     Returns:
       an :class:`ImageData`: ``x`` float32 ``(N, H, W, C)`` in [−1, 1], ``labels`` int32 ``(N,)``.
@@ -407,6 +476,7 @@ def load(source: str) -> ImageData:
     Raises:
       FileNotFoundError: no such path.
       ImageDataError: the file exists but cannot be read as images (the message names it).
+      ValueError: ``layout`` not ``"NHWC"``, ``"NCHW"`` or None.
 
     Examples:
       >>> load("digits").shape
@@ -416,6 +486,7 @@ def load(source: str) -> ImageData:
       ...
       FileNotFoundError: data: no such file or folder 'no/such/file.npz' (or use the built-in 'digits').
     """
+    _check_layout(layout)
     if source == "digits":
         return digits()
     if not os.path.exists(source):
@@ -426,7 +497,7 @@ def load(source: str) -> ImageData:
             return load_cifar10(source)
         return load_folder(source)
     if name.endswith((".npz", ".npy")):
-        return load_npz(source)
+        return load_npz(source, layout=layout)
     if "idx3" in name:
         return load_idx(source)
     if name.startswith(("data_batch", "test_batch")):

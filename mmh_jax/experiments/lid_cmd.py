@@ -11,7 +11,7 @@ Example:
   >>> cfg.n, cfg.k, cfg.data
   (500, 10, 'lollipop')
 
-(then ``run(cfg, "out/lid.npz")``; the CLI is ``mmh-jax lid --estimator mle --k 10 --preset quick``).
+(then ``run(cfg, "out/lid")``, which writes ``out/lid/lid.npz``; the CLI is ``mmh-jax lid --estimator mle --k 10 --preset quick``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mmh_jax.experiments._outputs import write_npz
 from mmh_jax.experiments._presets import from_preset
 
 __all__ = ["DATA_DEFAULTS", "ESTIMATORS", "LidConfig", "PRESETS", "load_array", "out_path", "preset",
@@ -117,14 +118,15 @@ def parse_param(text: str) -> tuple[str, Any]:
 def load_array(path: str, *, what: str = "data") -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Points (N, D) float32 and, if stored, ``lid`` and ``component`` (N,) from a ``.npz``/``.npy`` file.
 
-    An ``.npz`` must hold the points under ``x`` or as its only array. Arrays with more than two
-    dimensions (e.g. images ``(N, H, W, C)``) are flattened to ``(N, H·W·C)``.
+    An ``.npz`` must hold the points under ``x`` or as its only array. Images ``(N, H, W)`` or
+    ``(N, H, W, C)`` are flattened to ``(N, H·W·C)``, with a note on stderr.
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: unknown extension, unreadable or damaged file, ambiguous ``.npz``, fewer than two
-        dimensions, no points, non-numeric dtype, non-finite values, or ``lid``/``component`` of the
-        wrong length.
+      ValueError: unknown extension, unreadable or damaged file or one that is not a NumPy file, an
+        object (pickled) array, ambiguous ``.npz``, a shape other than ``(N, D)``/``(N, H, W)``/
+        ``(N, H, W, C)``, no points, non-numeric dtype, non-finite values, or ``lid``/``component``
+        of the wrong length.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} file not found: {path!r}.")
@@ -148,13 +150,15 @@ def load_array(path: str, *, what: str = "data") -> tuple[np.ndarray, np.ndarray
         x = loaded[name]
         lid = loaded["lid"] if "lid" in keys and "x" in keys else None
         component = loaded["component"] if "component" in keys and "x" in keys else None
-    if x.ndim < 2:
-        raise ValueError(f"{what} in {path!r} must have shape (N, D) (one point per row), got shape {x.shape}.")
+    _check_point_shape(x.shape, path, what)
     if x.shape[0] == 0 or x.size == 0:
         raise ValueError(f"{what} in {path!r} is empty (shape {x.shape}); it needs at least one point with at "
                          "least one coordinate.")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"{what} in {path!r} must be numeric, got dtype {x.dtype}.")
+    if x.ndim > 2:
+        print(f"mmh-jax lid: note: {what} in {path!r} of shape {x.shape} read as images (N, H, W[, C]); "
+              f"flattened to (N, D) = ({x.shape[0]}, {int(np.prod(x.shape[1:]))}).", file=sys.stderr)
     x = x.reshape(x.shape[0], -1).astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{what} in {path!r} has non-finite values (NaN/inf); clean them first.")
@@ -164,6 +168,16 @@ def load_array(path: str, *, what: str = "data") -> tuple[np.ndarray, np.ndarray
                 f"{what} file {path!r}: '{name}' must have shape (N,) = ({x.shape[0]},), got {arr.shape}."
             )
     return x, lid, component
+
+
+def _check_point_shape(shape: tuple[int, ...], path: str, what: str) -> None:
+    """Points are (N, D), or images (N, H, W) / (N, H, W, C) to flatten; any other rank is refused, not
+    flattened, since what a row would be is a guess."""
+    if len(shape) not in (2, 3, 4):
+        raise ValueError(
+            f"{what} in {path!r} must have shape (N, D) (one point per row) or be images (N, H, W) / (N, H, W, C), "
+            f"got shape {shape}; reshape it, e.g. x.reshape(len(x), -1) for one point per first-axis entry."
+        )
 
 
 def _is_file(data: str) -> bool:
@@ -298,16 +312,25 @@ def _print_summary(summary: dict[str, Any], file=None) -> None:
     print_summary(header, summary, file=file)
 
 
-def out_path(out: str) -> str:
-    """``out`` as an ``.npz`` path: ``lid.npz`` inside a directory, ``.npz`` appended when missing."""
-    if out.endswith(os.sep) or os.path.isdir(out):
-        out = os.path.join(out, "lid.npz")
-    if not out.endswith(".npz"):
-        out += ".npz"
-    return out
+def _warn_non_finite(count: int, total: int) -> None:
+    """Say why estimates are NaN (mostly exact duplicates: k neighbours at distance 0) and what to do."""
+    if count:
+        print(
+            f"mmh-jax lid: note: {count} of {total} estimates are NaN/inf, usually at exactly duplicated points "
+            "(all k neighbours at distance 0); de-duplicate the data, e.g. x = np.unique(x, axis=0), or raise --k.",
+            file=sys.stderr,
+        )
 
 
-def run(config: LidConfig, out: str) -> dict[str, Any]:
+def out_path(out: str, *, overwrite: bool = True) -> str:
+    """``out/lid.npz``; with ``overwrite=False`` refused when it exists or ``out`` names a file
+    (:func:`mmh_jax.experiments._outputs.output_paths`)."""
+    from mmh_jax.experiments._outputs import output_paths
+
+    return output_paths(out, ("lid.npz",), command="lid", overwrite=overwrite)["lid.npz"]
+
+
+def run(config: LidConfig, out: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Estimate LID* per point, write ``out`` (.npz) and print a summary; returns the summary.
 
     The ``.npz`` holds ``lid`` (float32, one estimate per query point) and, when known, ``truth``
@@ -316,8 +339,8 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
     estimators return NaN on degenerate neighbourhoods such as a point mass — plus
     :func:`mmh_jax.lid.evaluate` metrics of the finite estimates against the truth when known),
     ``groups`` (per component, or per true LID value: count, truth, mean, std, mae, non_finite)
-    and ``out`` (the path written; ``.npz`` appended if missing, ``lid.npz`` inside a
-    directory).
+    and ``out`` (the path written: ``lid.npz`` inside the directory ``out``, refused when it exists
+    unless ``overwrite``).
 
     Raises:
       ValueError, FileNotFoundError: bad data/queries file or parameters (the CLI prints these).
@@ -326,6 +349,7 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
 
     from mmh_jax import lid as lid_lib
 
+    path = out_path(out, overwrite=overwrite)
     x, truth, comp, description = _load_data(config)
     n_data = len(x)
     queries = None
@@ -361,15 +385,15 @@ def run(config: LidConfig, out: str) -> dict[str, Any]:
     print(f"mmh-jax lid: done in {seconds:.2f} s", file=sys.stderr, flush=True)
 
     stats = summarize(est, truth, comp)
+    _warn_non_finite(stats["overall"]["non_finite"], n_est)
 
-    path = out_path(out)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"lid": est}
     if truth is not None:
         arrays["truth"] = np.asarray(truth)
     if comp is not None:
         arrays["component"] = np.asarray(comp, np.int32)
-    np.savez(path, **arrays)
+    write_npz(path, **arrays)
 
     summary: dict[str, Any] = {
         "estimator": config.estimator,

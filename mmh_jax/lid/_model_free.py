@@ -446,7 +446,9 @@ def mle(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None)
         devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
-      float32 (M,) (M = N when queries is None).
+      float32 (M,) (M = N when queries is None). NaN at a point whose k nearest neighbours all lie
+      at distance 0 (a point repeated more than k times in ``data``: log 0/0); a single duplicate
+      neighbour gives 0. De-duplicate the data first, e.g. ``np.unique(data, axis=0)``.
 
     Raises:
       TypeError / ValueError as :func:`knn`, and k < 2.
@@ -648,7 +650,10 @@ def twonn(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=Non
         devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
-      float32 (M,).
+      float32 (M,). NaN where fewer than 2 ratios are kept, which happens at exactly duplicated
+      points: neighbours with r₁ = 0 are dropped, so a neighbourhood made mostly of copies of one
+      point (a point repeated about k times in ``data``) has none left. De-duplicate the data
+      first, e.g. ``np.unique(data, axis=0)``.
 
     Raises:
       TypeError / ValueError as :func:`knn`, and k < 3.
@@ -736,7 +741,9 @@ def ess(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None)
         devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
 
     Returns:
-      float32 (M,).
+      float32 (M,). NaN where all k neighbours coincide (every u_i = 0: at or next to a point
+      repeated k or more times in ``data``), and beyond n = 9218. De-duplicate the data first,
+      e.g. ``np.unique(data, axis=0)``.
 
     Raises:
       TypeError / ValueError as :func:`knn`, and k < 2.

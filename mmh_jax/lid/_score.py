@@ -46,6 +46,20 @@ def _check_score_shape(name: str, score_fn: ScoreFn, x: Array, t: Array) -> None
         )
 
 
+def _nan_outside(value: Array, t: Array, sde) -> Array:
+    """``value`` where the times ``t`` lie in (0, T], NaN elsewhere, as ``jnp.log(-1)`` is NaN.
+
+    Concrete times were range-checked (ValueError) by :func:`_checks.scalar_time`; traced ones (under
+    jit/vmap/grad) cannot raise, and e.g. t = 0 would otherwise give a finite, wrong value. ``t`` has
+    ``value``'s shape (elementwise), or any shape for a scalar ``value`` (then every time must be in range).
+    """
+    if _checks.is_concrete(t) and _checks.is_concrete(sde.T):
+        return value  # checked already: no extra op
+    ok = (t > 0) & (t <= sde.T)
+    ok = ok if ok.shape == value.shape else jnp.all(ok)
+    return jnp.where(ok, value, jnp.nan).astype(value.dtype)
+
+
 def _flipd_at(score_fn: ScoreFn, x: Array, t0: Array, sde, method: str, probes, chunk_size) -> Array:
     """FLIPD(x, t0) = D + σ²·[tr ∇_y s(y, t0) + ‖s(y, t0)‖²] at y = α(t0)·x."""
     alpha, sigma = sde.marginal_coefs(t0)
@@ -80,7 +94,8 @@ def flipd(
       score_fn: single-example score ``score_fn(x, t) -> array like x``.
       x: one example, any event shape (``(D,)`` or ``(H, W, C)``), floating point.
       key: PRNG key for the Hutchinson probes (unused, may be None, for the exact trace).
-      t0: diffusion time in (0, T]; traced, so it can be swept or differentiated.
+      t0: diffusion time in (0, T]; traced, so it can be swept or differentiated. A traced t0
+        outside (0, T] gives NaN (as ``jnp.log(-1)`` does); a concrete one raises ValueError.
       sde: a :class:`mmh_jax.sde.VPSDE`.
       trace: ``"exact"`` (D JVPs), ``"hutchinson"`` (Rademacher probes) or ``"auto"``
         (exact when D ≤ 3500).
@@ -90,7 +105,7 @@ def flipd(
         (measured on a U-Net in ``bench/bench_memory.py``).
 
     Returns:
-      float32 scalar.
+      float32 scalar; NaN when a traced ``t0`` lies outside (0, T].
 
     Raises:
       TypeError/ValueError: non-float ``x``, ``x`` of rank 0, unknown ``trace``, ``num_probes < 1``,
@@ -111,7 +126,7 @@ def flipd(
     x, method, probes = _prepare(x, key, trace, num_probes)
     t0 = _checks.scalar_time("t0", t0, sde)
     _check_score_shape("score_fn", score_fn, x, t0)
-    return _flipd_at(score_fn, x, t0, sde, method, probes, chunk_size)
+    return _nan_outside(_flipd_at(score_fn, x, t0, sde, method, probes, chunk_size), t0, sde)
 
 
 def flipd_curve(
@@ -132,14 +147,15 @@ def flipd_curve(
     Read the knee with :func:`knee`. Arguments as in :func:`flipd`.
 
     Args:
-      t0s: ``(n,)`` diffusion times in (0, T] (traced: a new grid of the same length reuses the
-        compiled curve).
+      t0s: ``(n,)`` diffusion times in (0, T], n ≥ 1 (traced: a new grid of the same length reuses
+        the compiled curve).
 
     Returns:
-      float32 ``(n,)``: FLIPD(x, t0s[i]) for each i.
+      float32 ``(n,)``: FLIPD(x, t0s[i]) for each i; NaN at the traced times outside (0, T] (as
+      ``jnp.log(-1)`` is NaN).
 
     Raises:
-      TypeError/ValueError: as :func:`flipd`, and ``t0s`` not 1-D.
+      TypeError/ValueError: as :func:`flipd`, and ``t0s`` not 1-D or empty.
 
     Reference: Kamkari et al., arXiv 2406.03537 (the FLIPD curve and its knee).
 
@@ -154,8 +170,12 @@ def flipd_curve(
     t0s = _checks.scalar_time("t0s", t0s, sde, allow_array=True)
     if t0s.ndim != 1:
         raise ValueError(f"t0s must be a 1-D grid of times, got shape {t0s.shape}.")
+    if t0s.shape[0] == 0:  # t0s[0] below would raise a bare IndexError
+        raise ValueError("t0s must hold at least one time, got an empty grid of shape (0,); pass e.g. "
+                         "t0s=jnp.geomspace(1e-3, 1.0, 32).")
     _check_score_shape("score_fn", score_fn, x, t0s[0])
-    return jax.vmap(lambda t0: _flipd_at(score_fn, x, t0, sde, method, probes, chunk_size))(t0s)
+    curve = jax.vmap(lambda t0: _flipd_at(score_fn, x, t0, sde, method, probes, chunk_size))(t0s)
+    return _nan_outside(curve, t0s, sde)
 
 
 def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
@@ -337,16 +357,17 @@ def fp_regress(
 
     Args:
       deltas: ``(m,)`` log noise scales δ = log(σ/α) (DESIGN §2), m ≥ 2; default
-        ``log(geomspace(0.01, 0.1, 8))``. Each must map to a time in (0, T].
+        ``log(geomspace(0.01, 0.1, 8))``. Each must map to a time in (0, T]: concrete ones that do
+        not raise ValueError, traced ones give NaN (as ``jnp.log(-1)`` does).
       num_substeps: quadrature intervals between consecutive deltas.
       Others as in :func:`flipd`; the probes are shared across all δ.
 
     Returns:
-      float32 scalar.
+      float32 scalar; NaN when traced ``deltas`` map to a time outside (0, T].
 
     Raises:
       TypeError/ValueError: as :func:`flipd`; ``deltas`` not 1-D, with fewer than 2 values, or
-        mapping to times outside (0, T]; ``num_substeps`` not an int ≥ 1.
+        (concrete) mapping to times outside (0, T]; ``num_substeps`` not an int ≥ 1.
 
     Reference: Kamkari et al., arXiv 2406.03537 (FLIPD and FPRegress); Tempczyk et al., "LIDL",
     arXiv 2206.14882.
@@ -376,7 +397,7 @@ def fp_regress(
     log_rho = jnp.concatenate([jnp.zeros(1), jnp.cumsum(steps)])[::num_substeps]
     dc = deltas - jnp.mean(deltas)
     slope = jnp.sum(dc * (log_rho - jnp.mean(log_rho))) / jnp.sum(dc**2)
-    return (x.size + slope).astype(jnp.float32)
+    return _nan_outside((x.size + slope).astype(jnp.float32), ts, sde)
 
 
 def normal_bundle(
@@ -398,18 +419,19 @@ def normal_bundle(
 
     Args:
       key: PRNG key for the K noise draws.
-      t: a small diffusion time (default 0.01).
+      t: a small diffusion time (default 0.01); a traced t outside (0, T] gives NaN (as
+        ``jnp.log(-1)`` does), a concrete one raises ValueError.
       num_samples: K, default 4·D.
       threshold: optional relative singular-value cut-off in (0, 1). Scores also drift along the
         manifold towards high density, a tangential component of relative size ~σ(t)·‖x − mode‖;
         the cut-off must sit above it, so pair it with a smaller ``t`` (e.g. 1e-3 and 0.1).
 
     Returns:
-      float32 scalar.
+      float32 scalar; NaN when a traced ``t`` lies outside (0, T].
 
     Raises:
       TypeError: non-float ``x``; ``num_samples`` not an int.
-      ValueError: ``x`` of rank 0, ``t`` outside (0, T], ``num_samples < 1``, ``threshold``
+      ValueError: ``x`` of rank 0, concrete ``t`` outside (0, T], ``num_samples < 1``, ``threshold``
         outside (0, 1), or a score of another shape than ``x``.
 
     Reference: Stanczuk et al., "Your diffusion model secretly knows the dimension of the data
@@ -438,9 +460,9 @@ def normal_bundle(
     sv = jnp.linalg.svd(scores, compute_uv=False)
     sv = jnp.concatenate([sv, jnp.zeros(dim + 1 - sv.shape[0], sv.dtype)])
     if threshold is not None:
-        return jnp.sum(sv[:dim] < threshold * sv[0]).astype(jnp.float32)
+        return _nan_outside(jnp.sum(sv[:dim] < threshold * sv[0]).astype(jnp.float32), t, sde)
     normal_dim = jnp.argmax(sv[:-1] - sv[1:]) + 1
-    return (dim - normal_dim).astype(jnp.float32)
+    return _nan_outside((dim - normal_dim).astype(jnp.float32), t, sde)
 
 
 def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
@@ -453,15 +475,15 @@ def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
     Args:
       x: one example, event shape ``E``.
       data: ``(N, *E)`` training set, N ≥ 1.
-      t: diffusion time in (0, T].
+      t: diffusion time in (0, T]; a traced t outside it gives NaN (as ``jnp.log(-1)`` does).
       chunk_size: training points whose distances are computed at once (memory bound).
 
     Returns:
-      float32 scalar.
+      float32 scalar; NaN when a traced ``t`` lies outside (0, T].
 
     Raises:
       TypeError: non-float ``x`` or ``data``.
-      ValueError: ``data`` not of shape ``(N, *x.shape)``, empty ``data``, ``t`` outside (0, T].
+      ValueError: ``data`` not of shape ``(N, *x.shape)``, empty ``data``, concrete ``t`` outside (0, T].
 
     Reference: the closed-form diffusion model of Ross et al., arXiv 2411.00113 (as an OD-Mem
     oracle); FLIPD of Kamkari et al., arXiv 2406.03537.
@@ -490,7 +512,7 @@ def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
         d2 = jax.lax.map(sq, data, batch_size=_checks.positive_int("chunk_size", chunk_size))
     delta2 = jnp.expm1(sde.beta_integral(t))
     w = jax.nn.softmax(-d2 / (2.0 * delta2))
-    return (jnp.sum(w * d2) / delta2).astype(jnp.float32)
+    return _nan_outside((jnp.sum(w * d2) / delta2).astype(jnp.float32), t, sde)
 
 
 def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -> Array:
@@ -502,14 +524,15 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
     Args:
       cond_score_fn, uncond_score_fn: single-example scores with and without the condition.
       xs: ``(S, *E)`` points of a sampling trajectory (S ≥ 1).
-      ts: ``(S,)`` their times.
+      ts: ``(S,)`` their times; traced times outside (0, T] give NaN (as ``jnp.log(-1)`` does).
 
     Returns:
-      float32 scalar.
+      float32 scalar; NaN when a traced time in ``ts`` lies outside (0, T].
 
     Raises:
       TypeError: non-float ``xs``.
-      ValueError: ``xs`` of rank < 2, ``ts`` not of shape ``(S,)`` or outside (0, T].
+      ValueError: ``xs`` of rank < 2 or empty (S = 0), ``ts`` not of shape ``(S,)`` or (concrete)
+        outside (0, T].
 
     Reference: Wen et al., "Detecting, Explaining, and Mitigating Memorization in Diffusion Models",
     ICLR 2024.
@@ -525,6 +548,9 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
     ts = _checks.scalar_time("ts", ts, sde, allow_array=True)
     if ts.shape != xs.shape[:1]:
         raise ValueError(f"ts must have shape (S,) = ({xs.shape[0]},) to match xs, got {ts.shape}.")
+    if xs.shape[0] == 0:  # xs[0] below would raise a bare IndexError
+        raise ValueError(f"xs must hold at least one point of the trajectory (S >= 1), got shape {xs.shape}; "
+                         "pass the sampler's states and their times.")
 
     _check_score_shape("cond_score_fn", cond_score_fn, xs[0], ts[0])
     _check_score_shape("uncond_score_fn", uncond_score_fn, xs[0], ts[0])
@@ -534,4 +560,4 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
         diff = (cond_score_fn(x, t) - uncond_score_fn(x, t)).astype(jnp.float32)
         return sigma * jnp.sqrt(jnp.sum(diff**2))
 
-    return jnp.mean(jax.vmap(one)(xs, ts)).astype(jnp.float32)
+    return jnp.mean(_nan_outside(jax.vmap(one)(xs, ts), ts, sde)).astype(jnp.float32)
