@@ -33,9 +33,14 @@ Subcommands:
 Run `mmh-jax SUBCOMMAND --help` for the options of each. Errors are one line on stderr with a
 non-zero exit code; --debug (before or after the subcommand) shows the full traceback.
 
-Interrupting (Ctrl-C, or SIGTERM from `kill` or a job scheduler) stops cleanly: `train` saves a
-checkpoint (continue with --resume), `run` keeps its trained models and the finished experiments
-(rerun the same command to resume). Exit code 130 after Ctrl-C (SIGINT), 143 after SIGTERM.
+--out is the directory a command fills (lid: OUT/lid.npz, sample: OUT/samples.npz); outputs of an
+earlier run are kept unless you pass --overwrite.
+
+Interrupting (Ctrl-C, or SIGTERM from `kill` or a job scheduler) stops at the next safe point (between
+training dispatches, between the stages of `run`, after a save) and saves what is worth saving:
+`train` a checkpoint (continue with --resume), `run` its trained models and the finished experiments
+(rerun the same command to resume). Exit code 130 after Ctrl-C (SIGINT), 143 after SIGTERM; a
+second signal stops at once, without saving.
 """
 
 #: Below this much free space on the disk of --out, a command stops before it starts its work.
@@ -205,14 +210,18 @@ def _cmd_run(args) -> int:
         from mmh_jax.experiments import validation
 
         config = validation.preset("quick" if args.preset == "quick" else "full", seed=args.seed)
-        validation.run(config, out)
+        try:
+            validation.run(config, out, overwrite=args.overwrite)
+        except ValueError as e:  # --out holds another kind of report
+            _error(args, "run", e)
+            return 2
         return 0
     from mmh_jax.experiments.pipeline import config as pipeline_config
     from mmh_jax.experiments.pipeline import run as pipeline_run
 
     try:
         config = pipeline_config.preset(args.preset, experiments=exps or None, seed=args.seed,
-                                        checkpoint=args.checkpoint, data=args.data)
+                                        checkpoint=args.checkpoint, data=args.data, step=args.step)
         if config.checkpoint and not os.path.isdir(config.checkpoint):
             raise ValueError(f"--checkpoint {config.checkpoint!r} is not a directory; pass the --out of `mmh-jax train`.")
     except ValueError as e:
@@ -222,15 +231,16 @@ def _cmd_run(args) -> int:
     from mmh_jax.data.images import ImageDataError
 
     try:
-        pipeline_run.run(config, out, recompute=args.recompute)
-    except (CheckpointError, ImageDataError, FileNotFoundError) as e:  # the user's --checkpoint / --data
+        pipeline_run.run(config, out, recompute=args.recompute, overwrite=args.overwrite)
+    except (CheckpointError, ImageDataError, FileNotFoundError, pipeline_run.OtherRunError) as e:
         _error(args, "run", e)
         return 2
     return 0
 
 
 _LID_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
-    "Estimate the local intrinsic dimension of every point and write the estimates to an .npz; print a summary, "
+    "Estimate the local intrinsic dimension of every point and write the estimates to OUT/lid.npz (--out is the "
+    "directory to fill; an earlier lid.npz there is kept unless --overwrite); print a summary, "
     "per component with the mean absolute error when the true LID is known (synthetic data, or an .npz with "
     "'lid'/'component' arrays).",
     "Without --checkpoint: LID* of a data set with a model-free estimator (lpca, mle, twonn, ess); the .npz holds "
@@ -243,9 +253,9 @@ _LID_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
 )) + """
 
 examples:
-  mmh-jax lid --estimator lpca --data lollipop --k 50 --out runs/lid.npz
-  mmh-jax lid --checkpoint runs/lollipop --estimator flipd --data train --out runs/lid_theta.npz
-  mmh-jax lid --checkpoint runs/lollipop --estimator normal-bundle --data samples --n 500"""
+  mmh-jax lid --estimator lpca --data lollipop --k 50 --out runs/lid             # writes runs/lid/lid.npz
+  mmh-jax lid --checkpoint runs/lollipop --estimator flipd --data train --out runs/lid_theta
+  mmh-jax lid --checkpoint runs/lollipop --step 2000 --estimator normal-bundle --data samples --n 500"""
 
 
 def _add_lid(sub) -> None:
@@ -431,9 +441,12 @@ def _add_train(sub) -> None:
         help="train a diffusion model (MLP or U-Net) or normalizing flows (flow, lidl) with checkpoints; resumable",
         description="Train an epsilon-prediction diffusion model on the VP-SDE with AdamW (warm-up, cosine decay, "
         "clipping) and EMA. Checkpoints are written atomically every --checkpoint-every steps (last --keep kept); "
-        "Ctrl-C or SIGTERM saves a checkpoint and exits (code 130 / 143). --steps is the TOTAL number of steps: "
-        "--resume --steps 300 after a 150-step run "
-        "trains 150 more, with exactly the parameters of an uninterrupted run.",
+        "Ctrl-C or SIGTERM stops at the next safe point (between dispatches), saves a checkpoint and exits "
+        "(code 130 / 143); a second signal stops at once, without saving. --steps is the TOTAL number of steps. "
+        "--resume with the same --steps continues exactly: the parameters of an uninterrupted run. With a larger "
+        "--steps it extends the run: the learning-rate schedule is planned anew for the new total (a warm "
+        "restart), so the result is not that of an uninterrupted run of that length. Fewer --steps than the run "
+        "has done is an error, and so is --resume where --out holds no run.",
     )
     _common(p, "mmh_jax_out/train", fills=" (checkpoints/, config.json, train_log.jsonl, loss.png)",
             overwrite="delete the run already in --out and start a new one (default: refuse; --resume continues it)")

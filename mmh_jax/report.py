@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -67,22 +66,29 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 def write_text(path: str, text: str) -> None:
     """Write atomically: a temporary file in the same directory, then ``os.replace``.
 
+    The file gets the mode a plain ``open(path, "w")`` gives a new file: 0666 less the umask
+    (0644 under the usual umask 022), so whoever may read the run's PNGs may read its report too.
+    The temporary file is created with ``os.open(..., 0o666)``, so the kernel applies the umask
+    (and a directory's default ACL) exactly as for ``open``; the process umask is never changed.
     An interrupted or failed write leaves any earlier file at ``path`` as it was.
 
     Raises:
       OSError: the directory cannot be created or written (the temporary file is removed).
 
     Examples:
-      >>> import os, tempfile
+      >>> import os, stat, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "sub", "note.txt")
       >>> write_text(path, "hello")
       >>> import pathlib
       >>> pathlib.Path(path).read_text(), sorted(os.listdir(os.path.dirname(path)))
       ('hello', ['note.txt'])
+      >>> umask = os.umask(0o022); _ = os.umask(umask)  # read the umask back (doctest only)
+      >>> stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+      True
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    fd, tmp = _create_temporary(directory)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -91,6 +97,22 @@ def write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _create_temporary(directory: str) -> tuple[int, str]:
+    """A new, exclusively created file in ``directory`` with mode 0666 less the umask: ``(fd, path)``.
+
+    Unlike ``tempfile.mkstemp`` (always 0600, for secrets), the mode is what ``open`` would give.
+    """
+    import secrets
+
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory!r}")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -176,8 +198,12 @@ def plot_flipd_curves(
     plt.close(fig)
 
 
-def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: str, footer: str = "") -> str:
+def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: str, footer: str = "",
+                banner: str = "") -> str:
     """A self-contained HTML page: each section's reading, table and figures (PNGs embedded as base64).
+
+    ``banner`` (plain text), when given, is shown above everything else in a warning box (e.g. "this
+    is a smoke run").
 
     Each section is a mapping with ``title``, optional ``reading`` (plain text), ``rows`` (a list of
     mappings shown as a table) and ``figures`` (PNG paths relative to ``base_dir``; missing ones are
@@ -190,6 +216,8 @@ def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: 
       >>> page = html_report("r", [{"title": "toy", "reading": "a < b", "rows": [{"k": 1}]}], base_dir=".")
       >>> "<h2>toy</h2>" in page and "a &lt; b" in page
       True
+      >>> "class='banner'" in html_report("r", [], base_dir=".", banner="smoke run")
+      True
     """
     import base64
     import html
@@ -200,9 +228,12 @@ def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: 
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
         "font-size:0.9em;text-align:left}img{max-width:100%;margin:0.4em 0}.reading{background:#f4f6f8;"
-        "padding:0.6em 1em;border-left:4px solid #4a7}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        "padding:0.6em 1em;border-left:4px solid #4a7}.banner{background:#fff3cd;border:2px solid #e0a800;"
+        "padding:0.6em 1em;font-weight:bold}</style></head><body>",
     ]
+    if banner:
+        parts.append(f"<p class='banner' role='alert'>{html.escape(banner)}</p>")
+    parts.append(f"<h1>{html.escape(title)}</h1>")
     for sec in sections:
         parts.append(f"<h2>{html.escape(str(sec['title']))}</h2>")
         if sec.get("reading"):

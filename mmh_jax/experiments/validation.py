@@ -9,7 +9,11 @@ samples of the same distributions. Writes to the output directory:
   fraction exactly right after rounding) and the seconds it took (compile included); the seed,
   the configuration and :func:`mmh_jax.provenance.provenance` (package versions, backend);
 - ``table.md``: the same as a markdown table;
-- ``flipd_curves.png``: FLIPD curves of a few points per case with their kneedle knees.
+- ``flipd_curves.png``: FLIPD curves of a few points per case with their kneedle knees;
+- ``report.html``: the table and the figure in one self-contained page.
+
+A directory holding an ``mmh-jax run`` experiments report is refused before any work unless
+``overwrite=True``, which removes that run's results first.
 
 Examples:
   >>> cfg = preset("quick")
@@ -172,10 +176,17 @@ def _decoder_lids(a, zs):
     return threshold, jax.vmap(lambda z: lid.fast_flow_lidl(g, z, delta=-3.0))(zs)
 
 
-def run(config: ValidationConfig, workdir: str, *, progress: bool = True) -> dict[str, Any]:
-    """Run the validation and write the report into ``workdir``; returns the metrics dict."""
+def run(config: ValidationConfig, workdir: str, *, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run the validation and write the report into ``workdir``; returns the metrics dict.
+
+    Raises:
+      ValueError: (:class:`~mmh_jax.experiments.pipeline.run.OtherRunError`) ``workdir`` holds an
+        ``mmh-jax run`` experiments report and ``overwrite`` is False (checked before any work; with
+        ``overwrite`` that report's files are removed first).
+    """
     from tqdm.auto import tqdm
 
+    _check_out(workdir, overwrite)
     os.makedirs(workdir, exist_ok=True)
     vp = VPSDE()
     t0s = jnp.geomspace(config.t0_grid[0], config.t0_grid[1], config.t0_grid[2])
@@ -263,7 +274,45 @@ def run(config: ValidationConfig, workdir: str, *, progress: bool = True) -> dic
     )
     report.write_text(os.path.join(workdir, "table.md"), header + table + "\n")
     report.plot_flipd_curves(os.path.join(workdir, "flipd_curves.png"), panels)
+    _write_html(config, metrics, workdir)
     if progress:
         print(table)
-        print(f"\nreport written to {os.path.abspath(workdir)}/ (metrics.json, table.md, flipd_curves.png)")
+        print(f"\nreport: {os.path.abspath(os.path.join(workdir, 'report.html'))} (with metrics.json, table.md, "
+              "flipd_curves.png)")
     return metrics
+
+
+def _write_html(config: ValidationConfig, metrics: dict[str, Any], workdir: str) -> None:
+    """``workdir/report.html``: the results table and the FLIPD curves, self-contained."""
+    reading = (
+        "Every estimator on distributions whose LID is known in closed form (Gaussians and mixtures of Gaussians "
+        "on affine subspaces, whose VP-SDE score is exact; linear decoders with known singular values), so any "
+        f"error is the estimator's own. FLIPD at t0 = {config.t0}; knee over {config.t0_grid[2]} log-spaced t0 in "
+        f"[{config.t0_grid[0]}, {config.t0_grid[1]}]; normal bundle at t = {config.normal_bundle_t}; seconds "
+        "include compilation. frac_exact: the fraction of points whose rounded estimate is the true LID."
+    )
+    sections = [{"title": "LID estimators on closed-form ground truth", "reading": reading,
+                 "rows": metrics["results"], "figures": ["flipd_curves.png"]}]
+    footer = (f"mmh-jax run validation, seed {config.seed}, backend {metrics['backend']} × {metrics['devices']}. "
+              "Full configuration and every number in metrics.json (table.md: the same table in markdown).")
+    report.write_text(os.path.join(workdir, "report.html"),
+                      report.html_report("LID estimator validation: mmh-jax run validation", sections,
+                                         base_dir=workdir, footer=footer))
+
+
+def _check_out(workdir: str, overwrite: bool) -> None:
+    """Refuse (or with ``overwrite`` remove) another command's report in ``workdir``; an earlier
+    validation there is replaced as a whole (every file is rewritten)."""
+    from mmh_jax.experiments.pipeline import run as pipeline_run
+
+    if not os.path.exists(os.path.join(workdir, "metrics.json")):
+        return
+    previous = pipeline_run._previous(workdir)
+    kind = pipeline_run._kind(previous)
+    if kind != "run":  # an earlier validation, or an unreadable metrics.json: replaced
+        return
+    if not overwrite:
+        raise pipeline_run.OtherRunError(
+            f"--out {workdir!r} holds an `mmh-jax run` experiments report; `mmh-jax run validation` would mix its "
+            "results with it: choose another --out, or pass --overwrite to replace it.")
+    pipeline_run._remove_run(workdir, previous, kind)

@@ -203,14 +203,14 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     return DigitsSetup(model, train_x, train_labels, d.x[tr], d.labels[tr], dup, d.x[ho], d.labels[ho])
 
 
-def user_setup(checkpoint: str, data: str, ctx: Context) -> DigitsSetup:
+def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = None) -> DigitsSetup:
     """A user's own model (``mmh-jax train`` run directory) and training data (any path that
     ``mmh-jax train`` reads), for the detection experiment. Duplicated training points are found as
     exact repeats in the data; there is no held-out set."""
     from mmh_jax.experiments import train_cmd
     from mmh_jax.trained import load
 
-    model = load(checkpoint)
+    model = load(checkpoint, step=step)
     cfg = train_cmd.TrainConfig(data=data, model=model.config["model"],
                                 model_kwargs=dict(model.config.get("model_kwargs") or {}))
     x, labels = train_cmd.load_training_data(cfg)

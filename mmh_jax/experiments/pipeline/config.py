@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["EXPERIMENTS", "ImagesConfig", "MitigationConfig", "PRESETS", "RunConfig", "ToyConfig", "preset"]
+__all__ = ["EXPERIMENTS", "ImagesConfig", "MitigationConfig", "PRESETS", "RunConfig", "SMOKE_PRESETS", "ToyConfig",
+           "preset"]
 
 #: The experiments of ``mmh-jax run``, in the order they run.
 EXPERIMENTS = ("toy", "images", "conditional", "mitigation")
@@ -119,12 +120,16 @@ class RunConfig:
     """The whole run: which experiments, and each one's settings.
 
     ``checkpoint`` and ``data`` (together) run the detection part (``images``) on a user's own model
-    (an ``mmh-jax train`` run directory) and its training data instead of the embedded digits.
+    (an ``mmh-jax train`` run directory) and its training data instead of the embedded digits;
+    ``step`` picks the checkpoint step of that run (None: the newest).
 
     ``fast_compile`` compiles every program with XLA's optimisations mostly off (JAX's
     ``jax_disable_most_optimizations``): for runs whose programs are tiny, where optimising them
     costs more time than running them unoptimised (the ``quick`` preset: 61 s → 41 s wall on 2
     CPU cores). Results then differ from an optimised build in the last bits only.
+
+    ``preset`` names the preset the sizes came from (:func:`preset` sets it; ``quick`` marks a smoke
+    run, see :data:`SMOKE_PRESETS`); it is recorded in ``metrics.json`` and the report.
     """
 
     experiments: tuple[str, ...] = EXPERIMENTS
@@ -135,7 +140,12 @@ class RunConfig:
     images: ImagesConfig = ImagesConfig()
     mitigation: MitigationConfig = MitigationConfig()
     fast_compile: bool = False
+    preset: str = "default"
+    step: int | None = None
 
+
+#: Presets whose sizes only exercise the code: their numbers are not findings (the report says so).
+SMOKE_PRESETS = ("quick",)
 
 #: Per preset: overrides of each experiment's config, and under "run" those of :class:`RunConfig`.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -161,7 +171,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def preset(name: str, *, experiments=None, seed: int | None = None, checkpoint: str | None = None,
-           data: str | None = None) -> RunConfig:
+           data: str | None = None, step: int | None = None) -> RunConfig:
     """The named preset; ``experiments`` (names from :data:`EXPERIMENTS`) selects a subset."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}.")
@@ -171,6 +181,7 @@ def preset(name: str, *, experiments=None, seed: int | None = None, checkpoint: 
         "images": ImagesConfig(**p.get("images", {})),
         "mitigation": MitigationConfig(**p.get("mitigation", {})),
         **p.get("run", {}),
+        "preset": name,
     }
     if experiments:
         bad = [e for e in experiments if e not in EXPERIMENTS]
@@ -182,8 +193,10 @@ def preset(name: str, *, experiments=None, seed: int | None = None, checkpoint: 
     if (checkpoint is None) != (data is None):
         raise ValueError("checkpoint and data go together: pass both --checkpoint DIR and --data PATH "
                          f"(got checkpoint={checkpoint!r}, data={data!r}).")
+    if step is not None and checkpoint is None:
+        raise ValueError(f"--step {step} picks a checkpoint of --checkpoint DIR; pass --checkpoint too, or drop --step.")
     if checkpoint is not None:
-        fields.update(checkpoint=checkpoint, data=data)
+        fields.update(checkpoint=checkpoint, data=data, step=step)
         allowed = ("images",)
         chosen = fields.get("experiments", allowed)
         if any(e not in allowed for e in chosen):

@@ -66,7 +66,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
     from mmh_jax import lid, memorization
 
     cfg = config.images
-    setup = user_setup(config.checkpoint, config.data, ctx) if config.checkpoint else digits_setup(cfg, ctx)
+    setup = user_setup(config.checkpoint, config.data, ctx, step=config.step) if config.checkpoint else digits_setup(cfg, ctx)
     model = setup.model
     _check_default_sde(model)
     key = jax.random.key(ctx.seed + 2)
