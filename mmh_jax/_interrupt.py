@@ -127,3 +127,6 @@ def deferred():
             watcher.join(timeout=1.0)
         if not watcher.is_alive():  # closing the fd under a blocked read would be unsafe
             os.close(read_fd)
+        # Forget the signal: outside ``deferred`` check() is a no-op again (a later library call in the
+        # same process, e.g. after cli.main returned 130, must not stop at its first safe point).
+        _requested, _count = None, 0

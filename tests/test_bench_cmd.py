@@ -33,7 +33,10 @@ def test_bench_writes_rows_ratios_and_not_run_settings(tmp_path, capsys):
 
 
 def test_bench_bad_arguments(tmp_path, capsys):
-    assert cli.main(["bench", "--dims", "0", "--out", str(tmp_path / "b")]) == 2
-    assert "dims must be >= 1" in capsys.readouterr().err
+    assert cli.main(["bench", "--dims", "0", "--out", str(tmp_path / "b")]) == 2  # refused by argparse
+    assert "argument --dims: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="dims must be >= 1"):  # the library checks it too
+        bench_cmd.run(bench_cmd.preset("quick", dims=(0,)), str(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
     with pytest.raises(ValueError, match="estimators must be among"):
         bench_cmd.run(bench_cmd.preset("quick", estimators=("flipd",)), str(tmp_path / "c"))

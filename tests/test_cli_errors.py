@@ -77,12 +77,22 @@ def run_dirs(tmp_path_factory, tiny_run):
     return {"good": good, "other_model": other, "damaged": damaged}
 
 
+def _contents(directory) -> dict[str, bytes]:
+    """{name: bytes} of the files in ``directory``."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
 @pytest.fixture
 def good_out(tmp_path):
-    """An output file from an earlier, successful run; a failing command must leave it as it is."""
-    out = tmp_path / "result.npz"
-    np.savez(out, lid=np.arange(5, dtype=np.float32))
-    return out, out.read_bytes()
+    """An --out directory holding the outputs of an earlier, successful run (lid.npz of `lid`,
+    samples.npz of `sample`); a failing command, even with --overwrite, must leave it as it is.
+
+    Returns the directory and its contents (compare with :func:`_contents`)."""
+    out = tmp_path / "result"
+    out.mkdir()
+    np.savez(out / "lid.npz", lid=np.arange(5, dtype=np.float32))
+    np.savez(out / "samples.npz", x=np.zeros((3, 2), np.float32))
+    return out, _contents(out)
 
 
 LID_DATA_CASES = [
@@ -104,11 +114,11 @@ LID_DATA_CASES = [
 @pytest.mark.parametrize("name, match", LID_DATA_CASES, ids=[c[0] for c in LID_DATA_CASES])
 def test_lid_bad_data(files, good_out, capsys, name, match):
     out, before = good_out
-    rc = cli.main(["lid", "--data", str(files / name), "--k", "5", "--out", str(out)])
+    rc = cli.main(["lid", "--data", str(files / name), "--k", "5", "--out", str(out), "--overwrite"])
     assert rc == 2
     line = _error_line(capsys.readouterr().err, "lid")
     assert re.search(match, line), line
-    assert out.read_bytes() == before
+    assert _contents(out) == before
 
 
 @pytest.mark.parametrize("name, match", [("nan.npy", "non-finite"), ("empty.npy", "empty"),
@@ -116,10 +126,10 @@ def test_lid_bad_data(files, good_out, capsys, name, match):
 def test_lid_bad_queries(files, good_out, capsys, name, match):
     out, before = good_out
     rc = cli.main(["lid", "--data", str(files / "good.npy"), "--k", "5", "--queries", str(files / name),
-                   "--out", str(out)])
+                   "--out", str(out), "--overwrite"])
     assert rc == 2
     assert match in _error_line(capsys.readouterr().err, "lid")
-    assert out.read_bytes() == before
+    assert _contents(out) == before
 
 
 TRAIN_DATA_CASES = [
@@ -149,10 +159,10 @@ def test_train_bad_data_fails_before_training(files, tmp_path, capsys, name, mat
 def test_missing_checkpoints(tmp_path, good_out, capsys, command, which, match):
     ckpt = {"missing": tmp_path / "nope", "empty_dir": tmp_path}[which]
     out, before = good_out
-    rc = cli.main([*CHECKPOINT_COMMANDS[command], "--checkpoint", str(ckpt), "--out", str(out)])
+    rc = cli.main([*CHECKPOINT_COMMANDS[command], "--checkpoint", str(ckpt), "--out", str(out), "--overwrite"])
     assert rc == 2
     assert match in _error_line(capsys.readouterr().err, command)
-    assert out.read_bytes() == before
+    assert _contents(out) == before
 
 
 CHECKPOINT_COMMANDS = {
@@ -179,15 +189,17 @@ print(json.dumps(results))
 
 def test_checkpoints_of_another_model_or_damaged(run_dirs, tmp_path):
     """sample, lid and run on a checkpoint whose config names another network, and on one with
-    truncated parameter files: a one-line error each, and the earlier outputs stay as they were."""
+    truncated parameter files: a one-line error each, and the earlier outputs stay as they were
+    (sample and lid with --overwrite: the earlier output is replaced only by a finished one)."""
+    earlier = {"run": "metrics.json", "sample": "samples.npz", "lid": "lid.npz"}
     cases, outs = [], []
     for which in ("other_model", "damaged"):
         for command, argv in CHECKPOINT_COMMANDS.items():
-            out = tmp_path / f"{command}_{which}" / ("metrics.json" if command == "run" else "result.npz")
+            out = tmp_path / f"{command}_{which}" / earlier[command]
             out.parent.mkdir()
             out.write_bytes(b"an earlier, good result")
-            cases.append((command, [*argv, "--checkpoint", str(run_dirs[which]),
-                                    "--out", str(out.parent if command == "run" else out)]))
+            cases.append((command, [*argv, "--checkpoint", str(run_dirs[which]), "--out", str(out.parent),
+                                    *([] if command == "run" else ["--overwrite"])]))
             outs.append(out)
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([argv for _, argv in cases])],
                           capture_output=True, text=True, timeout=300)
@@ -200,21 +212,23 @@ def test_checkpoints_of_another_model_or_damaged(run_dirs, tmp_path):
         if "other_model" in " ".join(argv):  # refused from the stored shapes, before any read
             assert "hidden_0.kernel: stored float32[2, 128], expected float32[2, 64]" in line, line
         assert out.read_bytes() == b"an earlier, good result", argv
+        assert os.listdir(out.parent) == [out.name], argv
 
 
 def test_lid_with_checkpoint_refuses_bad_points(run_dirs, files, good_out, capsys):
     out, before = good_out
     for name, match in [("nan.npy", "non-finite"), ("wide.npy", "event shape"), ("empty.npy", "no points"),
                         ("damaged.npz", "not a readable numpy")]:
-        rc = cli.main(["lid", "--checkpoint", str(run_dirs["good"]), "--data", str(files / name), "--out", str(out)])
+        rc = cli.main(["lid", "--checkpoint", str(run_dirs["good"]), "--data", str(files / name), "--out", str(out),
+                       "--overwrite"])
         assert rc == 2, name
         assert match in _error_line(capsys.readouterr().err, "lid"), name
-    assert out.read_bytes() == before
+    assert _contents(out) == before
 
 
 @pytest.mark.parametrize("where", [["--debug", "lid"], ["lid", "--debug"]])
 def test_debug_shows_the_traceback(files, tmp_path, capsys, where):
-    rc = cli.main([*where, "--data", str(files / "nan.npy"), "--out", str(tmp_path / "o.npz")])
+    rc = cli.main([*where, "--data", str(files / "nan.npy"), "--out", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "load_array" in err
@@ -224,27 +238,43 @@ def test_debug_shows_the_traceback(files, tmp_path, capsys, where):
 def test_unexpected_errors_are_one_line_too(monkeypatch, tmp_path, capsys):
     from mmh_jax.experiments import lid_cmd
 
-    def broken(config, out):
+    def broken(config, out, *, overwrite=False):
         raise RuntimeError("something\nunforeseen")
 
     monkeypatch.setattr(lid_cmd, "run", broken)
-    assert cli.main(["lid", "--out", str(tmp_path / "o.npz")]) == 1
+    assert cli.main(["lid", "--out", str(tmp_path / "o")]) == 1
     line = _error_line(capsys.readouterr().err, "lid")
     assert line == "mmh-jax lid: error: RuntimeError: something unforeseen (run with --debug for the traceback)"
-    assert cli.main(["--debug", "lid", "--out", str(tmp_path / "o.npz")]) == 1
+    assert cli.main(["--debug", "lid", "--out", str(tmp_path / "o")]) == 1
     assert "Traceback" in capsys.readouterr().err
 
 
 def test_ctrl_c_outside_training_exits_130_without_traceback(monkeypatch, tmp_path, capsys):
+    """Ctrl-C (a real SIGINT to this process) during `lid`: the CLI's handler records it, the work
+    stops at its next safe point (``_interrupt.check()``), exit 130 with a message, no traceback."""
+    import signal
+    import time
+
+    from mmh_jax import _interrupt
     from mmh_jax.experiments import lid_cmd
 
-    def interrupted(config, out):
-        raise KeyboardInterrupt
+    reached = []
+
+    def interrupted(config, out, *, overwrite=False):
+        os.kill(os.getpid(), signal.SIGINT)  # recorded by the CLI's handler, not raised here
+        deadline = time.monotonic() + 5
+        while _interrupt.requested() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _interrupt.check()  # the safe point: raises Interrupted
+        reached.append("after the safe point")
 
     monkeypatch.setattr(lid_cmd, "run", interrupted)
-    assert cli.main(["lid", "--out", str(tmp_path / "o.npz")]) == 130
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["lid", "--out", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "interrupted" in err
+    assert "Traceback" not in err and "mmh-jax lid: interrupted by SIGINT" in err, err
+    assert reached == []
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
 @pytest.fixture
@@ -294,15 +324,15 @@ def test_unwritable_out_is_refused_before_work(tmp_path, capsys, no_work, monkey
 def test_full_disk_is_refused_before_work(tmp_path, capsys, no_work, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=3 * 2**20))
-    rc = cli.main(["lid", "--preset", "quick", "--out", str(tmp_path / "lid.npz")])
+    rc = cli.main(["lid", "--preset", "quick", "--out", str(tmp_path / "lid")])
     assert rc == 2 and no_work == []
     assert "only 3.0 MiB free" in _error_line(capsys.readouterr().err, "lid")
 
 
 def test_writable_out_passes_the_check_and_creates_nothing(tmp_path):
-    cli.check_out(str(tmp_path / "new" / "deeper" / "out.npz"))
+    cli.check_out(str(tmp_path / "new" / "deeper" / "out"))
     cli.check_out(str(tmp_path))
     existing = tmp_path / "old.npz"
     existing.write_bytes(b"x")
-    cli.check_out(str(existing))  # an existing output file is replaced later, not refused
+    cli.check_out(str(existing))  # writable; that --out names a file is refused later, by the command
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.npz"]

@@ -35,7 +35,7 @@ def two_runs(tmp_path_factory, tiny_run):
     shutil.copytree(tiny_run, a)
     assert cli.main([*TRAIN, "--out", str(b)]) == 0
     for out in (a, b):
-        assert cli.main([*LID, "--checkpoint", str(out), "--out", str(out / "lid.npz")]) == 0
+        assert cli.main([*LID, "--checkpoint", str(out), "--out", str(out / "lid")]) == 0  # writes lid/lid.npz
     return a, b
 
 
@@ -45,7 +45,7 @@ def test_same_seed_gives_identical_parameters_and_estimates(two_runs):
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    with np.load(two_runs[0] / "lid.npz") as fa, np.load(two_runs[1] / "lid.npz") as fb:
+    with np.load(two_runs[0] / "lid" / "lid.npz") as fa, np.load(two_runs[1] / "lid" / "lid.npz") as fb:
         assert sorted(fa.files) == sorted(fb.files)
         for k in fa.files:
             np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
@@ -53,9 +53,9 @@ def test_same_seed_gives_identical_parameters_and_estimates(two_runs):
 
 
 def test_another_seed_gives_other_estimates(two_runs, tmp_path):
-    out = tmp_path / "lid.npz"
+    out = tmp_path / "lid"
     assert cli.main([*LID[:-1], "4", "--checkpoint", str(two_runs[0]), "--out", str(out)]) == 0
-    with np.load(two_runs[0] / "lid.npz") as fa, np.load(out) as fb:
+    with np.load(two_runs[0] / "lid" / "lid.npz") as fa, np.load(out / "lid.npz") as fb:
         assert not np.array_equal(fa["index"], fb["index"])  # another seed, another subsample
 
 

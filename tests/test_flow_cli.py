@@ -87,11 +87,11 @@ def _lid(argv, capsys):
 
 
 def test_lid_lidl_matches_direct_calls(run_dir, tmp_path, capsys):
-    out = tmp_path / "lidl.npz"
+    out = tmp_path / "lidl"
     rc, text, err = _lid(["--checkpoint", run_dir, "--estimator", "lidl", "--n", "24", "--seed", "1", "--out",
                           str(out)], capsys)
     assert rc == 0, err
-    with np.load(out) as f:
+    with np.load(out / "lid.npz") as f:
         res = dict(f)
     assert set(res) == {"lid", "x", "index", "truth", "component", "deltas", "log_probs"}
     assert res["lid"].shape == (24,) and res["log_probs"].shape == (24, 3)
@@ -107,11 +107,11 @@ def test_lid_lidl_matches_direct_calls(run_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("estimator", ["flow-jacobian", "fast-flow-lidl"])
 def test_lid_jacobian_estimators_match_direct_calls(run_dir, tmp_path, capsys, estimator):
-    out = tmp_path / "jac.npz"
+    out = tmp_path / "jac"
     rc, text, err = _lid(["--checkpoint", run_dir, "--estimator", estimator, "--n", "16", "--tau", "-2.5",
                           "--tau-grid", "-8", "2", "21", "--out", str(out)], capsys)
     assert rc == 0, err
-    with np.load(out) as f:
+    with np.load(out / "lid.npz") as f:
         res = dict(f)
     assert res["curves"].shape == (16, 21) and res["lid_plateau"].shape == (16,)
     np.testing.assert_allclose(res["taus"], np.linspace(-8, 2, 21), rtol=1e-6)
@@ -138,14 +138,15 @@ def test_lid_jacobian_estimators_match_direct_calls(run_dir, tmp_path, capsys, e
 
 
 def test_lid_errors_name_the_fix(run_dir, tmp_path, capsys):
-    rc, _, err = _lid(["--checkpoint", run_dir, "--estimator", "flipd", "--out", str(tmp_path / "a.npz")], capsys)
+    rc, _, err = _lid(["--checkpoint", run_dir, "--estimator", "flipd", "--out", str(tmp_path / "a")], capsys)
     assert rc == 2 and "needs a diffusion model" in err and "lidl, flow-jacobian, fast-flow-lidl" in err
     rc, _, err = _lid(["--checkpoint", run_dir, "--estimator", "lidl", "--tau", "-3", "--out",
-                       str(tmp_path / "b.npz")], capsys)
+                       str(tmp_path / "b")], capsys)
     assert rc == 2 and "--tau applies to flow-jacobian and fast-flow-lidl only" in err
     rc, _, err = _lid(["--checkpoint", run_dir, "--estimator", "flow-jacobian", "--tau-grid", "1", "0", "5",
-                       "--out", str(tmp_path / "c.npz")], capsys)
+                       "--out", str(tmp_path / "c")], capsys)
     assert rc == 2 and "tau_grid must be (min, max, num) with min < max" in err
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused before writing anything
 
 
 def test_train_flow_errors_name_the_fix(tmp_path, capsys):

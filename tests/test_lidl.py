@@ -127,9 +127,10 @@ def test_default_lidl_run_recovers_per_component_lid(data, tmp_path):
     out = str(tmp_path / "run")
     train_cmd.run(train_cmd.preset("full", model="lidl", data=data), out, progress=False)
     for estimator, keys in (("lidl", ("lid",)), ("flow-jacobian", ("lid", "lid_plateau"))):
-        npz = str(tmp_path / f"{estimator}.npz")
-        model_lid.run(model_lid.preset("full", checkpoint=out, estimator=estimator, n=600), npz, progress=False)
-        with np.load(npz) as f:
+        lid_dir = tmp_path / estimator  # --out is the directory lid fills: lid.npz inside
+        model_lid.run(model_lid.preset("full", checkpoint=out, estimator=estimator, n=600), str(lid_dir),
+                      progress=False)
+        with np.load(lid_dir / "lid.npz") as f:
             for key in keys:
                 for c in np.unique(f["component"]):
                     sel = f["component"] == c

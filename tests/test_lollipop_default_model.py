@@ -13,9 +13,9 @@ from mmh_jax import cli
 def test_default_lollipop_model_flipd_and_knee_per_component(tmp_path):
     run = tmp_path / "lolli"
     assert cli.main(["train", "--data", "lollipop", "--model", "mlp", "--out", str(run)]) == 0
-    out = tmp_path / "lid.npz"
+    out = tmp_path / "lid"
     assert cli.main(["lid", "--checkpoint", str(run), "--estimator", "flipd", "--data", "train", "--out", str(out)]) == 0
-    res = np.load(out)
+    res = np.load(out / "lid.npz")
     truth = {0: 2.0, 1: 1.0, 2: 0.0}
     assert sorted(np.unique(res["component"]).tolist()) == [0, 1, 2]
     for c, lid_star in truth.items():
