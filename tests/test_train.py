@@ -171,10 +171,12 @@ def test_train_and_sample_cli(tmp_path, capsys):
     assert cli.main(["train", "--preset", "quick", "--steps", "20", "--n", "300", "--out", out]) == 0
     assert cli.main(["train", "--preset", "quick", "--steps", "20", "--out", out]) == 2
     assert "--resume" in capsys.readouterr().err
-    samples = str(tmp_path / "s.npz")
-    assert cli.main(["sample", "--checkpoint", out, "--n", "4", "--num-steps", "5", "--out", samples]) == 0
-    assert np.load(samples)["x"].shape == (4, 2)
-    assert cli.main(["sample", "--checkpoint", str(tmp_path / "nope"), "--out", samples]) == 2
+    samples = tmp_path / "s"  # --out is the directory sample fills: samples.npz inside
+    assert cli.main(["sample", "--checkpoint", out, "--n", "4", "--num-steps", "5", "--out", str(samples)]) == 0
+    assert np.load(samples / "samples.npz")["x"].shape == (4, 2)
+    capsys.readouterr()
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(samples), "--overwrite"]) == 2
+    assert "no such directory" in capsys.readouterr().err
 
 
 def test_identity_check_compares_configs_as_saved():
