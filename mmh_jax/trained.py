@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmh_jax import _interrupt
 from mmh_jax import sample as sampling
 from mmh_jax.sde import VPSDE
 
@@ -169,6 +170,7 @@ class TrainedModel:
         fn = self._sampler(method, num_steps, guidance, conditional)
         out = []
         for start in range(0, n, batch_size):
+            _interrupt.check()  # between batches: a safe point to stop after a signal (CLI only)
             m = min(batch_size, n - start)
             keys = jax.random.split(jax.random.fold_in(key, start), m)
             out.append(np.asarray(fn(self.params, keys, jnp.asarray(labels[start:start + m]))))
@@ -304,7 +306,6 @@ def _load_flow(ckpt, meta) -> TrainedFlow:
     abstract = jax.eval_shape(lambda: train.init_ensemble_state(
         flow_train.init_params(module, jax.random.key(0), deltas.shape[0]), optimizer))
     state = ckpt.restore(abstract_like(abstract), meta["step"])
-    ckpt.close()
     return TrainedFlow(module=module, params=state.ema_params, deltas=deltas, config=config, step=int(meta["step"]))
 
 
@@ -328,7 +329,11 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | Trai
 
     Raises:
       FileNotFoundError: no such directory.
-      mmh_jax.checkpoint.CheckpointError: no checkpoint there, or an unreadable one.
+      mmh_jax.checkpoint.DamagedCheckpointError: the checkpoint cannot be read back (truncated,
+        overwritten or missing files) or its parameters hold NaN or inf; the one-line message names
+        the intact steps to pass as ``step`` (``--step`` on the command line).
+      mmh_jax.checkpoint.CheckpointError: no checkpoint there (or none at ``step``), or one of
+        another model.
 
     The example writes a checkpoint in the format ``mmh-jax train`` saves, with random parameters
     and the entries of the configuration that ``load`` reads (training even a tiny model would
@@ -359,8 +364,7 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | Trai
       ...
       FileNotFoundError: checkpoint_dir: no such directory 'no/such/run'.
     """
-    from mmh_jax import train
-    from mmh_jax.checkpoint import Checkpointer, abstract_like
+    from mmh_jax.checkpoint import Checkpointer
 
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint_dir: no such directory {checkpoint_dir!r}.")
@@ -368,6 +372,19 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | Trai
     if not os.path.isdir(ckpt_dir):
         ckpt_dir = checkpoint_dir
     ckpt = Checkpointer(ckpt_dir, read_only=True)
+    try:
+        return _load(ckpt, step)
+    finally:
+        ckpt.close()
+
+
+def _load(ckpt, step: int | None) -> TrainedModel | TrainedFlow:
+    """:func:`load` from an open (read-only) :class:`~mmh_jax.checkpoint.Checkpointer`."""
+    from mmh_jax import train
+    from mmh_jax.checkpoint import abstract_like
+
+    # Both raise DamagedCheckpointError (one line, the intact steps named) for a damaged step, and
+    # restore also for parameters that hold NaN or inf (a checkpoint written before save refused them).
     meta = ckpt.read_meta(step)
     config = meta["config"]
     if "flow_stats" in config:
@@ -382,7 +399,6 @@ def load(checkpoint_dir: str, *, step: int | None = None) -> TrainedModel | Trai
     abstract = abstract_like(jax.eval_shape(
         lambda: train.init_train_state(module.init(jax.random.key(0), *init_args), optimizer)))
     state = ckpt.restore(abstract, meta["step"])
-    ckpt.close()
     sde = VPSDE(**config.get("sde", {}))
     return TrainedModel(module=module, eps_apply=eps_apply, params=state.ema_params, sde=sde, config=config,
                         step=int(meta["step"]))

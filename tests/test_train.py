@@ -116,7 +116,7 @@ def _snapshot(folder):
     return {os.path.join(r, f): os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs}
 
 
-def test_corrupted_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
+def test_resume_skips_a_corrupted_checkpoint_says_so_and_keeps_its_files(tmp_path, capsys):
     out = str(tmp_path / "run")
     train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, progress=False)
     step_dir = os.path.join(out, "checkpoints", "20", "state")
@@ -125,13 +125,18 @@ def test_corrupted_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
     for v in victims:  # truncate every data file of the newest checkpoint
         with open(v, "r+b") as fh:
             fh.truncate(16)
-    before = _snapshot(out)
-    with pytest.raises(CheckpointError, match="20"):
-        train_cmd.run(train_cmd.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
-    assert {k: v for k, v in _snapshot(out).items() if "train_log" not in k} == \
-        {k: v for k, v in before.items() if "train_log" not in k}
-    # the older, intact checkpoint still loads
-    assert mmh_jax.load(out, step=10).step == 10
+    before = {k: v for k, v in _snapshot(out).items() if os.sep + "20" + os.sep in k}
+    with pytest.raises(CheckpointError, match="step 20 .* damaged.*intact steps: \\[10\\]"):
+        mmh_jax.load(out)
+    capsys.readouterr()
+    res = train_cmd.run(train_cmd.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "from its checkpoint at step 10" in err and "step 20 are damaged and were skipped" in err, err
+    assert res["step"] == 30 and mmh_jax.load(out).step == 30
+    # the damaged files are kept aside (same names and sizes) when step 20 is saved again
+    after = _snapshot(out)
+    assert {k.replace(os.sep + "20.damaged" + os.sep, os.sep + "20" + os.sep): v for k, v in after.items()
+            if "20.damaged" in k} == before
 
 
 def test_interrupted_save_leaves_previous_checkpoint_in_use(tmp_path):

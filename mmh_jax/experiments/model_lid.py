@@ -470,7 +470,7 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True, overwrite: b
     """
     import jax
 
-    from mmh_jax.checkpoint import CheckpointError
+    from mmh_jax.checkpoint import CheckpointError, DamagedCheckpointError
     from mmh_jax.trained import load
 
     out_path(out, overwrite=overwrite)
@@ -481,6 +481,8 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True, overwrite: b
         )
     try:
         model = load(config.checkpoint, step=config.step)
+    except DamagedCheckpointError:
+        raise  # its one line names the step, the intact ones and --step already
     except CheckpointError as e:
         raise CheckpointError(
             f"--checkpoint {config.checkpoint!r}: {e} Pass the run directory written by `mmh-jax train --out DIR`."

@@ -276,7 +276,7 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
 
     from mmh_jax import _interrupt, train
     from mmh_jax._compile import compiler_options
-    from mmh_jax.checkpoint import abstract_like
+    from mmh_jax.checkpoint import NonFiniteError, abstract_like
     from mmh_jax.trained import make_eps_apply
 
     key = jax.random.key(config.seed)
@@ -311,8 +311,7 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
         )
     log_path = os.path.join(out, "train_log.jsonl")
     if existing is not None:
-        ckpt.check_compatible(cfg)
-        state, existing = _restore(ckpt, abstract_like(state), config.steps, out)
+        state, existing = _restore(ckpt, abstract_like(state), cfg, config.steps, out)
         _trim_log(log_path, existing)
     _interrupt.check()
     data = jnp.asarray(x)
@@ -360,7 +359,13 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
             bar.update(n)
             bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.0f}")
             if int(state.step) - (saved or 0) >= config.checkpoint_every or int(state.step) >= config.steps:
-                ckpt.save(int(state.step), state, cfg)
+                try:
+                    ckpt.save(int(state.step), state, cfg)
+                except NonFiniteError as e:  # a finite loss, but the last update broke the parameters
+                    raise TrainingDiverged(
+                        f"{e} Training stopped; " + (f"the last good checkpoint is step {saved}" if saved is not None
+                                                     else "no checkpoint was saved") + ". Lower --lr."
+                    ) from e
                 saved = int(state.step)
     except KeyboardInterrupt:
         interrupted = True
@@ -381,15 +386,13 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
             "saved": saved}
 
 
-def _restore(ckpt, abstract, steps: int, out: str):
-    """The newest restorable state (damaged newer checkpoints are skipped, and said so) and its step."""
-    restore_newest = getattr(ckpt, "restore_newest_intact", None)
-    if restore_newest is not None:
-        state, step, skipped = restore_newest(abstract)
-    else:  # pragma: no cover - older Checkpointer
-        state, step, skipped = ckpt.restore(abstract), ckpt.latest_step(), []
+def _restore(ckpt, abstract, cfg: dict[str, Any], steps: int, out: str):
+    """The newest restorable state of this run and its step. Damaged newer checkpoints are skipped and
+    said so (a save of the same step later keeps the damaged one aside as ``<step>.damaged``); a
+    checkpoint of another configuration is refused."""
     from mmh_jax.checkpoint import CheckpointError
 
+    state, step, skipped = ckpt.restore_newest_intact(abstract, config=cfg)
     step = int(step)
     if step > steps:
         raise CheckpointError(
@@ -398,8 +401,9 @@ def _restore(ckpt, abstract, steps: int, out: str):
         )
     notes = [f"resuming the run in {out} from its checkpoint at step {step}"]
     if skipped:
-        notes.append(f"newer checkpoint(s) at step {', '.join(map(str, skipped))} are damaged and were skipped")
-    interrupted_saves = getattr(ckpt, "interrupted_saves", lambda: [])()
+        notes.append(f"newer checkpoint(s) at step {', '.join(map(str, skipped))} are damaged and were skipped "
+                     "(kept aside as <step>.damaged when that step is saved again)")
+    interrupted_saves = ckpt.interrupted_saves()
     if interrupted_saves:
         notes.append(f"{len(interrupted_saves)} save(s) cut short (e.g. by kill -9) are ignored")
     saved_steps = ckpt.read_meta(step)["config"].get("steps")
