@@ -16,17 +16,15 @@ in ``__cause__``). :meth:`Checkpointer.restore_newest_intact` resumes from the n
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
-import logging
 import os
-import sys
-import warnings
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from mmh_jax._orbax_quiet import close_abandoned_reads, leftover_reads_quiet, quiet_closed_loop_reports
 
 __all__ = ["CheckpointError", "DamagedCheckpointError", "NonFiniteError", "FORMAT", "Checkpointer"]
 
@@ -379,8 +377,8 @@ class Checkpointer:
     def _restore_checked(self, step: int, abstract_state):
         """The state at ``step``, its parameters finite; raises :class:`_Unreadable` otherwise."""
         # A failed orbax restore leaves its reads behind; they are finished here, quietly (see
-        # _leftover_reads_quiet and _close_abandoned_reads): the error raised says what went wrong.
-        with _leftover_reads_quiet():
+        # mmh_jax/_orbax_quiet.py): the error raised says what went wrong.
+        with leftover_reads_quiet():
             try:
                 out = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
@@ -391,10 +389,10 @@ class Checkpointer:
                 error = None
             if error is not None:
                 gc.collect()
-                _close_abandoned_reads()
+                close_abandoned_reads()
                 gc.collect()
         if error is not None:
-            _quiet_closed_loop_reports()
+            quiet_closed_loop_reports()
             raise _Unreadable("it is damaged (its arrays cannot be read)") from error
         state = out["state"]
         leaf = _first_nonfinite(state)
@@ -437,7 +435,7 @@ class Checkpointer:
 
     def _refuse_mismatch(self, step: int, abstract_state) -> None:
         # Shapes and dtypes are checked against the stored metadata first: a checkpoint of another
-        # model is then refused by name, before orbax starts any reads (see _leftover_reads_quiet).
+        # model is then refused by name, before orbax starts any reads (see mmh_jax/_orbax_quiet.py).
         mismatch = self._mismatch(step, abstract_state)
         if mismatch:
             raise CheckpointError(
@@ -493,108 +491,6 @@ def _by_name(tree) -> dict[str, str]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path, simple=True, separator="."):
             f"{jax.numpy.dtype(leaf.dtype).name}{list(leaf.shape)}" for path, leaf in leaves}
-
-
-@contextlib.contextmanager
-def _leftover_reads_quiet():
-    """Silence, while a restore runs and what it left behind is collected, the reports of reads a
-    failed orbax restore abandons: coroutines created but never awaited (a RuntimeWarning, or an
-    unraisable exception from their finalizer) and gathered futures whose error nobody retrieved
-    (an ``asyncio`` log record). The CheckpointError raised afterwards says what went wrong."""
-    asyncio_log = logging.getLogger("asyncio")
-    drop = _DropUnretrieved()
-    asyncio_log.addFilter(drop)
-    hook, sys.unraisablehook = sys.unraisablehook, _ignore_unraisable
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
-            yield
-    finally:
-        sys.unraisablehook = hook
-        asyncio_log.removeFilter(drop)
-
-
-class _DropUnretrieved(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "exception was never retrieved" not in record.getMessage()
-
-
-def _ignore_unraisable(unraisable) -> None:
-    """``sys.unraisablehook`` that drops the report (see :meth:`Checkpointer.restore`)."""
-
-
-def _close_abandoned_reads() -> None:
-    """Finish, now, the reads a failed orbax restore abandoned.
-
-    Orbax runs a restore's reads as asyncio tasks on an event loop of its own, and when one read
-    fails it closes that loop with the other reads still pending (and some finished with errors
-    nobody retrieved). Left alone they are finalized by the garbage collector at some later moment —
-    or at exit — and each prints a report: "Exception ignored in: <coroutine object
-    _read_array_index_and_device_put ...>" with a traceback (orbax turns the GeneratorExit of the
-    finalizer into an exception), or "Task/_GatheringFuture exception was never retrieved". Here,
-    inside :func:`_leftover_reads_quiet`, the pending tasks of orbax's closed loops are closed (their
-    errors dropped) and the errors of the finished ones retrieved, so nothing is left to report.
-    Only tasks and futures of closed loops that ran orbax coroutines are touched."""
-    import asyncio
-
-    orbax_dir = os.path.dirname(os.path.dirname(os.path.abspath(ocp.__file__)))  # .../orbax
-    on_closed = []
-    for obj in gc.get_objects():
-        if isinstance(obj, asyncio.Future):
-            try:
-                if obj.get_loop().is_closed():
-                    on_closed.append(obj)
-            except Exception:  # a future-like object without a usable loop
-                continue
-
-    def from_orbax(task) -> bool:
-        code = getattr(task.get_coro(), "cr_code", None)
-        return code is not None and os.path.abspath(code.co_filename).startswith(orbax_dir + os.sep)
-
-    loops = {id(f.get_loop()) for f in on_closed if isinstance(f, asyncio.Task) and from_orbax(f)}
-    for f in on_closed:
-        if id(f.get_loop()) not in loops:
-            continue
-        if not f.done():
-            if isinstance(f, asyncio.Task):
-                f._log_destroy_pending = False  # "Task was destroyed but it is pending!"
-                coro = f.get_coro()
-                try:
-                    coro.close()  # GeneratorExit at its await; orbax's read raises instead: dropped
-                except BaseException:  # noqa: BLE001 - whatever the abandoned read raises
-                    pass
-        elif not f.cancelled():
-            f.exception()  # marks the error retrieved: no "exception was never retrieved" report
-
-
-def _is_closed_loop_error(exc_type, exc, tb) -> bool:
-    """``RuntimeError('Event loop is closed')`` raised by asyncio's ``_check_closed``."""
-    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
-        return False
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
-
-
-def _quiet_closed_loop_reports() -> None:
-    """After a failed restore, reads that orbax had in flight finish on tensorstore's threads and try
-    to wake the event loop orbax already closed; each prints a "RuntimeError: Event loop is closed"
-    traceback at some later moment. Drop exactly those reports (unraisable or excepthook); every
-    other error is reported as before. Installed once per process."""
-    if getattr(sys.unraisablehook, "_mmh_quiet", False):
-        return
-    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
-
-    def unraisable(u):
-        if not _is_closed_loop_error(u.exc_type, u.exc_value, u.exc_traceback):
-            unraisable_hook(u)
-
-    def excepthook(exc_type, exc, tb):
-        if not _is_closed_loop_error(exc_type, exc, tb):
-            except_hook(exc_type, exc, tb)
-
-    unraisable._mmh_quiet = True
-    sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def abstract_like(tree):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mmh_jax import checkpoint, train
+from mmh_jax import _orbax_quiet, train
 from mmh_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
 
 
@@ -45,7 +45,7 @@ def test_leftover_reads_quiet_drops_only_its_own_reports(caplog):
     async def never_awaited():
         pass
 
-    with checkpoint._leftover_reads_quiet(), warnings.catch_warnings(record=True) as seen:
+    with _orbax_quiet.leftover_reads_quiet(), warnings.catch_warnings(record=True) as seen:
         log.error("Future exception was never retrieved")
         log.error("something else")
         coro = never_awaited()

@@ -4,7 +4,7 @@ import asyncio
 import sys
 import types
 
-from mmh_jax import checkpoint
+from mmh_jax import _orbax_quiet
 
 
 def _closed_loop_error():
@@ -21,8 +21,8 @@ def test_only_closed_loop_reports_are_dropped(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(("unraisable", u.exc_value)))
     monkeypatch.setattr(sys, "excepthook", lambda t, e, tb: seen.append(("except", e)))
-    checkpoint._quiet_closed_loop_reports()
-    checkpoint._quiet_closed_loop_reports()  # installed once: no second wrapper
+    _orbax_quiet.quiet_closed_loop_reports()
+    _orbax_quiet.quiet_closed_loop_reports()  # installed once: no second wrapper
 
     closed = _closed_loop_error()
     other = RuntimeError("something else")
@@ -35,5 +35,5 @@ def test_only_closed_loop_reports_are_dropped(monkeypatch):
                                                  err_msg=None, object=None))
         sys.excepthook(type(exc), exc, tb)
     assert seen == [("unraisable", other), ("except", other)]
-    assert checkpoint._is_closed_loop_error(type(closed), closed, closed.__traceback__)
-    assert not checkpoint._is_closed_loop_error(ValueError, ValueError("Event loop is closed"), None)
+    assert _orbax_quiet._is_closed_loop_error(type(closed), closed, closed.__traceback__)
+    assert not _orbax_quiet._is_closed_loop_error(ValueError, ValueError("Event loop is closed"), None)

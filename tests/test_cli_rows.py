@@ -31,6 +31,26 @@ def _main(argv, capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def _patch_loops(monkeypatch, on_call: int, action) -> None:
+    """The training loops ``train.make_train_loop`` builds run ``action(loop, args)`` at their
+    ``on_call``-th call instead of the loop itself."""
+    original = train.make_train_loop
+
+    def make(*a, **k):
+        loop, calls = original(*a, **k), [0]
+
+        def wrapped(*args):
+            calls[0] += 1
+            return action(loop, args) if calls[0] == on_call else loop(*args)
+        return wrapped
+
+    monkeypatch.setattr(train, "make_train_loop", make)
+
+
+def _ctrl_c(loop, args):
+    raise KeyboardInterrupt
+
+
 # -- numeric flags: refused before any work or file, the message names the flag ------------------------
 BAD_FLAGS = [
     (["--lr", "-1"], "argument --lr: must be a finite number > 0, got -1"),
@@ -126,18 +146,7 @@ def test_resume_semantics_interrupted_is_exact_extended_is_a_warm_restart(tmp_pa
     full, part, ext = tmp_path / "full", tmp_path / "part", tmp_path / "ext"
     assert cli.main([*TINY, "--steps", "200", "--checkpoint-every", "50", "--out", str(full)]) == 0
     original = train.make_train_loop
-
-    def stop_after_two(*a, **k):  # a Ctrl-C after the second dispatch (library path: KeyboardInterrupt)
-        loop, calls = original(*a, **k), [0]
-
-        def wrapped(*args):
-            calls[0] += 1
-            if calls[0] == 3:
-                raise KeyboardInterrupt
-            return loop(*args)
-        return wrapped
-
-    monkeypatch.setattr(train, "make_train_loop", stop_after_two)
+    _patch_loops(monkeypatch, 3, _ctrl_c)  # a Ctrl-C after the second dispatch (library path)
     assert cli.main([*TINY, "--steps", "200", "--checkpoint-every", "50", "--out", str(part)]) == 130
     monkeypatch.setattr(train, "make_train_loop", original)
     assert mmh_jax.load(str(part)).step == 100
@@ -158,22 +167,11 @@ def test_resume_semantics_interrupted_is_exact_extended_is_a_warm_restart(tmp_pa
 
 # -- a non-finite loss stops training and keeps the last good checkpoint ---------------------------------
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    import jax.numpy as jnp
+    def nan_loss(loop, args):
+        state, metrics = loop(*args)
+        return state, {**metrics, "loss": metrics["loss"] * np.nan}
 
-    original = train.make_train_loop
-
-    def nan_at_third(*a, **k):
-        loop, calls = original(*a, **k), [0]
-
-        def wrapped(*args):
-            calls[0] += 1
-            state, metrics = loop(*args)
-            if calls[0] == 3:
-                metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
-            return state, metrics
-        return wrapped
-
-    monkeypatch.setattr(train, "make_train_loop", nan_at_third)
+    _patch_loops(monkeypatch, 3, nan_loss)
     out = tmp_path / "run"
     rc, err = _main([*TINY, "--steps", "300", "--checkpoint-every", "100", "--out", str(out)], capsys)
     assert rc == 2, err
@@ -232,19 +230,7 @@ def test_an_out_that_names_a_file_is_refused(run100, tmp_path, capsys, command):
 
 # -- messages and figures ------------------------------------------------------------------------------
 def test_interrupted_and_finished_messages_go_to_stderr(tmp_path, capsys, monkeypatch):
-    original = train.make_train_loop
-
-    def interrupted_after_first(*a, **k):
-        loop, calls = original(*a, **k), [0]
-
-        def wrapped(*args):
-            calls[0] += 1
-            if calls[0] == 2:
-                raise KeyboardInterrupt
-            return loop(*args)
-        return wrapped
-
-    monkeypatch.setattr(train, "make_train_loop", interrupted_after_first)
+    _patch_loops(monkeypatch, 2, _ctrl_c)
     assert cli.main([*TINY, "--steps", "200", "--out", str(tmp_path / "run")]) == 130
     captured = capsys.readouterr()
     assert "interrupted: checkpoint saved at step 50" in captured.err and "interrupted" not in captured.out
