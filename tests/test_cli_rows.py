@@ -258,3 +258,59 @@ def test_sample_works_on_a_flow_run(tmp_path, capsys):
     assert x.shape == (6, 2) and np.isfinite(x).all()
     rc, err = _main(["sample", "--checkpoint", str(run), "--method", "ddim", "--out", str(tmp_path / "t")], capsys)
     assert rc == 2 and "--method: the model in" in err and "normalizing flow" in err, err
+
+
+# -- --step: a damaged newest checkpoint names the intact ones, and --step picks one --------------------
+def test_step_picks_an_intact_checkpoint_when_the_newest_is_damaged(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main([*TINY, "--steps", "100", "--checkpoint-every", "50", "--out", str(run)]) == 0
+    for root, _, files in os.walk(run / "checkpoints" / "100" / "state"):
+        for f in files:
+            path = os.path.join(root, f)
+            if os.path.getsize(path) > 64:
+                with open(path, "r+b") as fh:
+                    fh.truncate(16)
+    rc, err = _main(["sample", "--checkpoint", str(run), "--n", "4", "--num-steps", "2", "--out",
+                     str(tmp_path / "a")], capsys)
+    line = err.strip().splitlines()[-1]
+    assert rc == 2 and "step 100" in line and "intact steps: [50]" in line and "--step 50" in line, err
+    assert len(line) <= 300 + len("mmh-jax sample: error: "), line
+    rc, err = _main(["sample", "--checkpoint", str(run), "--step", "50", "--n", "4", "--num-steps", "2", "--out",
+                     str(tmp_path / "a")], capsys)
+    assert rc == 0 and int(np.load(tmp_path / "a" / "samples.npz")["step"]) == 50, err
+    rc, err = _main(["lid", "--checkpoint", str(run), "--step", "50", "--preset", "quick", "--n", "8",
+                     "--t0-grid", "0.01", "1", "4", "--out", str(tmp_path / "b")], capsys)
+    assert rc == 0 and "(step 50)" in err, err
+    rc, err = _main(["lid", "--step", "50", "--preset", "quick", "--out", str(tmp_path / "c")], capsys)
+    assert rc == 2 and "--step applies to" in err, err
+
+
+# -- a signal inside a finalizer is not lost ------------------------------------------------------------
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(tmp_path, capsys, monkeypatch):
+    """Raising from the handler lost the interrupt when it landed in a GC callback or __del__ ("Exception
+    ignored in ...") and the command ran on to exit 0; recorded, it stops at the next safe point."""
+    import signal
+
+    from mmh_jax import _interrupt
+
+    reached = []
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def fake_run(config, out, **kwargs):
+        obj = Finalized()
+        del obj  # the signal arrives while the finalizer runs
+        for _ in range(500):  # the work goes on to its next safe point
+            if _interrupt.requested():
+                break
+            __import__("time").sleep(0.01)
+        _interrupt.check()
+        reached.append("after the safe point")
+        return {"interrupted": False, "step": 1, "start": 0, "loss": 0.0}
+
+    monkeypatch.setattr(train_cmd, "run", fake_run)
+    rc, err = _main(["train", "--out", str(tmp_path / "t")], capsys)
+    assert rc == 143 and "interrupted by SIGTERM" in err and "Exception ignored" not in err, err
+    assert reached == []
