@@ -11,11 +11,7 @@ import signal
 import sys
 import threading
 
-POINT, SIG, ARGS = sys.argv[1], signal.Signals[sys.argv[2]], sys.argv[3:]
-# A test runner started in the background (`cmd &` in a script) ignores SIGINT, and children inherit
-# that; the CLI keeps an inherited SIG_IGN (as Python does), so install what Python installs when
-# started from a terminal.
-signal.signal(signal.SIGINT, signal.default_int_handler)
+SIG = signal.SIGTERM  # set by main()
 
 
 def fire() -> None:
@@ -101,7 +97,18 @@ def arm(point: str) -> None:
         raise SystemExit(f"unknown point {point!r}")
 
 
-arm(POINT)
-from mmh_jax import cli  # noqa: E402  (after arming: the import point must see jax's import)
+def main() -> int:
+    global SIG
+    point, SIG, args = sys.argv[1], signal.Signals[sys.argv[2]], sys.argv[3:]
+    # A test runner started in the background (`cmd &` in a script) ignores SIGINT, and children
+    # inherit that; the CLI keeps an inherited SIG_IGN (as Python does), so install what Python
+    # installs when started from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    arm(point)
+    from mmh_jax import cli  # after arming: the import point must see jax's import
 
-sys.exit(cli.main(ARGS))
+    return cli.main(args)
+
+
+if __name__ == "__main__":  # pytest's --doctest-modules imports this file too
+    sys.exit(main())
