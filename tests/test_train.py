@@ -139,14 +139,17 @@ def test_resume_skips_a_corrupted_checkpoint_says_so_and_keeps_its_files(tmp_pat
             if "20.damaged" in k} == before
 
 
-def test_interrupted_save_leaves_previous_checkpoint_in_use(tmp_path):
+def test_interrupted_save_leaves_previous_checkpoint_in_use(tmp_path, capsys):
     out = str(tmp_path / "run")
     train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, progress=False)
-    # what an interrupted orbax save leaves: a temporary folder that is never renamed into place
-    os.makedirs(os.path.join(out, "checkpoints", "30.orbax-checkpoint-tmp-1234", "state"))
+    # what a save killed with SIGKILL leaves: orbax's temporary folder, never renamed into place
+    os.makedirs(os.path.join(out, "checkpoints", "30.orbax-checkpoint-tmp", "state"))
     assert mmh_jax.load(out).step == 20
+    capsys.readouterr()
     res = train_cmd.run(train_cmd.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
     assert res["step"] == 30
+    err = capsys.readouterr().err  # the resume says where it starts and what it ignored, not silently
+    assert "from its checkpoint at step 20" in err and "1 save(s) cut short (e.g. by kill -9) are ignored" in err
 
 
 def test_load_gives_score_fn_and_samples(tmp_path):
