@@ -329,7 +329,8 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
     report.write_json(os.path.join(out, "config.json"), {**cfg, "provenance": provenance()})
     start_step = int(state.step)
     saved = existing
-    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step",
+               disable=not progress or start_step >= config.steps)
     interrupted, loss = False, _last_loss(log_path)
     try:
         while int(state.step) < config.steps:
@@ -399,7 +400,8 @@ def _restore(ckpt, abstract, cfg: dict[str, Any], steps: int, out: str):
             f"--steps {steps} is fewer than the {step} steps the run in {out} has already done; pass --steps "
             f"{step} or more to continue it, or choose another --out."
         )
-    notes = [f"resuming the run in {out} from its checkpoint at step {step}"]
+    # A finished run (the pipeline reusing its model) is not resumed: nothing to say unless it skipped.
+    notes = [f"resuming the run in {out} from its checkpoint at step {step}"] if step < steps else []
     if skipped:
         notes.append(f"newer checkpoint(s) at step {', '.join(map(str, skipped))} are damaged and were skipped "
                      "(kept aside as <step>.damaged when that step is saved again)")
@@ -410,7 +412,8 @@ def _restore(ckpt, abstract, cfg: dict[str, Any], steps: int, out: str):
     if saved_steps is not None and int(saved_steps) != steps and step < steps:
         notes.append(f"extending it from {saved_steps} to {steps} steps: the learning-rate schedule is planned anew "
                      f"for {steps} steps, so the result differs from an uninterrupted {steps}-step run")
-    print("mmh-jax train: " + "; ".join(notes), file=sys.stderr)
+    if notes:
+        print("mmh-jax train: " + "; ".join(notes), file=sys.stderr)
     return state, step
 
 
