@@ -223,7 +223,7 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
     x, labels = load_training_data(config)
     cfg = _config_dict(config, x, labels)
     ckpt_dir = os.path.join(out, "checkpoints")
-    existing = _newest_step(ckpt_dir)
+    existing = newest_step(ckpt_dir)
     if existing is not None and not resume:
         if not overwrite:
             raise CheckpointError(
@@ -249,7 +249,8 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
         ckpt.close()
 
 
-def _newest_step(ckpt_dir: str) -> int | None:
+def newest_step(ckpt_dir: str) -> int | None:
+    """The newest complete checkpoint step in ``ckpt_dir`` (None if none, or no such folder)."""
     from mmh_jax.checkpoint import Checkpointer
 
     if not os.path.isdir(ckpt_dir):

@@ -67,14 +67,8 @@ def train_model(ctx: Context, name: str, config) -> Any:
     from mmh_jax.experiments import train_cmd
     from mmh_jax.trained import load
 
-    from mmh_jax.checkpoint import Checkpointer
-
     run_dir = ctx.path("models", name, "")
-    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
-    try:
-        done = ckpt.latest_step()
-    finally:
-        ckpt.close()
+    done = train_cmd.newest_step(os.path.join(run_dir, "checkpoints"))
     with ctx.timed(f"train_{name}"):
         if done is None:
             ctx.log(f"[{name}] training {config.model} for {config.steps} steps on {config.data} -> {run_dir}")
