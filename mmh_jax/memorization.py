@@ -29,6 +29,7 @@ from mmh_jax.lid import _checks, knn
 
 __all__ = [
     "CLASSES",
+    "calibrate_threshold",
     "calibrated_l2",
     "class_counts",
     "classify",
@@ -117,35 +118,39 @@ def nearest_training(queries, train, *, k: int = 1, chunk_size: int | None = Non
     return knn(x, k=k, queries=q, chunk_size=chunk_size)
 
 
-def calibrated_l2(queries, train, *, n: int = 50, chunk_size: int | None = None) -> Array:
-    """Calibrated ℓ2 distance of each query to the training set (Carlini et al. 2023).
+def calibrated_l2(queries, train, *, n: int = 50, alpha: float = 0.5, chunk_size: int | None = None) -> Array:
+    """Calibrated ℓ2 distance of each query to the training set, as Carlini et al. (2023) define it.
 
-    c(q) = ‖q − x₁‖ / ( (1/n) Σ_{j=1}^{n} ‖q − x_j‖ ),  x_1, …, x_n the n nearest training
-    examples of q (n includes the nearest, so c ∈ [0, 1]). c is small when the nearest training
+    ℓ(q) = ‖q − x₁‖ / ( α · (1/n) Σ_{j=1}^{n} ‖q − x_j‖ ),  x_1, …, x_n the n nearest training
+    examples of q (n includes the nearest, so ℓ ∈ [0, 1/α]). ℓ is small when the nearest training
     example is much closer than the rest of the neighbourhood, i.e. q copies one example rather
-    than lying in a dense region; c = 0 for an exact copy. Where all n distances are 0 (a copy of
-    an example duplicated ≥ n times) c is defined as 0. Carlini et al. also scale the denominator
-    by a constant α, which only rescales the threshold of :func:`memorized`.
+    than lying in a dense region; ℓ = 0 for an exact copy. Where all n distances are 0 (a copy of
+    an example duplicated ≥ n times) ℓ is defined as 0. Carlini et al. use α = 0.5 and n = 50;
+    ``alpha=1`` gives the unscaled ratio. Pass *distinct* training examples: duplicates among the
+    n nearest shrink the mean and make a copy of a duplicated example look less like a copy.
 
     Args:
       queries: (M, *event) floating point (generated samples).
       train: (N, *event) floating point (the training set).
       n: neighbourhood size, 1 ≤ n ≤ N (default 50, Carlini et al.).
+      alpha: the scale of the neighbourhood's mean distance, > 0 (default 0.5, Carlini et al.).
       chunk_size: queries per chunk.
 
     Returns:
       float32 (M,).
 
     Raises:
-      ValueError: n > N (naming both), n < 1, and as :func:`nearest_training`.
+      ValueError: n > N (naming both), n < 1, alpha ≤ 0, and as :func:`nearest_training`.
 
-    Reference: Carlini et al., "Extracting Training Data from Diffusion Models", arXiv 2301.13188.
+    Reference: Carlini et al., "Extracting Training Data from Diffusion Models", arXiv 2301.13188, §5.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> train = jnp.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -10.0]])
-      >>> calibrated_l2(jnp.array([[0.0, 0.0], [1.0, 0.0]]), train, n=3).tolist()   # 1/2 and 0
-      [0.5, 0.0]
+      >>> calibrated_l2(jnp.array([[0.0, 0.0], [1.0, 0.0]]), train, n=3).tolist()   # 1 / (0.5 · 2) and 0
+      [1.0, 0.0]
+      >>> calibrated_l2(jnp.array([[0.0, 0.0]]), train, n=3, alpha=1.0).tolist()
+      [0.5]
     """
     q, x = _train_and_queries(queries, train)
     n = _checks.positive_int("n", n)
@@ -154,14 +159,21 @@ def calibrated_l2(queries, train, *, n: int = 50, chunk_size: int | None = None)
             f"n must be <= N = {x.shape[0]} (the number of training examples), got n={n}; lower n "
             "or pass more training data."
         )
+    if not float(alpha) > 0:
+        raise ValueError(f"alpha must be > 0 (the scale of the mean neighbour distance), got alpha={alpha}; "
+                         "Carlini et al. use 0.5.")
     dists, _ = knn(x, k=n, queries=q, chunk_size=chunk_size)
-    mean = jnp.mean(dists, axis=1)
+    mean = float(alpha) * jnp.mean(dists, axis=1)
     positive = mean > 0
     return jnp.where(positive, dists[:, 0] / jnp.where(positive, mean, 1.0), 0.0)
 
 
 def memorized(calibrated, *, threshold: float = 1 / 3) -> Array:
     """Memorization labels: calibrated ℓ2 strictly below ``threshold`` (default 1/3).
+
+    The default applies to the α = 0.5 ratio of :func:`calibrated_l2`. A threshold is only as good
+    as its false-positive rate on real data the model never saw: set it with
+    :func:`calibrate_threshold` on held-out examples where you have them, and report that rate.
 
     Args:
       calibrated: (M,) floating point, from :func:`calibrated_l2`. NaN gives False.
@@ -173,8 +185,7 @@ def memorized(calibrated, *, threshold: float = 1 / 3) -> Array:
     Raises:
       TypeError: non-float ``calibrated``.
 
-    Reference: Carlini et al., "Extracting Training Data from Diffusion Models", arXiv 2301.13188
-    (calibrated ℓ2 below 1/3 as memorized).
+    Reference: Carlini et al., "Extracting Training Data from Diffusion Models", arXiv 2301.13188.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -183,6 +194,41 @@ def memorized(calibrated, *, threshold: float = 1 / 3) -> Array:
     """
     calibrated = _checks.float_array("calibrated", calibrated)
     return calibrated < threshold
+
+
+def calibrate_threshold(heldout_calibrated, *, fpr: float = 0.005) -> float:
+    """The largest threshold of :func:`memorized` that labels at most ``fpr`` of held-out real examples.
+
+    ``heldout_calibrated`` is :func:`calibrated_l2` of real examples that were *not* trained on,
+    against the training set: none of them is a copy, so every one labelled memorized is a false
+    positive. The threshold returned is the ⌊fpr·M⌋-th smallest value (0-based), so strictly fewer
+    than ⌊fpr·M⌋ + 1 held-out values lie below it. Measure the rate it gives on *other* held-out
+    examples than those it was set on (the rate on these is ≤ ``fpr`` by construction).
+
+    Args:
+      heldout_calibrated: (M,) finite calibrated ℓ2 values of held-out real examples, M ≥ 1.
+      fpr: the largest fraction of them that may be labelled memorized, in [0, 1).
+
+    Returns:
+      the threshold (a Python float).
+
+    Raises:
+      ValueError: empty or non-finite input, fpr outside [0, 1).
+
+    Examples:
+      >>> t = calibrate_threshold(np.linspace(0.1, 1.0, 200), fpr=0.01)
+      >>> round(t, 4), int(np.sum(np.linspace(0.1, 1.0, 200) < t))
+      (0.109, 2)
+    """
+    c = np.sort(np.asarray(heldout_calibrated, np.float64).ravel())
+    if c.size == 0:
+        raise ValueError("heldout_calibrated must hold at least one value; pass calibrated_l2 of held-out examples.")
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"heldout_calibrated contains {int(np.sum(~np.isfinite(c)))} non-finite value(s); "
+                         "filter them first.")
+    if not 0 <= fpr < 1:
+        raise ValueError(f"fpr must lie in [0, 1), got fpr={fpr}.")
+    return float(c[int(np.floor(fpr * c.size + 1e-9))])
 
 
 # ----------------------------------------------------------------------------- MMH classes

@@ -45,8 +45,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     """A GitHub-flavoured markdown table of ``rows`` (dicts), columns in the given order.
 
     Returns:
-      the table as one string (empty for no rows); values through :func:`format_value`, missing
-      entries empty.
+      the table as one string (empty for no rows); values through :func:`format_value` with ``|``
+      escaped, missing entries empty.
 
     Examples:
       >>> print(markdown_table([{"a": 1, "b": 0.5}]))
@@ -59,7 +59,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     columns = list(columns or rows[0].keys())
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(format_value(r.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(format_value(r.get(c, "")).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines)
 
 

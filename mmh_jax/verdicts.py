@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["DIRECTIONS", "Finding", "MIN_POSITIVES", "VERDICTS", "auroc", "bootstrap_interval", "decide",
-           "finding", "tpr_at_fpr"]
+           "finding", "tpr_at_fpr", "wilson_interval"]
 
 #: The three verdicts, in the order "the data support the claim", "refute it", "cannot decide".
 VERDICTS = ("holds", "does not hold", "inconclusive")
@@ -109,6 +109,24 @@ def bootstrap_interval(statistic: Callable[..., float], *groups: Sequence[Any], 
         return float("nan"), float("nan")
     tail = (1 - level) / 2
     return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (sensible at k = 0 and small n; NaN for n = 0).
+
+    Examples:
+      >>> [round(v, 4) for v in wilson_interval(0, 700)]
+      [0.0, 0.0055]
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def auroc(positive, negative) -> float:

@@ -79,7 +79,9 @@ def test_calibrated_l2_hand_made():
     train = jnp.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -10.0]])
     q = jnp.zeros((1, 2))
     for n, expected in [(1, 1.0), (2, 1 / 1.5), (3, 1 / 2), (4, 1 / 4)]:
-        np.testing.assert_allclose(mem.calibrated_l2(q, train, n=n), [expected], rtol=_rtol(2))
+        np.testing.assert_allclose(mem.calibrated_l2(q, train, n=n, alpha=1.0), [expected], rtol=_rtol(2))
+        # Carlini et al.'s alpha = 0.5 (the default) scales the mean distance: twice the ratio.
+        np.testing.assert_allclose(mem.calibrated_l2(q, train, n=n), [2 * expected], rtol=_rtol(2))
 
 
 def test_calibrated_l2_against_brute_force_images(rng):
@@ -89,11 +91,11 @@ def test_calibrated_l2_against_brute_force_images(rng):
     queries[0] = train[7] + 1e-3 * rng.standard_normal((3, 4, 2)).astype(np.float32)
     expected = _brute_calibrated(queries, train, 10)
     for chunk in (None, 5):
-        got = mem.calibrated_l2(queries, train, n=10, chunk_size=chunk)
+        got = mem.calibrated_l2(queries, train, n=10, alpha=1.0, chunk_size=chunk)
         assert got.shape == (17,) and got.dtype == jnp.float32
         np.testing.assert_allclose(got, expected, rtol=_rtol(24))
     labels = mem.memorized(mem.calibrated_l2(queries, train, n=10))
-    np.testing.assert_array_equal(labels, expected < 1 / 3)
+    np.testing.assert_array_equal(labels, 2 * expected < 1 / 3)
     assert labels[0] and not labels[1:].any()
 
 
@@ -118,6 +120,23 @@ def test_calibrated_l2_errors():
         mem.calibrated_l2(jnp.zeros((2, 3)), train, n=0)
     with pytest.raises(TypeError, match="n must be a Python int"):
         mem.calibrated_l2(jnp.zeros((2, 3)), train, n=2.0)
+    with pytest.raises(ValueError, match=r"alpha must be > 0.*got alpha=0"):
+        mem.calibrated_l2(jnp.zeros((2, 3)), train, n=2, alpha=0.0)
+
+
+def test_calibrate_threshold_bounds_the_heldout_rate(rng):
+    heldout = rng.uniform(0.0, 2.0, 1000)
+    for fpr in (0.0, 0.005, 0.05):
+        t = mem.calibrate_threshold(heldout, fpr=fpr)
+        assert np.mean(heldout < t) <= fpr
+        # the largest such threshold: the next value up would label one more
+        assert np.mean(heldout <= t) > fpr
+    with pytest.raises(ValueError, match="fpr must lie in"):
+        mem.calibrate_threshold(heldout, fpr=1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        mem.calibrate_threshold(np.zeros(0))
+    with pytest.raises(ValueError, match="1 non-finite"):
+        mem.calibrate_threshold(np.array([0.1, np.nan]))
 
 
 def test_memorized_threshold():
@@ -296,7 +315,7 @@ def test_memorization_pipeline_end_to_end(rng):
     copies = train[:5] + 1e-3 * rng.standard_normal((5, 32)).astype(np.float32)
     fresh = rng.standard_normal((15, 32)).astype(np.float32)
     samples = np.concatenate([copies, fresh])
-    c = mem.calibrated_l2(samples, train, n=20)
+    c = mem.calibrated_l2(samples, train, n=20, alpha=1.0)
     np.testing.assert_allclose(c, _brute_calibrated(samples, train, 20), rtol=_rtol(32), atol=1e-6)
     labels = mem.memorized(c)
     np.testing.assert_array_equal(labels, np.arange(20) < 5)

@@ -33,6 +33,7 @@ class Context:
     progress: bool = True
     seed: int = 0
     timings: dict = dataclasses.field(default_factory=dict)
+    memo: dict = dataclasses.field(default_factory=dict)  # results shared by the experiments of one run
 
     def path(self, *parts: str) -> str:
         p = os.path.join(self.out, *parts)
@@ -149,9 +150,12 @@ class DigitsSetup:
     Attributes:
       model: the class-conditional U-Net (CFG; null class = unconditional).
       train_x, train_labels: the training set as trained on (duplicates included).
-      unique_x, unique_labels: its distinct images (``n_train`` of them).
+      unique_x, unique_labels: its distinct images and the label each was trained with.
+      unique_digits: the digit each distinct image shows.
       duplicated: ``(n_train,)`` bool, which distinct images were repeated ``copies`` times.
-      heldout_x, heldout_labels: digits never trained on (for sample quality).
+      own_label: ``(n_train,)`` bool, which distinct images carry a label of their own.
+      heldout_x, heldout_labels: digits never trained on (label calibration, LID* scale, quality).
+      digit_classes: the labels that name a digit class (0 … 9); own labels come after them.
     """
 
     model: Any
@@ -159,9 +163,12 @@ class DigitsSetup:
     train_labels: np.ndarray
     unique_x: np.ndarray
     unique_labels: np.ndarray
+    unique_digits: np.ndarray
     duplicated: np.ndarray
+    own_label: np.ndarray
     heldout_x: np.ndarray
     heldout_labels: np.ndarray
+    digit_classes: int = 10
 
 
 def _digits_model_kwargs(cfg) -> dict[str, Any]:
@@ -173,7 +180,8 @@ def _digits_model_kwargs(cfg) -> dict[str, Any]:
 
 
 def digits_setup(cfg, ctx: Context) -> DigitsSetup:
-    """Build the duplicated-digits training set, train (or reuse) the class-conditional model on it."""
+    """Build the duplicated-digits training set with its per-image labels, train (or reuse) the
+    class-conditional model on it."""
     from mmh_jax.data import images
     from mmh_jax.experiments import train_cmd
 
@@ -183,9 +191,14 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     tr, ho = perm[: cfg.n_train], perm[cfg.n_train:]
     dup = np.zeros(cfg.n_train, bool)
     dup[rng.choice(cfg.n_train, cfg.n_duplicated, replace=False)] = True
+    own = dup.copy()
+    own[rng.choice(np.flatnonzero(~dup), cfg.own_label_unique, replace=False)] = True
+    digits = np.asarray(d.labels[tr], np.int32)
+    labels = digits.copy()
+    labels[own] = 10 + np.arange(int(own.sum()), dtype=np.int32)
     reps = np.where(dup, cfg.copies, 1)
     train_x = np.repeat(d.x[tr], reps, axis=0)
-    train_labels = np.repeat(d.labels[tr], reps)
+    train_labels = np.repeat(labels, reps)
     path = ctx.path("data", "digits_train.npz")
     np.savez(path, x=train_x, labels=train_labels)
     train_cfg = train_cmd.TrainConfig(
@@ -194,7 +207,8 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
         checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed,
     )
     model = train_model(ctx, "digits_cfg", train_cfg)
-    return DigitsSetup(model, train_x, train_labels, d.x[tr], d.labels[tr], dup, d.x[ho], d.labels[ho])
+    return DigitsSetup(model, train_x, train_labels, d.x[tr], labels, digits, dup, own, d.x[ho],
+                       np.asarray(d.labels[ho], np.int32))
 
 
 def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = None) -> DigitsSetup:
@@ -220,10 +234,72 @@ def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = N
     ctx.log(f"[user] {checkpoint}: {x.shape[0]} training points, {uniq.shape[0]} distinct, "
             f"{int(np.sum(counts > 1))} repeated")
     empty = np.zeros((0, *x.shape[1:]), np.float32)
-    return DigitsSetup(model, x, labels, x[first], labels[first], counts > 1, empty, np.zeros(0, np.int32))
+    none = np.zeros(uniq.shape[0], bool)
+    return DigitsSetup(model, x, labels, x[first], labels[first], labels[first], counts > 1, none, empty,
+                       np.zeros(0, np.int32), digit_classes=int(model.num_classes or 0))
 
 
-def memorization_labels(samples: np.ndarray, setup: DigitsSetup, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class LabelCalibration:
+    """The memorization threshold and the false-positive rate it gives on real digits never trained on.
+
+    ``threshold`` is set on one half of the held-out digits (:func:`mmh_jax.memorization.calibrate_threshold`
+    at ``target_fpr``); ``fpr`` (with its 95 % Wilson interval) is measured on the other half, whose
+    size is ``n_report``; ``worst_digit`` and ``worst_digit_fpr`` the digit class with the highest rate
+    there. Without held-out data (a user's model) the configured threshold is used and the rates are NaN.
+    """
+
+    threshold: float
+    target_fpr: float
+    n_calibration: int
+    n_report: int
+    fpr: float
+    fpr_low: float
+    fpr_high: float
+    worst_digit: int
+    worst_digit_fpr: float
+
+    def text(self) -> str:
+        if self.n_report == 0:
+            return (f"memorized = calibrated ℓ2 (Carlini et al., α = 0.5) < {self.threshold:.3f}; no held-out data, "
+                    "so its false-positive rate is not measured")
+        return (f"memorized = calibrated ℓ2 (Carlini et al., α = 0.5, n = 50) < {self.threshold:.3f}, set on "
+                f"{self.n_calibration} held-out digits for ≤ {self.target_fpr:.1%}; on {self.n_report} other "
+                f"held-out digits it labels {self.fpr:.2%} [{self.fpr_low:.2%}, {self.fpr_high:.2%}] memorized "
+                f"(worst digit {self.worst_digit}: {self.worst_digit_fpr:.2%})")
+
+
+def label_calibration(setup: DigitsSetup, cfg, ctx: Context) -> LabelCalibration:
+    """The run's :class:`LabelCalibration` (computed once per run and shared by the experiments)."""
+    from mmh_jax import memorization, verdicts
+
+    key = ("label_calibration", cfg.calibration_n, cfg.label_fpr, cfg.threshold, setup.heldout_x.shape[0])
+    if key in ctx.memo:
+        return ctx.memo[key]
+    ho = setup.heldout_x
+    n = min(cfg.calibration_n, setup.unique_x.shape[0])
+    if ho.shape[0] < 2:
+        cal = LabelCalibration(float(cfg.threshold), float(cfg.label_fpr), 0, 0, *(float("nan"),) * 3, -1,
+                               float("nan"))
+    else:
+        c = np.asarray(memorization.calibrated_l2(ho, setup.unique_x, n=n))
+        perm = np.random.default_rng([ctx.seed, 17]).permutation(ho.shape[0])
+        half = ho.shape[0] // 2
+        a, b = perm[:half], perm[half:]
+        thr = memorization.calibrate_threshold(c[a], fpr=cfg.label_fpr)
+        flagged = c[b] < thr
+        lo, hi = verdicts.wilson_interval(int(flagged.sum()), b.size)
+        digits = setup.heldout_labels[b]
+        rates = {int(k): float(np.mean(flagged[digits == k])) for k in np.unique(digits)}
+        worst = max(rates, key=rates.get)
+        cal = LabelCalibration(thr, float(cfg.label_fpr), int(a.size), int(b.size), float(flagged.mean()), lo, hi,
+                               worst, rates[worst])
+    ctx.memo[key] = cal
+    return cal
+
+
+def memorization_labels(samples: np.ndarray, setup: DigitsSetup, cfg, threshold: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibrated ℓ2, memorized, index of the nearest distinct training image) of each sample.
 
     Calibrated against the *distinct* training images: with duplicates among the n nearest, the
@@ -234,4 +310,4 @@ def memorization_labels(samples: np.ndarray, setup: DigitsSetup, cfg) -> tuple[n
     n = min(cfg.calibration_n, setup.unique_x.shape[0])
     calib = np.asarray(memorization.calibrated_l2(samples, setup.unique_x, n=n))
     _, idx = memorization.nearest_training(samples, setup.unique_x, k=1)
-    return calib, np.asarray(memorization.memorized(calib, threshold=cfg.threshold)), np.asarray(idx)[:, 0]
+    return calib, np.asarray(memorization.memorized(calib, threshold=threshold)), np.asarray(idx)[:, 0]

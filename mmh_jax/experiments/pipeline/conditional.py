@@ -1,234 +1,125 @@
-"""Experiment ``conditional``: conditioning lowers LID_θ, and three memorization detectors compared.
+"""Experiment ``conditional``: can the CFG norm of Wen et al. detect memorization, and does conditioning lower LID_θ?
 
-Ross et al. (arXiv 2411.00113, §3.3 and §5) argue that conditioning never raises the model's LID,
-LID_θ(x | c) ≤ LID_θ(x), and that the classifier-free-guidance norm of Wen et al. (ICLR 2024),
-‖ε̂(x_t, t, c) − ε̂(x_t, t, ∅)‖, is large exactly when conditioning collapses LID_θ — so it detects
-memorization. This experiment checks both on the class-conditional digits U-Net shared with
-``images`` (trained with 10% label dropout, so the null class gives the unconditional ε̂):
+Wen et al. (ICLR 2024) detect memorized *prompts* by the classifier-free-guidance norm
+‖ε̂(x_t, t, c) − ε̂(x_t, t, ∅)‖: a prompt that pins down one training image pulls the conditional
+prediction far from the unconditional one. Ross et al. (arXiv 2411.00113, §3.3) explain it through
+LID: conditioning never raises the model's LID, LID_θ(x | c) ≤ LID_θ(x), and such a prompt
+collapses it. Ten digit classes cannot test that claim: a digit label covers ~30 distinct training
+images, none of which it pins down, so a memorized sample there is not caused by its label. The
+digits model of :func:`.common.digits_setup` therefore also gives some images a *label of their
+own* (the analogue of a caption naming one picture). On the guided samples of :mod:`.guided`
+(digit classes and per-image labels, CFG scale w):
 
-1. ``n_samples`` conditional samples, classes balanced over the ten digits (each class
-   ⌊n/10⌋ or ⌈n/10⌉ times, shuffled with ``seed``), drawn by deterministic DDIM
-   (``sample_steps``) with classifier-free guidance ε̃ = ε_∅ + w(ε_c − ε_∅), w = ``guidance_scale``
-   when positive, else ``cfg_guidance``. Each is labelled memorized by calibrated ℓ2
-   (:func:`~mmh_jax.experiments.pipeline.common.memorization_labels`).
-2. Scores of each sample x with class c:
-   - ``cfg_norm``: :func:`mmh_jax.lid.cfg_norm` averaged over the states (x_t, t) of the sample's
-     *own* sampling trajectory — the DDIM states before each of its ``sample_steps`` steps, read
-     from the very ε evaluations that drove the sampler (not a re-noising of x);
-   - ``flipd_conditional``: :func:`mmh_jax.lid.flipd` with the score s(·, t | c), exact trace, at
-     ``t0``;
-   - ``flipd_unconditional``: the same with the null class, s(·, t | ∅).
-3. Detection (AUROC, TPR at 1% FPR; :func:`mmh_jax.memorization.detection_metrics`) of
-   +cfg_norm, −flipd_conditional and −flipd_unconditional against the memorized labels, and the
-   fraction of samples with FLIPD(x | c) ≤ FLIPD(x).
+1. detectors of the memorized samples (calibrated ℓ2 with the held-out-calibrated threshold,
+   :func:`.common.label_calibration`) among all guided samples: +CFG norm (Wen et al.: mean over the
+   sample's own DDIM trajectory), −FLIPD(x | c) and −FLIPD(x) (exact trace, ``t0``);
+2. the same with the per-image labels alone, and with the digit classes alone — the negative
+   control, which is expected to be near chance for the CFG norm for the reason above;
+3. the fraction of samples with FLIPD(x | c) ≤ FLIPD(x).
 
-Expected (the paper's finding): FLIPD(x | c) ≤ FLIPD(x) for most samples; memorized samples have a
-larger CFG norm and lower LID_θ, so all three detectors have AUROC above 1/2.
+Each is a finding with n, a bootstrap 95 % interval and a verdict (:mod:`mmh_jax.verdicts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import numpy as np
 
-from mmh_jax.experiments.pipeline.common import (Context, digits_setup, map_model, memorization_labels,
-                                                  with_null_class)
+from mmh_jax.experiments.pipeline.common import Context, digits_setup, label_calibration, memorization_labels
+from mmh_jax.experiments.pipeline.guided import KINDS, guided_samples
 
-__all__ = ["SCORES", "run"]
+__all__ = ["SCORES", "findings", "run"]
 
 #: The scores compared, each with the sign that makes "higher = more likely memorized".
 SCORES = {"cfg_norm": 1.0, "flipd_conditional": -1.0, "flipd_unconditional": -1.0}
+_PRETTY = {"cfg_norm": "+CFG norm", "flipd_conditional": "−FLIPD(x | c)", "flipd_unconditional": "−FLIPD(x)"}
+_SETS = {"all": "all guided samples", "own": "per-image labels", "digit": "digit classes (control)"}
 
 
-@functools.lru_cache(maxsize=None)
-def _point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...], num_steps: int,
-               null_class: int):
-    """The single-example functions of this experiment for one SDE, event shape, step count and null class.
+def findings(scores: dict[str, np.ndarray], mem: np.ndarray, kind: np.ndarray, seed: int = 0) -> list:
+    """The findings (:class:`mmh_jax.verdicts.Finding`) from per-sample scores, labels and kinds
+    (index into :data:`~.guided.KINDS`); pure, for tests."""
+    from mmh_jax import verdicts as V
 
-    Cached so that :func:`~mmh_jax.experiments.pipeline.common.map_model` (which caches its jit
-    per point function) compiles each once; ``label``, ``guidance`` and ``t0`` are traced rows.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax import lid, sample
-    from mmh_jax.sde import VPSDE
-
-    sde = VPSDE(beta_min=beta_min, beta_max=beta_max, T=T)
-
-    def eps_of(score_fn):
-        return lambda x, t: -sde.marginal_coefs(t)[1] * score_fn(x, t)
-
-    def sample_point(score_for, key, label, guidance):
-        """(sample, CFG norm along its own DDIM trajectory) for one key and class.
-
-        The norm ‖ε_c − ε_∅‖ = σ‖s_c − s_∅‖ of each step comes from the two evaluations that drive
-        that step (``ddim(has_aux=True)``): the same value as :func:`mmh_jax.lid.cfg_norm` on the
-        trajectory's states (tested), at half the network evaluations.
-        """
-        classes = with_null_class(label, null_class)
-
-        def eps(x, t):  # both classes in one (vmapped) network call: one copy of the network to compile
-            c, u = jax.vmap(lambda k: eps_of(score_for(k))(x, t))(classes)
-            return u + guidance * (c - u), jnp.sqrt(jnp.sum((c - u).astype(jnp.float32) ** 2))
-
-        x, norms = sample.ddim(eps, key, shape, sde=sde, num_steps=num_steps, has_aux=True)
-        return x, jnp.mean(norms)
-
-    def flipd_point(score_for, x, label, t0):
-        """(FLIPD with class ``label``, FLIPD unconditional) at x, exact trace.
-
-        One FLIPD mapped over the two classes (the null class is the unconditional model): the same
-        values as two calls, with one copy of the traced network to compile instead of two.
-        """
-        classes = with_null_class(label, null_class)
-        f = jax.vmap(lambda c: lid.flipd(score_for(c), x, t0=t0, sde=sde, trace="exact"))(classes)
-        return f[0], f[1]
-
-    return sample_point, flipd_point
-
-
-def _guidance(cfg) -> float:
-    return float(cfg.guidance_scale) if cfg.guidance_scale > 0 else float(cfg.cfg_guidance)
-
-
-def _balanced_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
-    """``n`` class labels, each class ⌊n/C⌋ or ⌈n/C⌉ times, in a seeded random order."""
-    rng = np.random.default_rng([seed, 3])
-    return rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    mem, kind = np.asarray(mem, bool), np.asarray(kind)
+    out = []
+    for subset, sel in (("all", np.ones(mem.size, bool)), ("own", kind == 1), ("digit", kind == 0)):
+        names = SCORES if subset == "all" else ("cfg_norm",)
+        for name in names:
+            s = SCORES[name] * np.asarray(scores[name], np.float64)
+            ok = sel & np.isfinite(s)
+            note = ("a digit label covers ~30 training images and pins down none: this set cannot test Wen et "
+                    "al.'s claim" if subset == "digit" else "")
+            out.append(V.finding(f"{_PRETTY[name]} flags memorized samples ({_SETS[subset]})", f"AUROC of {_PRETTY[name]}",
+                                 V.auroc, s[ok & mem], s[ok & ~mem], threshold=0.5, seed=seed, note=note))
+    fc, fu = np.asarray(scores["flipd_conditional"]), np.asarray(scores["flipd_unconditional"])
+    ok = np.isfinite(fc) & np.isfinite(fu)
+    le = (fc[ok] <= fu[ok]).astype(np.float64)
+    out.append(V.finding("conditioning lowers LID_θ: FLIPD(x | c) ≤ FLIPD(x)", "fraction of samples", np.mean, le,
+                         threshold=0.5, seed=seed))
+    return out
 
 
 def run(config, ctx: Context) -> dict[str, Any]:
-    """Sample with CFG, score (CFG norm, FLIPD with and without the class), compare as detectors.
-
-    Writes ``conditional_scores.png`` and ``conditional.npz`` (samples, labels, per-sample keys as
-    ``key_data``, the three scores, calibrated ℓ2, memorized, nearest training index) and returns
-    the metrics (see the module docstring; AUROC/TPR are NaN when no sample, or every sample, is
-    memorized).
-    """
-    import jax
-
+    """Score the guided samples, compare detectors; write ``conditional_scores.png`` and ``conditional.npz``."""
     cfg = config.images
     setup = digits_setup(cfg, ctx)
-    model = setup.model
-    if not model.num_classes:
-        raise ValueError("conditional needs a class-conditional model; digits_setup returned an unconditional one.")
-    n, guidance = int(cfg.n_samples), _guidance(cfg)
-    sde = model.sde
-    sample_point, flipd_point = _point_fns(float(sde.beta_min), float(sde.beta_max), float(sde.T),
-                                           tuple(model.event_shape), int(cfg.sample_steps), int(model.num_classes))
-
-    labels = _balanced_labels(n, model.num_classes, ctx.seed)
-    keys = jax.random.split(jax.random.key(ctx.seed + 3), n)
-    ctx.log(f"[conditional] {n} CFG samples (w={guidance:g}, {cfg.sample_steps} DDIM steps) with their CFG norms")
-    with ctx.timed("conditional_sample"):
-        samples, cfg_norm = map_model(model, sample_point, keys, labels, np.full(n, guidance, np.float32),
-                                      batch_size=cfg.batch)
-    samples, cfg_norm = np.asarray(samples, np.float32), np.asarray(cfg_norm, np.float32)
-    ctx.log(f"[conditional] FLIPD(x | c) and FLIPD(x) at t0={cfg.t0:g}, exact trace")
-    with ctx.timed("conditional_lid"):
-        flipd_c, flipd_u = map_model(model, flipd_point, samples, labels, np.full(n, cfg.t0, np.float32),
-                                     batch_size=cfg.batch)
-    scores = {"cfg_norm": cfg_norm, "flipd_conditional": np.asarray(flipd_c, np.float32),
-              "flipd_unconditional": np.asarray(flipd_u, np.float32)}
-    calib, mem, nearest = memorization_labels(samples, setup, cfg)
+    cal = label_calibration(setup, cfg, ctx)
+    g = guided_samples(setup, cfg, ctx)
+    calib, mem, nearest = memorization_labels(g["samples"], setup, cfg, cal.threshold)
     mem = np.asarray(mem, bool)
-
-    metrics: dict[str, Any] = {"n_samples": n, "guidance": guidance, "t0": float(cfg.t0),
-                               **_score_metrics(scores, mem), "config": dataclasses.asdict(cfg)}
-
-    np.savez(ctx.path("conditional.npz"), samples=samples, labels=labels,
-             key_data=np.asarray(jax.random.key_data(keys)), memorized=mem, calibrated_l2=np.asarray(calib),
-             nearest=np.asarray(nearest), **scores)
-    _figure(ctx.path("conditional_scores.png"), scores, mem, metrics)
+    scores = {name: np.asarray(g[name], np.float32) for name in SCORES}
+    found = findings(scores, mem, g["kind"], ctx.seed)
+    kind = g["kind"]
+    metrics: dict[str, Any] = {
+        "label": dataclasses.asdict(cal), "label_text": cal.text(), "guidance": float(g["guidance"]),
+        "t0": float(cfg.t0), "n_samples": int(mem.size),
+        "n": {k: int((kind == i).sum()) for i, k in enumerate(KINDS)},
+        "n_memorized": {k: int((mem & (kind == i)).sum()) for i, k in enumerate(KINDS)},
+        "mean": {name: {k: {"memorized": _mean(scores[name], mem & (kind == i)),
+                            "not_memorized": _mean(scores[name], ~mem & (kind == i))}
+                        for i, k in enumerate(KINDS)} for name in SCORES},
+        "findings": [f.asdict() for f in found],
+        "config": dataclasses.asdict(cfg),
+    }
+    np.savez(ctx.path("conditional.npz"), samples=g["samples"], labels=g["labels"], kind=kind,
+             key_data=g["key_data"], memorized=mem, calibrated_l2=np.asarray(calib), nearest=np.asarray(nearest),
+             **scores)
+    _figure(ctx.path("conditional_scores.png"), scores, mem, kind)
     metrics["figures"] = ["conditional_scores.png"]
-    metrics["reading"] = _reading(metrics)
+    metrics["reading"] = _reading(metrics, found)
     return metrics
 
 
-def _score_metrics(scores: dict[str, np.ndarray], mem: np.ndarray) -> dict[str, Any]:
-    """Detection metrics of each score, its means over memorized / not, and FLIPD(x | c) ≤ FLIPD(x).
+def _mean(a: np.ndarray, sel: np.ndarray) -> float:
+    sel = sel & np.isfinite(a)
+    return float(np.mean(a[sel])) if sel.any() else float("nan")
 
-    Non-finite scores are left out of that score's statistics (and of the comparison); their count
-    is ``n_nonfinite_<score>``.
-    """
-    from mmh_jax import memorization
 
-    mem = np.asarray(mem, bool)
-    out: dict[str, Any] = {"n_memorized": int(mem.sum()), "memorized_fraction": float(mem.mean())}
-    for name, sign in SCORES.items():
-        s = np.asarray(scores[name])
-        ok = np.isfinite(s)
-        out[f"n_nonfinite_{name}"] = int((~ok).sum())
-        det = memorization.detection_metrics(sign * s[ok], mem[ok])
-        out[f"auroc_{name}"] = float(det["auroc"])
-        out[f"tpr_at_1fpr_{name}"] = float(det["tpr_at_1fpr"])
-        for tag, sel in (("memorized", mem), ("not_memorized", ~mem)):
-            sel = sel & ok
-            out[f"mean_{name}_{tag}"] = float(np.mean(s[sel])) if sel.any() else float("nan")
-    fc, fu = np.asarray(scores["flipd_conditional"]), np.asarray(scores["flipd_unconditional"])
-    both = np.isfinite(fc) & np.isfinite(fu)
-    out["fraction_cond_le_uncond"] = float(np.mean(fc[both] <= fu[both])) if both.any() else float("nan")
-    out["mean_flipd_gap"] = float(np.mean(fu[both] - fc[both])) if both.any() else float("nan")
-    return out
+def _reading(m: dict[str, Any], found: list) -> str:
+    n, k = m["n"], m["n_memorized"]
+    lines = [f"Label: {m['label_text']}.",
+             f"Guided samples (w = {m['guidance']:g}): {k['own']} of {n['own']} guided by a per-image label and "
+             f"{k['digit']} of {n['digit']} guided by a digit class are memorized."]
+    lines += [f.text() for f in found]
+    mc = m["mean"]["cfg_norm"]
+    lines.append(f"Mean CFG norm, per-image labels: memorized {_fmt(mc['own']['memorized'])} vs not "
+                 f"{_fmt(mc['own']['not_memorized'])}; digit classes: memorized {_fmt(mc['digit']['memorized'])} vs "
+                 f"not {_fmt(mc['digit']['not_memorized'])}.")
+    return " ".join(lines)
 
 
 def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.2f}"
 
 
-def _pct(v: float) -> str:
-    return "n/a" if v != v else f"{100 * v:.0f}%"
-
-
-def _reading(m: dict[str, Any]) -> str:
-    n, k = m["n_samples"], m["n_memorized"]
-    frac = m["fraction_cond_le_uncond"]
-    lines = [
-        f"FLIPD(x | c) ≤ FLIPD(x) (t0={m['t0']:g}) at {_pct(frac)} of {n} CFG samples (w={m['guidance']:g}); "
-        f"mean FLIPD(x) − FLIPD(x | c) = {_fmt(m['mean_flipd_gap'])}.",
-        ("Conditioning lowers LID_θ for most points, as the MMH predicts" if frac > 0.5 else
-         "Conditioning does NOT lower LID_θ for most points here, against the MMH's prediction")
-        + (" (though by less than 0.1 dimension on average)." if abs(m["mean_flipd_gap"]) < 0.1 else "."),
-    ]
-    if k == 0 or k == n:
-        lines.append(f"{'No' if k == 0 else 'Every'} sample is memorized (calibrated ℓ2 < threshold), so AUROC and "
-                     "TPR@1%FPR are undefined (NaN) and the detectors cannot be compared in this run.")
-        return " ".join(lines)
-    aurocs = {name: m[f"auroc_{name}"] for name in SCORES}
-    best = max(aurocs, key=lambda a: -np.inf if aurocs[a] != aurocs[a] else aurocs[a])
-    pretty = {"cfg_norm": "CFG norm", "flipd_conditional": "−FLIPD(x | c)", "flipd_unconditional": "−FLIPD(x)"}
-    lines.append(
-        f"{k} of {n} samples ({_pct(m['memorized_fraction'])}) are memorized. AUROC: "
-        + ", ".join(f"{pretty[a]} {_fmt(v)}" for a, v in aurocs.items())
-        + "; TPR@1%FPR: " + ", ".join(f"{pretty[a]} {_fmt(m[f'tpr_at_1fpr_{a}'])}" for a in SCORES)
-        + f". Best detector: {pretty[best]}"
-        + (" (within 0.01 AUROC of another)." if sum(abs(v - aurocs[best]) <= 0.01 for v in aurocs.values()) > 1
-           else ".")
-    )
-    lines.append(
-        f"Mean CFG norm memorized {_fmt(m['mean_cfg_norm_memorized'])} vs not "
-        f"{_fmt(m['mean_cfg_norm_not_memorized'])}; "
-        f"mean FLIPD(x | c) {_fmt(m['mean_flipd_conditional_memorized'])} vs "
-        f"{_fmt(m['mean_flipd_conditional_not_memorized'])}."
-    )
-    if min(aurocs.values()) <= 0.5:
-        weak = [pretty[a] for a, v in aurocs.items() if v <= 0.5]
-        lines.append(f"Not every detector beats chance ({', '.join(weak)} at or below AUROC 0.5)"
-                     + (f"; with only {k} memorized samples the AUROCs are noisy." if k < 10 else "."))
-    return " ".join(lines)
-
-
-def _figure(path, scores, mem, m) -> None:
+def _figure(path, scores, mem, kind) -> None:
     from mmh_jax._plotting import pyplot
 
     plt = pyplot()
-    from sklearn.metrics import roc_curve
-
-    fc, fu = scores["flipd_conditional"], scores["flipd_unconditional"]
+    fc, fu, cn = scores["flipd_conditional"], scores["flipd_unconditional"], scores["cfg_norm"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.4))
     ok = np.isfinite(fc) & np.isfinite(fu)
     for sel, color, name in ((~mem & ok, "tab:blue", "not memorized"), (mem & ok, "tab:red", "memorized")):
@@ -239,25 +130,18 @@ def _figure(path, scores, mem, m) -> None:
         ax1.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
     ax1.set_xlabel("FLIPD(x)  (unconditional)")
     ax1.set_ylabel("FLIPD(x | c)  (conditional)")
-    ax1.set_title(f"LID_θ(x|c) ≤ LID_θ(x) at {_pct(m['fraction_cond_le_uncond'])} of samples", fontsize=9)
+    ax1.set_title("Conditioning and LID_θ at guided samples", fontsize=9)
     ax1.legend(fontsize=7)
-
-    if 0 < m["n_memorized"] < m["n_samples"]:
-        for name, sign in SCORES.items():
-            s = scores[name]
-            keep = np.isfinite(s)
-            if mem[keep].any() and (~mem[keep]).any():
-                fpr, tpr, _ = roc_curve(mem[keep], sign * s[keep], drop_intermediate=False)
-                label = f"{'−' if sign < 0 else '+'}{name} (AUROC {_fmt(m[f'auroc_{name}'])})"
-                ax2.plot(fpr, tpr, lw=1.2, label=label)
-        ax2.legend(fontsize=7, loc="lower right")
-    else:
-        ax2.text(0.5, 0.5, "no memorized samples:\nROC undefined" if m["n_memorized"] == 0 else
-                 "every sample memorized:\nROC undefined", ha="center", va="center", fontsize=9)
-    ax2.plot([0, 1], [0, 1], ":", c="grey", lw=0.8)
-    ax2.set_xlabel("false positive rate")
-    ax2.set_ylabel("true positive rate")
-    ax2.set_title(f"Memorization detectors ({m['n_memorized']}/{m['n_samples']} memorized)", fontsize=9)
+    for i, name in enumerate(KINDS):
+        for sel, color, tag in ((~mem, "tab:blue", "not memorized"), (mem, "tab:red", "memorized")):
+            s = (kind == i) & sel & np.isfinite(cn)
+            if s.any():
+                ax2.scatter(np.full(s.sum(), i) + np.random.default_rng(i).uniform(-0.25, 0.25, s.sum()), cn[s], s=8,
+                            c=color, alpha=0.6, label=tag if i == 0 else None)
+    ax2.set_xticks(range(len(KINDS)), ["digit class (control)", "per-image label"])
+    ax2.set_ylabel("CFG norm (mean over the DDIM trajectory)")
+    ax2.set_title("Wen et al.'s CFG norm by kind of label", fontsize=9)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -42,28 +42,8 @@ from mmh_jax.provenance import provenance
 
 __all__ = ["OtherRunError", "SUMMARY", "check_out", "identity", "run", "smoke_warning", "summary_rows"]
 
-#: (experiment, metric key path, what it is) shown in the terminal summary and the report's table.
-SUMMARY = (
-    ("toy", "counts.generalized", "samples generalized"),
-    ("toy", "counts.od_mem", "samples OD-Mem"),
-    ("toy", "counts.dd_mem", "samples DD-Mem"),
-    ("toy", "mean_lid_theta.generalized", "mean LID_θ, generalized (truth 1)"),
-    ("toy", "mean_lid_theta.od_mem", "mean LID_θ, OD-Mem (< 1 expected)"),
-    ("toy", "mean_lid_theta.dd_mem", "mean LID_θ, DD-Mem (truth 0)"),
-    ("images", "memorized_fraction", "fraction of samples memorized"),
-    ("images", "auroc_flipd", "AUROC of −FLIPD, memorized vs not"),
-    ("images", "tpr_at_1fpr_flipd", "TPR at 1% FPR of −FLIPD"),
-    ("images", "auroc_normal_bundle", "AUROC of −normal bundle"),
-    ("images", "auroc_duplicated_vs_unique", "AUROC of −FLIPD, duplicated vs unique training images"),
-    ("images", "counts.od_mem", "memorized samples OD-Mem"),
-    ("images", "counts.dd_mem", "memorized samples DD-Mem"),
-    ("conditional", "auroc_cfg_norm", "AUROC of CFG norm"),
-    ("conditional", "auroc_flipd_conditional", "AUROC of −FLIPD(x|c)"),
-    ("conditional", "auroc_flipd_unconditional", "AUROC of −FLIPD(x)"),
-    ("conditional", "fraction_cond_le_uncond", "fraction with LID_θ(x|c) ≤ LID_θ(x)"),
-    ("mitigation", "lambdas", "λ of LID guidance"),
-    ("mitigation", "memorized_fraction", "memorized fraction per λ"),
-)
+#: The columns of the summary: one row per finding of every experiment (:mod:`mmh_jax.verdicts`).
+SUMMARY = ("experiment", "claim", "effect [95% CI]", "needs", "n", "verdict")
 
 TITLES = {
     "toy": "1. Toy: OD-Mem and DD-Mem on a von Mises circle plus a point mass",
@@ -73,25 +53,17 @@ TITLES = {
 }
 
 
-def _get(d: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
+def finding_rows(m: Any) -> list[dict[str, Any]]:
+    """One experiment's findings (``m["findings"]``, from :meth:`mmh_jax.verdicts.Finding.asdict`) as table rows."""
+    from mmh_jax.verdicts import Finding
+
+    found = m.get("findings") if isinstance(m, dict) else None
+    return [Finding(**f).row() for f in found] if isinstance(found, list) else []
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The :data:`SUMMARY` rows present in ``metrics`` (experiments not run are left out)."""
-    rows = []
-    for exp, path, what in SUMMARY:
-        if exp in metrics:
-            v = _get(metrics[exp], path)
-            if isinstance(v, list):
-                v = ", ".join(report.format_value(x) if not isinstance(x, dict) else
-                              "/".join(report.format_value(y) for y in x.values()) for x in v)
-            rows.append({"experiment": exp, "metric": what, "value": v})
-    return rows
+    """Every finding of the experiments present in ``metrics``, as rows with the :data:`SUMMARY` columns."""
+    return [{"experiment": exp, **row} for exp in EXPERIMENTS if exp in metrics for row in finding_rows(metrics[exp])]
 
 
 def run(config, out: str, *, progress: bool = True, recompute: bool = False,
@@ -130,7 +102,7 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False,
     with _compile_mode(config.fast_compile):
         _run_experiments(config, ctx, metrics, previous, out, start, recompute)
     rows = summary_rows(metrics)
-    print(report.markdown_table(rows, ["experiment", "metric", "value"]))
+    print(report.markdown_table(rows, list(SUMMARY)))
     if metrics.get("warning"):
         print(f"\n{metrics['warning']}")
     print(f"\nreport: {os.path.abspath(os.path.join(out, 'report.html'))} "
@@ -425,18 +397,25 @@ def _previous(out: str) -> dict[str, Any]:
 def _write_html(metrics: dict[str, Any], config, out: str) -> None:
     """``out/report.html``: the summary table, each experiment's reading and figures; the preset in
     the title and footer, and for a smoke run (:func:`smoke_warning`) a banner above everything."""
-    sections = [{"title": "Summary", "rows": summary_rows(metrics),
+    sections = [{"title": "Summary: every finding with its 95% bootstrap interval, n and verdict (inconclusive "
+                          "when the interval straddles the threshold or fewer than 10 positives)",
+                 "rows": summary_rows(metrics),
                  "reading": "The manifold memorization hypothesis (Ross et al., arXiv 2411.00113): a sample is "
                             "memorized where the model's local intrinsic dimension LID_θ is small; OD-Mem "
                             "(overfitting) when LID_θ < LID* of the data, DD-Mem (duplicated or degenerate data) "
-                            "when LID* itself is small. Each section states whether its finding held in this run."}]
+                            "when LID* itself is small. Each section states whether its findings held in this run."}]
     for name in EXPERIMENTS:
         if name in metrics:
             m = metrics[name]
             title = TITLES[name]
             if name == "images" and config.checkpoint:
                 title = f"2. Detection on the model of {config.checkpoint}: memorized samples have low LID_θ"
-            sections.append({"title": title, "reading": m.get("reading", ""), "figures": m.get("figures", [])})
+            sections.append({"title": title, "reading": m.get("reading", ""), "rows": finding_rows(m),
+                             "figures": m.get("figures", [])})
+            if isinstance(m.get("planted"), dict) and m["planted"]:
+                sections.append({"title": f"{title}: planted cases (rows: what was planted; columns: the "
+                                          "classification of their samples)",
+                                 "rows": [{"planted": k, **v} for k, v in m["planted"].items()]})
     timing = metrics.get("timing", {})
     model = (f"the model of --checkpoint {config.checkpoint} with --data {config.data}" if config.checkpoint
              else "the preset's own models")
