@@ -142,10 +142,13 @@ _RUN_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
     "arXiv 2411.00113) on embedded data, and write a report you can read and share: report.html (self-contained, "
     "figures embedded, a plain-language reading of each result), metrics.json and the PNGs.",
     "Experiments (default: all four, in this order): toy (OD-Mem vs DD-Mem on a von Mises circle plus a point "
-    "mass), images (memorized digit samples and duplicated training digits have low LID_theta; OD/DD split by "
-    "LID* from lPCA), conditional (CFG norm vs conditional and unconditional FLIPD as detectors), mitigation "
-    "(sampling steered towards higher LID_theta lowers the memorized fraction). 'validation' instead checks every "
-    "LID estimator against closed-form ground truth.",
+    "mass), images (memorized digit samples and duplicated training digits have low LID_theta; OD-Mem vs DD-Mem "
+    "with LID* on FLIPD's scale, checked on planted cases), conditional (can Wen et al.'s CFG norm detect "
+    "memorization? per-image labels vs digit classes), mitigation (sampling steered towards higher LID_theta, "
+    "judged with sample quality). 'validation' instead checks every LID estimator against closed-form ground "
+    "truth.",
+    "Every finding states its n, a bootstrap 95% interval and a verdict: holds, does not hold, or inconclusive "
+    "(the interval straddles the threshold, or fewer than 10 positives).",
     "Presets: quick (tiny sizes, about 40 s on 2 CPU cores, compiled with XLA optimisations off; for tests), "
     "default (about 11 minutes on 2 CPU "
     "cores), full (larger models and samples; for a GPU).",
@@ -474,6 +477,10 @@ def _add_train(sub) -> None:
     p.add_argument("--keep", type=int_at_least(1), default=None, help="checkpoints kept, at least 1 (default: 3)")
     p.add_argument("--monitor-every", type=int_at_least(0), default=None,
                    help="FLIPD of a fixed probe batch every N steps, inside the jitted step (default: 0, off)")
+    p.add_argument("--time-sampling", choices=("uniform", "log-sigma"), default=None,
+                   help="mlp, unet: how the diffusion times of the loss are drawn: uniform, t ~ U(0.001, 1) "
+                   "(default); log-sigma, log sigma(t) uniform: half the steps at noise sigma < 0.1, which makes "
+                   "a model fit (memorize) its training points sooner. A --resume must use the run's own value")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--preset", choices=("quick", "full"), default="full",
                    help="quick: a 300-step run on a small model (seconds); full (default): the defaults above")
@@ -489,7 +496,7 @@ def _cmd_train(args) -> int:
         "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
         "n": args.n, "checkpoint_every": args.checkpoint_every, "keep": args.keep,
         "monitor_every": args.monitor_every, "seed": args.seed,
-        "deltas": tuple(args.deltas) if args.deltas else None,
+        "deltas": tuple(args.deltas) if args.deltas else None, "time_sampling": args.time_sampling,
     }.items() if v is not None}
     if args.class_conditional:
         overrides["class_conditional"] = True

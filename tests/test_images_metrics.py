@@ -31,6 +31,14 @@ def test_od_dd_can_come_out_either_way(rng):
         images.od_dd(lid_theta, lpca, atom, mem, hf[:3], hl[:3])
 
 
+def test_balanced_subset():
+    mem = np.array([True, False, True, True, False, False, True])
+    idx = np.arange(7)
+    assert images._balanced_subset(idx, mem, 4).tolist() == [0, 2, 1, 4]
+    assert images._balanced_subset(idx, mem, 6).tolist() == [0, 2, 3, 1, 4, 5]
+    assert images._balanced_subset(idx[:2], mem, 6).tolist() == [0, 1]
+
+
 def test_planted_table_and_findings_each_way(rng):
     hf, hl = _heldout(rng)
     n_d, per = 60, 4
@@ -48,19 +56,29 @@ def test_planted_table_and_findings_each_way(rng):
     table = images.planted_table(good["codes"], good["neither"], mem, planted)
     assert table == {"od_mem": {"od_mem": 40, "dd_mem": 0, "neither": 0, "not_memorized": 0},
                      "dd_mem": {"od_mem": 0, "dd_mem": 40, "neither": 0, "not_memorized": 0}}
-    det = {"guided_flipd_c": np.where(mem[:n_d], 5.0, 30.0) + rng.uniform(0, 1, n_d),
-           "guided_flipd_u": rng.uniform(0, 1, n_d), "guided_mem": mem[:n_d],
+    own_mem = np.arange(90) < 40
+    det = {"own_flipd_c": np.where(own_mem, 5.0, 30.0) + rng.uniform(0, 1, 90),
+           "own_flipd_u": rng.uniform(0, 1, 90), "own_mem": own_mem,
+           "digit_flipd_c": np.where(mem[:n_d], 30.0, 5.0), "digit_mem": mem[:n_d],
            "uncond_flipd": rng.uniform(0, 1, 50), "uncond_mem": np.arange(50) < 2,
            "knee_value": rng.uniform(0, 1, 8), "normal_bundle": np.full(8, 63.0), "curve_mem": np.arange(8) < 4,
            "train_flipd": np.r_[np.full(10, 5.0), np.full(40, 30.0)] + rng.uniform(0, 1, 50),
            "train_duplicated": np.arange(50) < 10}
     found = {f.claim: f for f in images.findings(det, planted, good["codes"], labels, mem)}
-    assert found["memorized digit-guided samples have lower LID_θ(x | c)"].verdict == "holds"
+    assert found["memorized samples of per-image labels have lower LID_θ(x | c)"].verdict == "holds"
+    assert found["memorized samples of per-image labels have lower unconditional LID_θ(x)"].verdict == "inconclusive"
+    assert found["memorized digit-guided samples have lower LID_θ(x | c)"].verdict == "does not hold"
     assert found["memorized unconditional samples have lower LID_θ(x)"].verdict == "inconclusive"  # 2 positives
     assert found["duplicated training images have lower LID_θ than unique ones"].verdict == "holds"
-    assert found["samples of a planted unique image are OD-Mem"].verdict == "holds"
-    assert found["samples of a planted duplicated image are DD-Mem"].verdict == "holds"
-    assert found["samples of a planted unique image are OD-Mem"].n_positive == 10  # labels, not samples
+    assert found["memorized samples of a planted unique image are OD-Mem"].verdict == "holds"
+    assert found["memorized samples of a planted duplicated image are DD-Mem"].verdict == "holds"
+    assert found["memorized samples of a planted unique image are OD-Mem"].n_positive == 10  # labels, not samples
+    # planted samples that are not copies do not count against the classification
+    few = mem.copy()
+    few[n_d:n_d + 4 * per] = False  # the first 4 unique labels' samples are not memorized
+    found = {f.claim: f for f in images.findings(det, planted, good["codes"], labels, few)}
+    assert found["memorized samples of a planted unique image are OD-Mem"].n_positive == 6
+    assert found["memorized samples of a planted unique image are OD-Mem"].verdict == "inconclusive"  # 6 labels
     bad = classify(False)
     found = {f.claim: f for f in images.findings(det, planted, bad["codes"], labels, mem)}
-    assert found["samples of a planted unique image are OD-Mem"].verdict == "does not hold"
+    assert found["memorized samples of a planted unique image are OD-Mem"].verdict == "does not hold"

@@ -99,3 +99,47 @@ def test_errors():
         quality.knn_precision_recall(real, real, k=2.5)
     with pytest.raises(ValueError, match="fake contains 1 non-finite"):
         quality.knn_precision_recall(real, real.at[0, 0, 0].set(jnp.inf))
+
+
+def _brute_energy(real, fake):
+    """float64 oracle: full distance matrices, diagonals left out of the within-set means."""
+    x = np.asarray(real, np.float64).reshape(len(real), -1)
+    y = np.asarray(fake, np.float64).reshape(len(fake), -1)
+    d = lambda a, b: np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # noqa: E731
+    n, m = len(x), len(y)
+    return 2 * d(x, y).mean() - d(x, x).sum() / (n * (n - 1)) - d(y, y).sum() / (m * (m - 1))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5, 3.0])
+def test_energy_distance_against_brute_force(rng, shift):
+    real = rng.standard_normal((50, 2, 4)).astype(np.float32)
+    fake = (rng.standard_normal((23, 2, 4)) * 0.8 + shift).astype(np.float32)
+    want = _brute_energy(real, fake)
+    for chunk in (None, 6):
+        got = float(quality.energy_distance(real, fake, chunk_size=chunk))
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def test_energy_distance_properties(rng):
+    real = rng.standard_normal((40, 5)).astype(np.float32)
+    other = rng.standard_normal((40, 5)).astype(np.float32)
+    # Unbiased: near 0 for two samples of one distribution (either sign), clearly positive otherwise,
+    # growing with the shift; symmetric in its arguments.
+    same = float(quality.energy_distance(real, other))
+    assert abs(same) < 0.3
+    shifted = [float(quality.energy_distance(real, other + s)) for s in (1.0, 2.0, 4.0)]
+    assert same < shifted[0] < shifted[1] < shifted[2]
+    assert float(quality.energy_distance(other + 1.0, real)) == pytest.approx(shifted[0], rel=1e-5)
+    # Far apart, ℰ → 2·(shift distance) − the two within-set means
+    far = float(quality.energy_distance(real, other + 100.0))
+    assert far == pytest.approx(_brute_energy(real, other + 100.0), rel=1e-5)
+    assert quality.energy_distance(real, other).dtype == jnp.float32
+
+
+def test_energy_distance_errors():
+    with pytest.raises(ValueError, match=r"event shape of real, \(2, 2\)"):
+        quality.energy_distance(jnp.zeros((5, 2, 2)), jnp.zeros((5, 4)))
+    with pytest.raises(ValueError, match="fake must hold at least 2 examples"):
+        quality.energy_distance(jnp.zeros((5, 3)), jnp.zeros((1, 3)))
+    with pytest.raises(ValueError, match="real contains 1 non-finite"):
+        quality.energy_distance(jnp.zeros((5, 3)).at[0, 0].set(jnp.nan), jnp.zeros((5, 3)))

@@ -42,7 +42,8 @@ __all__ = ["TrainConfig", "TrainingDiverged", "PRESETS", "default_model", "load_
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
-                 "learning_rate", "warmup_steps", "ema_decay", "event_shape", "num_classes", "sde", "deltas")
+                 "learning_rate", "warmup_steps", "ema_decay", "event_shape", "num_classes", "sde", "deltas",
+                 "time_sampling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,10 @@ class TrainConfig:
       monitor_every: FLIPD of a fixed probe batch every this many steps (0: off).
       deltas: ``flow``/``lidl`` only: noise scales δ (data units) of the training data x + δ·N(0, I),
         one flow per δ (None: lidl geomspace(0.01, 0.1, 8), flow (0.01,)).
+      time_sampling: diffusion models: how training times are drawn (:func:`mmh_jax.train.sample_times`):
+        ``uniform`` t ~ U(t_min, T) (default), or ``log-sigma``: log σ(t) uniform, which spends half
+        the steps at σ < 0.1 (low noise, where a model overfits its training points). Recorded in
+        the run's config: a resume with another value is refused.
     """
 
     data: str = "lollipop"
@@ -83,6 +88,7 @@ class TrainConfig:
     monitor_every: int = 0
     seed: int = 0
     deltas: tuple[float, ...] | None = None
+    time_sampling: str = "uniform"
 
     def __post_init__(self):
         import math
@@ -97,6 +103,12 @@ class TrainConfig:
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got learning_rate={lr!r}.")
+        from mmh_jax.train import TIME_SAMPLINGS
+
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
+                             f"time_sampling={self.time_sampling!r}; pass --time-sampling uniform (the default) "
+                             "or log-sigma.")
 
 
 class TrainingDiverged(ValueError):
@@ -126,8 +138,14 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     return from_preset(TrainConfig, PRESETS, name, overrides)
 
 
-def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x, labels) as numpy: x is ``(N, D)`` for the MLP, ``(N, H, W, C)`` for the U-Net."""
+def load_training_data(config: TrainConfig, *, expand: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, labels) as numpy: x is ``(N, D)`` for the MLP, ``(N, H, W, C)`` for the U-Net.
+
+    A ``.npz`` may hold an integer ``repeats`` array (N,), each ≥ 1: training draws example i
+    ``repeats[i]`` times as often as an example with 1 — the data set holds it once, the sampler
+    emphasises it (e.g. to make a model overfit chosen examples). With ``expand`` (the default, what
+    training sees) the examples come repeated; ``expand=False`` gives the data as stored.
+    """
     from mmh_jax.data import images, synthetic
 
     labels = None
@@ -154,7 +172,29 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray | No
                          "Use --model mlp for vector data.")
     if config.class_conditional and labels is None:
         raise ValueError(f"class_conditional needs labelled images; data {config.data!r} has no labels.")
-    return x, labels if config.class_conditional else None
+    labels = labels if config.class_conditional else None
+    repeats = _repeats(config.data, x.shape[0]) if expand else None
+    if repeats is not None:
+        x = np.repeat(x, repeats, axis=0)
+        labels = None if labels is None else np.repeat(labels, repeats)
+    return x, labels
+
+
+def _repeats(path: str, n: int) -> np.ndarray | None:
+    """The ``repeats`` array of a ``.npz`` (see :func:`load_training_data`), checked; None if absent."""
+    if not path.endswith(".npz") or not os.path.isfile(path):
+        return None
+    with np.load(path) as f:
+        if "repeats" not in f.files:
+            return None
+        r = np.asarray(f["repeats"])
+    if r.shape != (n,) or not np.issubdtype(r.dtype, np.integer):
+        raise ValueError(f"data {path!r}: 'repeats' must be an integer array of shape ({n},) (one count per "
+                         f"example), got dtype {r.dtype} and shape {r.shape}.")
+    if np.any(r < 1):
+        raise ValueError(f"data {path!r}: 'repeats' must be >= 1 everywhere (got min {int(r.min())}); drop the "
+                         "examples instead of giving them 0.")
+    return r.astype(np.int64)
 
 
 def default_model(data: str) -> str:
@@ -191,6 +231,9 @@ def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
     d["num_classes"] = int(labels.max()) + 1 if labels is not None else None
     vp = VPSDE()
     d["sde"] = {"beta_min": float(vp.beta_min), "beta_max": float(vp.beta_max), "T": float(vp.T)}
+    if config.model in ("flow", "lidl") and config.time_sampling != "uniform":
+        raise ValueError(f"time_sampling={config.time_sampling!r} (diffusion times) applies to --model mlp or unet, "
+                         f"not {config.model!r}; drop --time-sampling.")
     if config.model in ("flow", "lidl"):
         from mmh_jax.experiments import flow_train
 
@@ -236,7 +279,7 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
         raise CheckpointError(f"--resume: {out} holds no checkpoint to resume (nothing was saved there yet); "
                               "drop --resume to start a new run.")
     os.makedirs(out, exist_ok=True)
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep, identity_keys=IDENTITY_KEYS)
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep, identity_keys=_identity_keys(ckpt_dir, existing, config))
     try:
         _interrupt.check()  # a signal while the data loaded: stop before the model is built
         return _train(config, cfg, x, labels, out, ckpt, existing, progress)
@@ -247,6 +290,23 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
                 "saved": existing}
     finally:
         ckpt.close()
+
+
+def _identity_keys(ckpt_dir: str, existing: int | None, config: TrainConfig) -> tuple[str, ...]:
+    """:data:`IDENTITY_KEYS`, less ``time_sampling`` where the run in ``ckpt_dir`` predates that
+    option (its config does not record it: it was trained with ``uniform``) and this run is ``uniform``."""
+    from mmh_jax.checkpoint import Checkpointer, CheckpointError
+
+    if existing is None or config.time_sampling != "uniform":
+        return IDENTITY_KEYS
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    try:
+        saved = ckpt.read_meta(existing).get("config", {})
+    except CheckpointError:  # damaged: the restore skips it and checks the steps it tries
+        return IDENTITY_KEYS
+    finally:
+        ckpt.close()
+    return IDENTITY_KEYS if "time_sampling" in saved else tuple(k for k in IDENTITY_KEYS if k != "time_sampling")
 
 
 def newest_step(ckpt_dir: str) -> int | None:
@@ -309,6 +369,7 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
         step_fn = train.make_train_step(
             eps_apply, optimizer, VPSDE(**cfg["sde"]), ema_decay=config.ema_decay, num_classes=cfg["num_classes"],
             cond_drop_prob=config.cond_drop_prob, monitor_every=config.monitor_every,
+            time_sampling=config.time_sampling,
         )
     log_path = os.path.join(out, "train_log.jsonl")
     if existing is not None:

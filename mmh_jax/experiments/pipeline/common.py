@@ -149,7 +149,7 @@ class DigitsSetup:
 
     Attributes:
       model: the class-conditional U-Net (CFG; null class = unconditional).
-      train_x, train_labels: the training set as trained on (duplicates included).
+      train_x, train_labels: the training set as stored (duplicates included, planted emphasis not).
       unique_x, unique_labels: its distinct images and the label each was trained with.
       unique_digits: the digit each distinct image shows.
       duplicated: ``(n_train,)`` bool, which distinct images were repeated ``copies`` times.
@@ -180,8 +180,17 @@ def _digits_model_kwargs(cfg) -> dict[str, Any]:
 
 
 def digits_setup(cfg, ctx: Context) -> DigitsSetup:
-    """Build the duplicated-digits training set with its per-image labels, train (or reuse) the
-    class-conditional model on it."""
+    """Build the digits training set (duplicates, per-image labels, planted emphasis), train (or
+    reuse) the class-conditional model on it.
+
+    - ``n_duplicated`` images are stored ``copies`` times (the data hold them repeatedly: a point mass,
+      LID* = 0): the first half of the copies carry the image's own label, the rest its digit, so
+      both a per-image label and a digit class lead to it;
+    - ``own_label_unique`` images are stored once with a label of their own, and training draws each
+      ``copies`` times as often (the file's ``repeats``): the model is made to overfit images that the
+      data hold once — the planted OD-Mem cases;
+    - every other image is stored once with its digit.
+    """
     from mmh_jax.data import images
     from mmh_jax.experiments import train_cmd
 
@@ -196,18 +205,23 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     digits = np.asarray(d.labels[tr], np.int32)
     labels = digits.copy()
     labels[own] = 10 + np.arange(int(own.sum()), dtype=np.int32)
-    reps = np.where(dup, cfg.copies, 1)
-    train_x = np.repeat(d.x[tr], reps, axis=0)
-    train_labels = np.repeat(labels, reps)
+    stored = np.where(dup, cfg.copies, 1)  # rows of each distinct image in the file
+    train_x = np.repeat(d.x[tr], stored, axis=0)
+    row_labels = np.repeat(labels, stored)
+    first = np.repeat(np.cumsum(stored) - stored, stored)  # index of each row's first copy
+    copy_no = np.arange(train_x.shape[0]) - first
+    row_dup = np.repeat(dup, stored)
+    row_labels = np.where(row_dup & (copy_no >= (cfg.copies + 1) // 2), np.repeat(digits, stored), row_labels)
+    repeats = np.repeat(np.where(own & ~dup, cfg.copies, 1), stored).astype(np.int32)
     path = ctx.path("data", "digits_train.npz")
-    np.savez(path, x=train_x, labels=train_labels)
+    np.savez(path, x=train_x, labels=row_labels, repeats=repeats)
     train_cfg = train_cmd.TrainConfig(
         data=os.path.abspath(path), model=cfg.model, model_kwargs=_digits_model_kwargs(cfg), steps=cfg.steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, class_conditional=True,
-        checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed,
+        checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed, time_sampling=cfg.time_sampling,
     )
     model = train_model(ctx, "digits_cfg", train_cfg)
-    return DigitsSetup(model, train_x, train_labels, d.x[tr], labels, digits, dup, own, d.x[ho],
+    return DigitsSetup(model, train_x, row_labels, d.x[tr], labels, digits, dup, own, d.x[ho],
                        np.asarray(d.labels[ho], np.int32))
 
 
@@ -221,7 +235,7 @@ def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = N
     model = load(checkpoint, step=step)
     cfg = train_cmd.TrainConfig(data=data, model=model.config["model"],
                                 model_kwargs=dict(model.config.get("model_kwargs") or {}))
-    x, labels = train_cmd.load_training_data(cfg)
+    x, labels = train_cmd.load_training_data(cfg, expand=False)  # the data as stored: repeats are not copies
     if tuple(x.shape[1:]) != tuple(model.event_shape):
         raise ValueError(f"data {data!r} has points of shape {x.shape[1:]}, but the model at {checkpoint!r} was "
                          f"trained on shape {tuple(model.event_shape)}; pass the data it was trained on.")
@@ -243,16 +257,19 @@ def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = N
 class LabelCalibration:
     """The memorization threshold and the false-positive rate it gives on real digits never trained on.
 
-    ``threshold`` is set on one half of the held-out digits (:func:`mmh_jax.memorization.calibrate_threshold`
-    at ``target_fpr``); ``fpr`` (with its 95 % Wilson interval) is measured on the other half, whose
-    size is ``n_report``; ``worst_digit`` and ``worst_digit_fpr`` the digit class with the highest rate
-    there. Without held-out data (a user's model) the configured threshold is used and the rates are NaN.
+    ``threshold`` is set on all ``n_heldout`` held-out digits (:func:`mmh_jax.memorization.calibrate_threshold`
+    at ``target_fpr``), so ``in_sample_fpr`` ≤ ``target_fpr`` by construction. ``fpr`` is the honest
+    estimate: two-fold cross-fitting (a threshold set the same way on one half labels the other
+    half), with its 95 % Wilson interval; ``worst_digit`` and ``worst_digit_fpr`` the digit class
+    with the highest cross-fitted rate. Without held-out data (a user's model) the configured
+    threshold is used and the rates are NaN.
     """
 
     threshold: float
     target_fpr: float
-    n_calibration: int
-    n_report: int
+    neighbours: int
+    n_heldout: int
+    in_sample_fpr: float
     fpr: float
     fpr_low: float
     fpr_high: float
@@ -260,13 +277,14 @@ class LabelCalibration:
     worst_digit_fpr: float
 
     def text(self) -> str:
-        if self.n_report == 0:
+        if self.n_heldout == 0:
             return (f"memorized = calibrated ℓ2 (Carlini et al., α = 0.5) < {self.threshold:.3f}; no held-out data, "
                     "so its false-positive rate is not measured")
-        return (f"memorized = calibrated ℓ2 (Carlini et al., α = 0.5, n = 50) < {self.threshold:.3f}, set on "
-                f"{self.n_calibration} held-out digits for ≤ {self.target_fpr:.1%}; on {self.n_report} other "
-                f"held-out digits it labels {self.fpr:.2%} [{self.fpr_low:.2%}, {self.fpr_high:.2%}] memorized "
-                f"(worst digit {self.worst_digit}: {self.worst_digit_fpr:.2%})")
+        return (f"memorized = calibrated ℓ2 (Carlini et al., α = 0.5, n = {self.neighbours}) < {self.threshold:.3f}, "
+                f"set so that "
+                f"{self.in_sample_fpr:.2%} of {self.n_heldout} held-out real digits are labelled memorized (target "
+                f"≤ {self.target_fpr:.1%}); cross-fitted false-positive rate {self.fpr:.2%} [{self.fpr_low:.2%}, "
+                f"{self.fpr_high:.2%}] (worst digit {self.worst_digit}: {self.worst_digit_fpr:.2%})")
 
 
 def label_calibration(setup: DigitsSetup, cfg, ctx: Context) -> LabelCalibration:
@@ -279,21 +297,21 @@ def label_calibration(setup: DigitsSetup, cfg, ctx: Context) -> LabelCalibration
     ho = setup.heldout_x
     n = min(cfg.calibration_n, setup.unique_x.shape[0])
     if ho.shape[0] < 2:
-        cal = LabelCalibration(float(cfg.threshold), float(cfg.label_fpr), 0, 0, *(float("nan"),) * 3, -1,
+        cal = LabelCalibration(float(cfg.threshold), float(cfg.label_fpr), n, 0, *(float("nan"),) * 4, -1,
                                float("nan"))
     else:
         c = np.asarray(memorization.calibrated_l2(ho, setup.unique_x, n=n))
+        thr = memorization.calibrate_threshold(c, fpr=cfg.label_fpr)
         perm = np.random.default_rng([ctx.seed, 17]).permutation(ho.shape[0])
-        half = ho.shape[0] // 2
-        a, b = perm[:half], perm[half:]
-        thr = memorization.calibrate_threshold(c[a], fpr=cfg.label_fpr)
-        flagged = c[b] < thr
-        lo, hi = verdicts.wilson_interval(int(flagged.sum()), b.size)
-        digits = setup.heldout_labels[b]
-        rates = {int(k): float(np.mean(flagged[digits == k])) for k in np.unique(digits)}
+        halves = (perm[: ho.shape[0] // 2], perm[ho.shape[0] // 2:])
+        flagged = np.zeros(ho.shape[0], bool)
+        for a, b in (halves, halves[::-1]):  # set on one half, count on the other
+            flagged[b] = c[b] < memorization.calibrate_threshold(c[a], fpr=cfg.label_fpr)
+        lo, hi = verdicts.wilson_interval(int(flagged.sum()), flagged.size)
+        rates = {int(k): float(np.mean(flagged[setup.heldout_labels == k])) for k in np.unique(setup.heldout_labels)}
         worst = max(rates, key=rates.get)
-        cal = LabelCalibration(thr, float(cfg.label_fpr), int(a.size), int(b.size), float(flagged.mean()), lo, hi,
-                               worst, rates[worst])
+        cal = LabelCalibration(thr, float(cfg.label_fpr), n, int(c.size), float(np.mean(c < thr)),
+                               float(flagged.mean()), lo, hi, worst, rates[worst])
     ctx.memo[key] = cal
     return cal
 

@@ -22,6 +22,12 @@ class ToyConfig:
 
     Few training points, so the sparse side of the circle holds isolated points that the model
     overfits (OD-Mem), while the point mass is a real zero-dimensional piece of the data (DD-Mem).
+    ``time_sampling`` is how the training draws diffusion times (:func:`mmh_jax.train.sample_times`):
+    ``log-sigma`` (half the steps at σ < 0.1) gave 25–105 OD-Mem samples of 1000 in 10000 steps on
+    seeds 0–3, ``uniform`` none even in 15000 steps (``docs/experiments.md``, "Toy: what makes OD-Mem
+    appear"); the steps, and so the training time, are those of before.
+    A circle training point is isolated when its nearest other training point lies farther than
+    ``isolation`` · σ(t0)/α(t0) (see :mod:`mmh_jax.experiments.pipeline.toy`).
     """
 
     n_train: int = 60
@@ -37,37 +43,41 @@ class ToyConfig:
     normal_bundle_t: float = 0.01
     gap: float = 0.5
     small: float = 0.5
+    time_sampling: str = "log-sigma"
+    isolation: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
 class ImagesConfig:
-    """Digits with duplicates: the model shared by ``images``, ``conditional`` and ``mitigation``.
+    """Digits with duplicates and per-image labels: the model shared by ``images``, ``conditional``
+    and ``mitigation``.
 
-    ``n_train`` digits (chosen at random), of which ``n_duplicated`` are repeated ``copies`` times,
-    train a class-conditional U-Net with classifier-free guidance (10% label dropout), so the same
-    network gives the unconditional ε(x, t, ∅) (``images``) and the conditional ε(x, t, c)
-    (``conditional``). The digits not used for training are the held-out set of sample quality.
-    ``cfg_guidance`` is the guidance scale w of ``conditional``'s samples, ε_∅ + w(ε_c − ε_∅), used
-    when ``guidance_scale`` is 0 (a positive ``guidance_scale`` overrides it).
-    ``batch_size`` 64 keeps the default run within 15 minutes on 2 CPU cores (batch 128 took 466 s of
-    a 1009 s run and gave 13 memorized samples of 500 instead of 3; ``full`` uses 128).
-    ``curve_points`` 64 and ``MitigationConfig.embedding_steps`` 6 (``full``: 512 and 10) save only
-    ~6 s of stage time over 128 and 10 (the curves use 4 Hutchinson probes: ~1/9 of ``images``' LID
-    time); clean-clone README runs took 15 min 14 s with 128 and 10, and 14 min 38 s with 64 and 6,
-    most of the difference being the machine's speed moving between runs. Compiling took about a
-    third of those runs (310 of 815 s); :func:`mmh_jax._compile.compiler_options` and one network
-    call for both classes in ``conditional`` brought it to 173 s and the run to 626 s, same findings.
-    ``normal_bundle_samples`` is K of :func:`mmh_jax.lid.normal_bundle` (2·D on digits: enough to
-    see a normal space of any rank, half the cost of the estimator's default 4·D).
-    ``model`` is ``unet`` (``channels``, ``channel_mults``, ``attention``) or, for the quick preset
-    whose point is to exercise the pipeline in seconds, an image-shaped class-conditional ``mlp``
-    (``hidden``, ``num_layers``): both compile and run the same pipeline code.
+    ``n_train`` distinct digits (chosen at random) train a class-conditional U-Net with
+    classifier-free guidance (10% label dropout, so the null class gives the unconditional model).
+    ``n_duplicated`` of them are stored ``copies`` times (half of the copies with a label of their
+    own — 10, 11, …: a label that pins down one image, the digits analogue of a caption naming one
+    picture — half with their digit); ``own_label_unique`` images are stored once with a label of
+    their own and drawn ``copies`` times as often in training (the planted OD-Mem cases: see
+    :func:`.common.digits_setup`); the rest keep their digit class. The digits
+    not trained on are held out: half set the memorization threshold (held-out false-positive rate
+    ``label_fpr``, calibrated ℓ2 with ``calibration_n`` neighbours and Carlini et al.'s α = 0.5), half
+    measure the rate it gives; ``heldout_lid`` of them put LID* (lPCA, ``model_free_k`` neighbours
+    among the distinct training images) on FLIPD's scale. ``threshold`` is used instead when there is
+    no held-out data (a user's own model).
+
+    Samples: ``n_unconditional`` from the null class; ``n_samples`` guided by the digit classes
+    (CFG scale ``cfg_guidance``, or ``guidance_scale`` when positive) and ``per_image_samples`` per own
+    label. ``curve_points`` per-image-label samples (half memorized) get FLIPD curves over ``t0_grid``
+    (exact trace) and the normal bundle (K = ``normal_bundle_samples``). ``model`` is ``unet`` or, for the quick preset, an
+    image-shaped class-conditional ``mlp``. Sizes and their costs: docs/experiments.md.
     """
 
     n_train: int = 300
-    n_duplicated: int = 10
+    n_duplicated: int = 15
     copies: int = 20
+    own_label_unique: int = 10
     steps: int = 3000
+    time_sampling: str = "uniform"
     model: str = "unet"
     hidden: int = 256
     num_layers: int = 3
@@ -76,43 +86,57 @@ class ImagesConfig:
     attention: bool = True
     batch_size: int = 64
     learning_rate: float = 5e-4
-    n_samples: int = 500
+    n_unconditional: int = 500
+    n_samples: int = 400
+    per_image_samples: int = 8
     sample_steps: int = 50
     guidance_scale: float = 0.0
     cfg_guidance: float = 2.0
     t0: float = 0.05
-    t0_grid: tuple[float, float, int] = (1e-3, 1.0, 16)
-    curve_points: int = 64
+    t0_grid: tuple[float, float, int] = (1e-3, 1.0, 12)
+    curve_points: int = 40
     normal_bundle_t: float = 0.01
     normal_bundle_samples: int = 128
     calibration_n: int = 50
+    label_fpr: float = 0.005
     threshold: float = 1.0 / 3.0
-    model_free_k: int = 20
+    heldout_lid: int = 300
+    model_free_k: int = 50
     batch: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class MitigationConfig:
-    """Steering towards higher LID_θ: λ·∇ₓFLIPD added to the score, and FLIPD-optimised class embeddings.
+    """Steering towards higher LID_θ, judged with quality: λ·∇ₓFLIPD(x|c) added to the CFG score, and
+    FLIPD-optimised label embeddings (see :mod:`.mitigation`).
 
-    ``lambdas`` are relative: λ_raw = λ·u, u = median ‖s‖/‖∇ₓFLIPD‖ over unguided sampling states
-    (λ = 1: a guidance term as large as the score). ``t0`` floors the time at which FLIPD is read
-    (guidance) and is the readout time of the samples' FLIPD. ``num_probes`` Hutchinson probes for
-    the guidance, its FLIPD readout and the embedding objective. ``cfg_guidance``
-    is the CFG scale w of the conditional samples; ``embedding_lr`` is the step length of the
-    normalised gradient ascent relative to the norm of the class's embedding row.
+    ``labels`` picks the guided samples' labels (``duplicated``: the per-image labels of the
+    duplicated training images, where memorization is frequent; ``own``, ``digit``, ``null``), cycled
+    over ``n_samples`` samples per λ (``embedding_samples`` for the embedding optimisation).
+    ``lambdas`` are relative, starting at 0 and increasing: λ_raw = λ·u, u = median ‖s‖/‖∇ₓFLIPD‖ over
+    unguided sampling states (λ = 1: a guidance term as large as the score). ``t0`` floors the time
+    at which FLIPD is read (guidance) and is the readout time of the samples' FLIPD(x|c)
+    (``readout_probes`` Hutchinson probes). ``num_probes`` Hutchinson probes for the guidance and
+    the embedding objective. ``cfg_guidance`` is the CFG scale w; ``embedding_lr`` the step length
+    of the normalised gradient ascent relative to the norm of the label's embedding row. Quality
+    (kNN precision/recall with ``quality_k``, energy distance) is *within* when each measure is
+    within ``quality_tolerance`` of λ = 0.
     """
 
-    lambdas: tuple[float, ...] = (0.0, 0.05, 0.15, 0.4)
-    n_samples: int = 128
+    labels: str = "duplicated"
+    lambdas: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+    n_samples: int = 80
+    embedding_samples: int = 80
     sample_steps: int = 32
     t0: float = 0.05
     num_probes: int = 1
+    readout_probes: int = 4
     embedding_steps: int = 6
     embedding_lr: float = 0.1
     late_t: float = 0.2
     cfg_guidance: float = 2.0
     quality_k: int = 3
+    quality_tolerance: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,19 +177,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "run": {"fast_compile": True},
         "toy": {"n_train": 60, "steps": 200, "hidden": 64, "num_layers": 2, "n_samples": 128, "sample_steps": 30,
                 "t0_grid": (1e-3, 1.0, 8)},
-        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "steps": 40, "model": "mlp", "hidden": 64,
-                   "num_layers": 2, "batch_size": 32,
-                   "n_samples": 32, "sample_steps": 10, "t0_grid": (1e-3, 1.0, 6), "curve_points": 8,
-                   "calibration_n": 10, "model_free_k": 10, "batch": 32},
-        "mitigation": {"lambdas": (0.0, 0.2), "n_samples": 16, "sample_steps": 8, "embedding_steps": 2},
+        "images": {"n_train": 60, "n_duplicated": 4, "copies": 5, "own_label_unique": 2, "steps": 40,
+                   "model": "mlp", "hidden": 64, "num_layers": 2, "batch_size": 32, "n_unconditional": 32,
+                   "n_samples": 32, "per_image_samples": 2, "sample_steps": 10, "t0_grid": (1e-3, 1.0, 6),
+                   "curve_points": 8, "calibration_n": 10, "heldout_lid": 24, "model_free_k": 10, "batch": 32},
+        "mitigation": {"lambdas": (0.0, 0.2), "n_samples": 16, "embedding_samples": 16, "sample_steps": 8,
+                       "embedding_steps": 2, "readout_probes": 2},
     },
     "default": {},
     "full": {
         "toy": {"n_train": 200, "steps": 10000, "n_samples": 5000},
-        "images": {"n_train": 1000, "n_duplicated": 30, "steps": 20000, "channels": 32, "batch_size": 128,
-                   "n_samples": 2000, "sample_steps": 100, "t0_grid": (1e-3, 1.0, 24), "curve_points": 512},
-        "mitigation": {"lambdas": (0.0, 0.025, 0.05, 0.1, 0.2, 0.4), "n_samples": 1000, "sample_steps": 100,
-                       "embedding_steps": 10},
+        "images": {"n_train": 1000, "n_duplicated": 30, "own_label_unique": 30, "steps": 20000, "channels": 32,
+                   "batch_size": 128, "n_unconditional": 2000, "n_samples": 2000, "per_image_samples": 16,
+                   "sample_steps": 100, "t0_grid": (1e-3, 1.0, 24), "curve_points": 256, "heldout_lid": 700},
+        "mitigation": {"lambdas": (0.0, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2, 0.4), "n_samples": 600,
+                       "embedding_samples": 600, "sample_steps": 100, "embedding_steps": 10},
     },
 }
 

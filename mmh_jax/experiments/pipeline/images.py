@@ -9,10 +9,11 @@ rate is reported beside every use). Then, each with n, a bootstrap 95 % interval
 (:mod:`mmh_jax.verdicts`):
 
 1. **Detection** — AUROC and TPR at 1 % FPR of −LID_θ (FLIPD at ``t0``, exact trace) as a detector of
-   the memorized digit-guided samples (conditional FLIPD(x | c) and unconditional FLIPD(x)); the
-   same on the unconditional samples (few are memorized: usually inconclusive); −FLIPD at the knee of
-   its curve (exact trace) and the normal bundle on ``curve_points`` samples; duplicated vs unique
-   training images.
+   the memorized samples among those guided by per-image labels (where both copies and non-copies
+   are frequent; conditional FLIPD(x | c) and unconditional FLIPD(x)); the same among the
+   digit-guided and the unconditional samples (few are memorized there: usually inconclusive);
+   −FLIPD at the knee of its curve (exact trace) and the normal bundle on ``curve_points``
+   per-image-label samples, half of them memorized; duplicated vs unique training images.
 2. **OD-Mem vs DD-Mem.** LID* must be comparable with LID_θ:
 
    - LID* of a sample is lPCA (``model_free_k`` neighbours, more than ``copies``) among the
@@ -140,6 +141,13 @@ def planted_table(codes, neither, memorized, truth) -> dict[str, dict[str, int]]
     return table
 
 
+def _balanced_subset(idx: np.ndarray, mem: np.ndarray, m: int) -> np.ndarray:
+    """Up to ``m`` of ``idx``: memorized ones first up to half (or more when too few are not), then not memorized."""
+    pos, neg = idx[mem[idx]], idx[~mem[idx]]
+    k_pos = min(pos.size, max(m // 2, m - neg.size))
+    return np.concatenate([pos[:k_pos], neg[: m - k_pos]])
+
+
 def _per_label_fraction(hit: np.ndarray, labels: np.ndarray):
     """(fractions of ``hit`` per label, the labels): the planted findings resample labels, not samples
     (samples of one label are not independent)."""
@@ -150,9 +158,10 @@ def _per_label_fraction(hit: np.ndarray, labels: np.ndarray):
 def findings(d: dict[str, Any], planted, codes_g, labels_g, mem_g, seed: int = 0) -> list:
     """The experiment's findings (:class:`mmh_jax.verdicts.Finding`) from its arrays; pure, for tests.
 
-    ``d`` holds the detection arrays (keys as built in :func:`run`: ``guided_flipd_c``,
-    ``guided_flipd_u`` and ``guided_mem`` of the digit-guided samples, ``uncond_flipd``/``uncond_mem``,
-    ``knee_value``/``normal_bundle``/``curve_mem``, ``train_flipd``/``train_duplicated``); ``planted``,
+    ``d`` holds the detection arrays (keys as built in :func:`run`: ``own_flipd_c``, ``own_flipd_u``
+    and ``own_mem`` of the samples guided by per-image labels, ``digit_flipd_c``/``digit_mem`` of the
+    digit-guided ones, ``uncond_flipd``/``uncond_mem``, ``knee_value``/``normal_bundle``/``curve_mem``,
+    ``train_flipd``/``train_duplicated``); ``planted``,
     ``codes_g``, ``labels_g`` and ``mem_g`` are per guided sample (planted class or "", MMH code,
     label, memorized).
     """
@@ -167,12 +176,14 @@ def findings(d: dict[str, Any], planted, codes_g, labels_g, mem_g, seed: int = 0
         out.append(V.finding(claim, f"AUROC of {stat}", V.auroc, pos, neg, threshold=0.5, seed=seed, note=note))
         return pos, neg
 
-    pos, neg = detect("memorized digit-guided samples have lower LID_θ(x | c)", "−FLIPD(x | c)",
-                      -d["guided_flipd_c"], d["guided_mem"])
-    out.append(V.finding("−FLIPD(x | c) flags memorized samples at 1 % false positives", "TPR at 1 % FPR",
-                         V.tpr_at_fpr, pos, neg, threshold=0.01, seed=seed))
-    detect("memorized digit-guided samples have lower unconditional LID_θ(x)", "−FLIPD(x)",
-           -d["guided_flipd_u"], d["guided_mem"])
+    pos, neg = detect("memorized samples of per-image labels have lower LID_θ(x | c)", "−FLIPD(x | c)",
+                      -d["own_flipd_c"], d["own_mem"])
+    out.append(V.finding("−FLIPD(x | c) flags memorized per-image-label samples at 1 % false positives",
+                         "TPR at 1 % FPR", V.tpr_at_fpr, pos, neg, threshold=0.01, seed=seed))
+    detect("memorized samples of per-image labels have lower unconditional LID_θ(x)", "−FLIPD(x)",
+           -d["own_flipd_u"], d["own_mem"])
+    detect("memorized digit-guided samples have lower LID_θ(x | c)", "−FLIPD(x | c)", -d["digit_flipd_c"],
+           d["digit_mem"])
     detect("memorized unconditional samples have lower LID_θ(x)", "−FLIPD(x)", -d["uncond_flipd"], d["uncond_mem"])
     detect("memorized samples have lower LID_θ at the knee of the FLIPD curve", "−FLIPD(knee)",
            -d["knee_value"], d["curve_mem"])
@@ -182,12 +193,13 @@ def findings(d: dict[str, Any], planted, codes_g, labels_g, mem_g, seed: int = 0
     planted, codes_g, labels_g, mem_g = np.asarray(planted), np.asarray(codes_g), np.asarray(labels_g), np.asarray(
         mem_g, bool)
     for truth, name in (("od_mem", "OD-Mem"), ("dd_mem", "DD-Mem")):
-        sel = planted == truth
+        # Only copies are memorization cases: the fraction of a label's memorized samples classified
+        # as planted, averaged over the labels with at least one (n = those labels).
+        sel = (planted == truth) & mem_g
         code = 1 if truth == "od_mem" else 2
-        hit = mem_g[sel] & (codes_g[sel] == code)
-        fr, groups = _per_label_fraction(hit, labels_g[sel])
-        out.append(V.finding(f"samples of a planted {'unique' if code == 1 else 'duplicated'} image are {name}",
-                             f"fraction classified {name} (mean over labels)", np.mean, fr, threshold=0.5,
+        fr, groups = _per_label_fraction(codes_g[sel] == code, labels_g[sel])
+        out.append(V.finding(f"memorized samples of a planted {'unique' if code == 1 else 'duplicated'} image are "
+                             f"{name}", f"fraction classified {name} (mean over labels)", np.mean, fr, threshold=0.5,
                              n_positive=groups.size, seed=seed))
     return out
 
@@ -237,9 +249,9 @@ def run(config, ctx: Context) -> dict[str, Any]:
         (np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, np.int64))
     digit = g["kind"] == 0
 
-    # 3. Curves (exact trace) and the normal bundle at digit-guided samples, memorized first.
-    d_idx = np.flatnonzero(digit)
-    order = d_idx[np.argsort(~mem_g[d_idx], kind="stable")][: cfg.curve_points]
+    # 3. Curves (exact trace) and the normal bundle at per-image-label samples: half memorized, half not.
+    own = g["kind"] == 1
+    order = _balanced_subset(np.flatnonzero(own), mem_g, cfg.curve_points)
     t0s = jnp.asarray(np.geomspace(*cfg.t0_grid[:2], int(cfg.t0_grid[2])), jnp.float32)
     m = order.size
     if m:
@@ -263,7 +275,6 @@ def run(config, ctx: Context) -> dict[str, Any]:
     mem_all = np.concatenate([mem_u, mem_g])
     atom = mem_all & setup.duplicated[np.concatenate([near_u, near_g]).astype(np.int64)]
     planted = np.full(g["labels"].size, "", object)
-    own = g["kind"] == 1
     if own.any():
         dup_label = set(setup.unique_labels[setup.duplicated & setup.own_label].tolist())
         planted[own] = np.where(np.isin(g["labels"][own], list(dup_label)), "dd_mem", "od_mem")
@@ -275,8 +286,9 @@ def run(config, ctx: Context) -> dict[str, Any]:
     neither = cls["neither"] if cls else np.zeros(mem_all.size, bool)
     codes_g = codes[n_u:]
 
-    arrays = {"guided_flipd_c": g["flipd_conditional"][digit], "guided_flipd_u": g["flipd_unconditional"][digit],
-              "guided_mem": mem_g[digit], "uncond_flipd": flipd_u, "uncond_mem": mem_u,
+    arrays = {"own_flipd_c": g["flipd_conditional"][own], "own_flipd_u": g["flipd_unconditional"][own],
+              "own_mem": mem_g[own], "digit_flipd_c": g["flipd_conditional"][digit], "digit_mem": mem_g[digit],
+              "uncond_flipd": flipd_u, "uncond_mem": mem_u,
               "knee_value": np.asarray(knee_v), "normal_bundle": np.asarray(nb), "curve_mem": mem_g[order],
               "train_flipd": flipd_train, "train_duplicated": setup.duplicated}
     found = findings(arrays, planted, codes_g, g["labels"], mem_g, ctx.seed)
@@ -298,8 +310,8 @@ def run(config, ctx: Context) -> dict[str, Any]:
         "n_guided_digit": int(digit.sum()), "n_memorized_guided_digit": int(mem_g[digit].sum()),
         "n_guided_own": int(own.sum()), "n_memorized_guided_own": int(mem_g[own].sum()),
         "guidance": float(g["guidance"]), "dimension": int(np.prod(uncond.shape[1:])),
-        "mean_flipd_guided": {"memorized": mean(g["flipd_conditional"], digit & mem_g),
-                              "not_memorized": mean(g["flipd_conditional"], digit & ~mem_g)},
+        "mean_flipd_own": {"memorized": mean(g["flipd_conditional"], own & mem_g),
+                           "not_memorized": mean(g["flipd_conditional"], own & ~mem_g)},
         "mean_flipd_train": {"duplicated": mean(flipd_train, setup.duplicated),
                              "unique": mean(flipd_train, ~setup.duplicated)},
         "range_normal_bundle": [float(np.min(nb)), float(np.max(nb))] if m else [float("nan")] * 2,
@@ -321,7 +333,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
              knee_t=np.asarray(knee_t), knee_value=np.asarray(knee_v), normal_bundle=np.asarray(nb),
              lid_theta=lid_theta, lpca=np.concatenate([lp_u, lp_g]), mmh_class=codes, neither=neither,
              planted=planted.astype(str), lid_star=cls["lid_star"] if cls else np.full(codes.size, np.nan, np.float32))
-    _hist(ctx.path("images_lid_hist.png"), g["flipd_conditional"][digit], mem_g[digit], flipd_u, mem_u, flipd_train,
+    _hist(ctx.path("images_lid_hist.png"), g["flipd_conditional"][own], mem_g[own], flipd_u, mem_u, flipd_train,
           setup.duplicated, cfg.t0)
     _curves(ctx.path("images_flipd_curves.png"), np.asarray(t0s), np.asarray(curves), np.asarray(knee_t),
             np.asarray(knee_v), mem_g[order])
@@ -363,7 +375,7 @@ def _reading(m: dict[str, Any], found: list) -> str:
         f"{m['n_memorized_guided_digit']} of {m['n_guided_digit']} samples guided by a digit class "
         f"(w = {m['guidance']:g}), {m['n_memorized_guided_own']} of {m['n_guided_own']} guided by a per-image label.",
     ]
-    lines += [x.text() for x in found if not x.claim.startswith("samples of a planted")]
+    lines += [x.text() for x in found if not x.claim.startswith("memorized samples of a planted")]
     lo, hi = m["range_normal_bundle"]
     if lo == lo and lo == hi:
         lines.append(f"The normal bundle gave {lo:g} at every sample (D = {m['dimension']}): its largest-gap rule "
@@ -384,7 +396,7 @@ def _reading(m: dict[str, Any], found: list) -> str:
             f"{t['od_mem']['dd_mem']}, neither {t['od_mem']['neither']}, not memorized {t['od_mem']['not_memorized']}; "
             f"duplicated images → OD-Mem {t['dd_mem']['od_mem']}, DD-Mem {t['dd_mem']['dd_mem']}, neither "
             f"{t['dd_mem']['neither']}, not memorized {t['dd_mem']['not_memorized']}.")
-        lines += [x.text() for x in found if x.claim.startswith("samples of a planted")]
+        lines += [x.text() for x in found if x.claim.startswith("memorized samples of a planted")]
     return " ".join(lines)
 
 
@@ -398,7 +410,7 @@ def _hist(path, flipd_g, mem_g, flipd_u, mem_u, flipd_train, dup, t0) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
     for ax, vals, sel, names, title in (
-        (axes[0], flipd_g, mem_g, ("memorized", "not memorized"), f"FLIPD(x | c) (t0={t0:g}) at digit-guided samples"),
+        (axes[0], flipd_g, mem_g, ("memorized", "not memorized"), f"FLIPD(x | c) (t0={t0:g}), per-image labels"),
         (axes[1], flipd_u, mem_u, ("memorized", "not memorized"), f"FLIPD(x) (t0={t0:g}) at unconditional samples"),
         (axes[2], flipd_train, dup, ("duplicated", "unique"), f"FLIPD(x) (t0={t0:g}) at training images"),
     ):
@@ -452,7 +464,7 @@ def _curves(path, t0s, curves, knee_t, knee_v, mem) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("t₀")
     ax.set_ylabel("FLIPD(x | c), exact trace")
-    ax.set_title("FLIPD curves at digit-guided samples (dots: knees)", fontsize=9)
+    ax.set_title("FLIPD curves at per-image-label samples (dots: knees)", fontsize=9)
     if len(curves):
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -58,7 +58,10 @@ def finding_rows(m: Any) -> list[dict[str, Any]]:
     from mmh_jax.verdicts import Finding
 
     found = m.get("findings") if isinstance(m, dict) else None
-    return [Finding(**f).row() for f in found] if isinstance(found, list) else []
+    if not isinstance(found, list):
+        return []
+    # metrics.json stores NaN as null: read it back as NaN
+    return [Finding(**{k: float("nan") if v is None else v for k, v in f.items()}).row() for f in found]
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,9 +120,9 @@ class OtherRunError(ValueError):
 #: The settings that define the models the preset trains itself (with the seed): ``toy`` trains
 #: ``models/toy``; ``images`` trains ``models/digits_cfg``, shared by conditional and mitigation.
 _MODEL_SETTINGS = {
-    "toy": ("n_train", "steps", "hidden", "num_layers", "batch_size", "learning_rate"),
-    "images": ("n_train", "n_duplicated", "copies", "steps", "model", "hidden", "num_layers", "channels",
-               "channel_mults", "attention", "batch_size", "learning_rate"),
+    "toy": ("n_train", "steps", "hidden", "num_layers", "batch_size", "learning_rate", "time_sampling"),
+    "images": ("n_train", "n_duplicated", "copies", "own_label_unique", "steps", "time_sampling", "model", "hidden",
+               "num_layers", "channels", "channel_mults", "attention", "batch_size", "learning_rate"),
 }
 
 #: What a run with the preset's own models trains under ``out`` (removed with its results by ``overwrite``).
