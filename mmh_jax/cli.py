@@ -150,7 +150,7 @@ _RUN_DESCRIPTION = "\n\n".join(textwrap.fill(par, 100) for par in (
     "Every finding states its n, a bootstrap 95% interval and a verdict: holds, does not hold, or inconclusive "
     "(the interval straddles the threshold, or fewer than 10 positives).",
     "Presets: quick (tiny sizes, about 40 s on 2 CPU cores, compiled with XLA optimisations off; for tests), "
-    "default (about 11 minutes on 2 CPU "
+    "default (about 7 minutes on 2 CPU "
     "cores), full (larger models and samples; for a GPU).",
     "Resuming: models are cached under OUT/models, and metrics.json is written after each experiment. Rerunning "
     "into the same --out (after Ctrl-C or SIGTERM, exit code 130 / 143, or a crash) continues a partly trained "

@@ -73,7 +73,8 @@ def test_quick_run_counts_and_samples_are_consistent(quick_run):
     assert planted == {"od_mem": q.images.per_image_samples * q.images.own_label_unique,
                        "dd_mem": q.images.per_image_samples * q.images.n_duplicated}
     assert np.all(np.isfinite(img["flipd"])) and np.all(np.isfinite(img["lid_star"]))
-    assert np.all(img["lid_star"][img["mmh_class"] == 2] <= m["od_dd"]["small"])
+    dd = img["mmh_class"] == 2
+    assert np.all(img["lid_star"][dd] <= m["od_dd"]["small"]) and np.all(img["lid_theta"][dd] <= m["od_dd"]["small"])
 
 
 def test_rerun_reuses_the_trained_models(quick_run, tmp_path):

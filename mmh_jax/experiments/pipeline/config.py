@@ -1,6 +1,6 @@
 """Configuration of ``mmh-jax run``: one frozen dataclass per experiment, and the presets.
 
-``quick`` (~40 s on 2 CPU cores; tiny sizes, for tests), ``default`` (~11 minutes on 2 CPU
+``quick`` (~40 s on 2 CPU cores; tiny sizes, for tests), ``default`` (~7 minutes on 2 CPU
 cores: the paper's findings on embedded data) and ``full`` (larger models and samples, for a GPU).
 """
 

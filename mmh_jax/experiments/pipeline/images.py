@@ -27,8 +27,8 @@ rate is reported beside every use). Then, each with n, a bootstrap 95 % interval
      of FLIPD there; half B measures how often a real held-out digit would be called OD.
 
    A memorized sample is OD-Mem when LID_θ < LID*_cal − gap (the model is lower-dimensional than
-   the data there), DD-Mem when LID*_cal ≤ small and LID_θ ≤ small + gap (the data are
-   low-dimensional and the model reproduces them), else neither. LID_θ is the LID of the model that
+   the data there), DD-Mem when LID*_cal ≤ small and LID_θ ≤ small (the data are low-dimensional
+   there and the model's LID is lower than at 95 % of real digits), else neither. LID_θ is the LID of the model that
    drew the sample: FLIPD(x | c) for guided samples, FLIPD(x) for unconditional ones.
    **Planted cases** decide whether this works: samples guided by the label of a *unique* image
    (the model provably overfits an image the data hold once) must come out OD-Mem; those guided by
@@ -119,8 +119,9 @@ def od_dd(lid_theta, lpca_star, atom, memorized, heldout_flipd, heldout_lpca, *,
     star_b = to_flipd_scale(hl[b])
     od_b = hf[b] < star_b - gap
     lid_star = np.where(atom, 0.0, to_flipd_scale(lpca_star))
+    # classify's DD rule is LID* ≤ s and LID_θ ≤ s + gap: s = small − gap makes the LID_θ bound ``small``
     codes = np.asarray(memorization.classify(lid_theta.astype(np.float32), lid_star.astype(np.float32), gap=gap,
-                                             small=small))
+                                             small=small - gap))
     codes = np.where(memorized, codes, 0).astype(np.int32)
     return {"codes": codes, "neither": memorized & (codes == 0), "lid_star": lid_star.astype(np.float32),
             "gap": gap, "small": small, "heldout_od_rate": float(np.mean(od_b)), "n_heldout_b": int(b.size),
@@ -387,7 +388,8 @@ def _reading(m: dict[str, Any], found: list) -> str:
     else:
         lines.append(
             f"OD vs DD: LID* (lPCA among distinct training images, on FLIPD's scale via held-out digits; 0 at copies "
-            f"of duplicated images) against LID_θ with gap {f(od['gap'])} and small {f(od['small'])}; a held-out real "
+            f"of duplicated images) against LID_θ with gap {f(od['gap'])} (OD: LID_θ < LID* − gap) and small "
+            f"{f(od['small'])} (DD: LID_θ below that, and LID* 0 or below small − gap); a held-out real "
             f"digit would be called OD {pct(od['heldout_od_rate'])}. Of the memorized samples that were not planted: "
             f"OD-Mem {pct(od['od_mem'])}, DD-Mem {pct(od['dd_mem'])}, neither {pct(od['neither'])}.")
         t = m["planted"]
@@ -482,16 +484,17 @@ def _od_dd_plot(path, lid_theta, lid_star, mem, codes, planted, gap, flipd_ho, l
         if sel.any():
             ax.scatter(lid_star[sel], lid_theta[sel], s=12, c=color, alpha=0.7, label=f"{name} ({int(sel.sum())})")
     for truth, marker in (("od_mem", "^"), ("dd_mem", "s")):
-        sel = planted == truth
+        sel = (planted == truth) & mem
         if sel.any():
             ax.scatter(lid_star[sel], lid_theta[sel], s=30, marker=marker, facecolors="none",
-                       edgecolors=styles[truth][0], lw=1.0, label=f"planted {styles[truth][1]} ({int(sel.sum())})")
-    hi = float(np.nanmax(np.concatenate([lid_star, lid_theta, [1.0]])))
+                       edgecolors=styles[truth][0], lw=1.0,
+                       label=f"planted {styles[truth][1]}, memorized ({int(sel.sum())})")
+    hi = float(np.nanmax(np.concatenate([lid_star[mem], lid_theta[mem], [1.0]])))
     xs = np.linspace(0, hi, 50)
     ax.plot(xs, xs - gap, "k--", lw=0.8, label="LID_θ = LID* − gap (below: OD)")
     ax.set_xlabel("LID* (lPCA on FLIPD's scale; 0 at atoms)")
     ax.set_ylabel("LID_θ (FLIPD of the sampling model)")
-    ax.set_title("OD-Mem vs DD-Mem at memorized samples", fontsize=9)
+    ax.set_title("OD-Mem vs DD-Mem at memorized samples (filled: classified as; open: planted as)", fontsize=8)
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
