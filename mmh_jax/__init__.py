@@ -12,9 +12,9 @@ import importlib
 
 #: Submodules loaded on first use (PEP 562): ``import mmh_jax`` costs no JAX import, so the CLI can
 #: install its signal handling before the heavy imports start (see ``mmh_jax/_interrupt.py``).
-_LAZY = ("lid", "memorization", "parallel", "quality", "sde")
+_LAZY = ("lid", "memorization", "parallel", "quality", "sde", "verdicts")
 
-__all__ = ["lid", "load", "memorization", "parallel", "quality", "sde", "__version__"]
+__all__ = ["lid", "load", "memorization", "parallel", "quality", "sde", "verdicts", "__version__"]
 
 
 def load(checkpoint_dir: str, *, step: int | None = None):

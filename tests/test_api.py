@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import mmh_jax
-from mmh_jax import lid, memorization, parallel, quality, sde
+from mmh_jax import lid, memorization, parallel, quality, sde, verdicts
 
 LID_NAMES = {
     "cfdm", "cfg_norm", "ess", "evaluate", "fast_flow_lidl", "flipd", "flipd_curve", "fp_regress",
@@ -18,15 +18,16 @@ def test_public_names_are_pinned():
         assert callable(getattr(lid, name))
     assert {"map_points", "make_mesh"} <= set(parallel.__all__)
     assert sde.__all__ == ["VPSDE"]
-    assert {"lid", "memorization", "parallel", "quality", "sde"} <= set(mmh_jax.__all__)
+    assert {"lid", "memorization", "parallel", "quality", "sde", "verdicts"} <= set(mmh_jax.__all__)
     assert set(memorization.__all__) == {
-        "CLASSES", "calibrated_l2", "class_counts", "classify", "detection_metrics", "memorized",
-        "nearest_training",
+        "CLASSES", "calibrate_threshold", "calibrated_l2", "class_counts", "classify", "detection_metrics",
+        "memorized", "nearest_training",
     }
-    assert quality.__all__ == ["knn_precision_recall"]
+    assert quality.__all__ == ["energy_distance", "knn_precision_recall"]
+    assert {"Finding", "decide", "finding", "bootstrap_interval", "auroc", "wilson_interval"} <= set(verdicts.__all__)
 
 
 def test_lid_does_not_import_flax_or_optax():
-    code = "import sys, mmh_jax.lid, mmh_jax.sde, mmh_jax.parallel, mmh_jax.memorization, mmh_jax.quality; print(sorted(m for m in ('flax', 'optax', 'orbax') if m in sys.modules))"
+    code = "import sys, mmh_jax.lid, mmh_jax.sde, mmh_jax.parallel, mmh_jax.memorization, mmh_jax.quality, mmh_jax.verdicts; print(sorted(m for m in ('flax', 'optax', 'orbax') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
