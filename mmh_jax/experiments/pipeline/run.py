@@ -47,9 +47,9 @@ SUMMARY = ("experiment", "claim", "effect [95% CI]", "needs", "n", "verdict")
 
 TITLES = {
     "toy": "1. Toy: OD-Mem and DD-Mem on a von Mises circle plus a point mass",
-    "images": "2. Images: memorized digit samples have low LID_θ",
-    "conditional": "3. Conditioning: CFG norm vs conditional and unconditional FLIPD",
-    "mitigation": "4. Mitigation: sampling steered towards higher LID_θ",
+    "images": "2. Images: memorized digit samples have low LID_θ; OD-Mem vs DD-Mem on planted cases",
+    "conditional": "3. Conditioning: can the CFG norm detect memorization? Per-image labels vs digit classes",
+    "mitigation": "4. Mitigation: sampling steered towards higher LID_θ, judged with sample quality",
 }
 
 
