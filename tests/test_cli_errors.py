@@ -269,12 +269,20 @@ def test_ctrl_c_outside_training_exits_130_without_traceback(monkeypatch, tmp_pa
         reached.append("after the safe point")
 
     monkeypatch.setattr(lid_cmd, "run", interrupted)
-    before = signal.getsignal(signal.SIGINT)
-    assert cli.main(["lid", "--out", str(tmp_path / "o")]) == 130
+    # A runner started in the background of a script inherits SIGINT as ignored, which the CLI keeps
+    # (as Python does): give this process Python's own handler, whatever started it.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        rc = cli.main(["lid", "--out", str(tmp_path / "o")])
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert rc == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "mmh-jax lid: interrupted by SIGINT" in err, err
     assert reached == []
-    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+    assert after is before  # the caller's handler is back
 
 
 @pytest.fixture
