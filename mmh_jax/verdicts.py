@@ -211,6 +211,17 @@ class Finding:
     def asdict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        """The inverse of :meth:`asdict`, also after a JSON round trip (which stores NaN as null).
+
+        Examples:
+          >>> f = Finding("c", "AUROC", float("nan"), float("nan"), float("nan"), 0.5, "above", 0, 9, "inconclusive")
+          >>> Finding.from_dict({**f.asdict(), "effect": None}).interval()
+          'n/a [n/a, n/a]'
+        """
+        return cls(**{k: float("nan") if v is None else v for k, v in d.items()})
+
 
 def _f(v: float) -> str:
     return "n/a" if v != v else f"{v:.2f}"

@@ -149,8 +149,7 @@ metrics = pipeline_run.run(config, out, progress=False)
 
 def show_findings(m):
     """The findings of one experiment as a table (claim, effect [95% CI], threshold, n, verdict, note)."""
-    nan = float("nan")  # metrics.json stores NaN as null: results reused from an earlier run read it back
-    found = [verdicts.Finding(**{k: nan if v is None else v for k, v in d.items()}) for d in m["findings"]]
+    found = [verdicts.Finding.from_dict(d) for d in m["findings"]]
     rows = [{**f.row(), "note": f.note} for f in found]
     display(Markdown(markdown_table(rows, ["claim", "statistic", "effect [95% CI]", "needs", "n", "verdict", "note"])))
 

@@ -60,8 +60,7 @@ def finding_rows(m: Any) -> list[dict[str, Any]]:
     found = m.get("findings") if isinstance(m, dict) else None
     if not isinstance(found, list):
         return []
-    # metrics.json stores NaN as null: read it back as NaN
-    return [Finding(**{k: float("nan") if v is None else v for k, v in f.items()}).row() for f in found]
+    return [Finding.from_dict(f).row() for f in found]
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
