@@ -1,8 +1,8 @@
-"""Shared by the scripts in ``bench/``: the timing and reporting helpers of :mod:`mmh_jax._timing`
+"""Shared by the scripts in ``bench/``: the timing and reporting helpers of `mmh_jax._timing`
 (also behind ``mmh-jax bench``), plus where results go.
 
 Scripts under ``bench/`` import this as ``bench._common``; run them from the repository root
-(``python bench/bench_x.py``): :func:`ensure_importable` puts the root on ``sys.path``.
+(``python bench/bench_x.py``): `ensure_importable` puts the root on ``sys.path``.
 """
 
 from __future__ import annotations

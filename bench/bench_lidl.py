@@ -2,7 +2,7 @@
 
     python bench/bench_lidl.py [--quick] [--out DIR] [--steps N] [--repeats N] [--data NAME]
 
-Setting: ``mmh-jax train --model lidl`` with its defaults (``flow_train.FLOW_PRESETS["full"]``:
+Setting: ``mmh-jax train --model lidl`` with its defaults (``train_flow.FLOW_PRESETS["full"]``:
 rational-quadratic spline flows with 8 couplings, conditioner width 64, 12 bins; batch 256; AdamW,
 lr 2e-3, EMA 0.99) on the lollipop (n = 20000), M = 8 noise scales geomspace(0.01, 0.1, 8).
 
@@ -17,7 +17,7 @@ Rows:
   ``tests/test_lidl.py``). Its loop is compiled once with δ_m and m traced, so it pays one compile,
   not eight — the fairest sequential baseline. A timed call is the 8 member runs in a row.
 
-Timing (``bench._common``, STYLE §14): compiled first (``compile_s``), warmed up, then the two rows are
+Timing (``bench._common``): compiled first (``compile_s``), warmed up, then the two rows are
 timed in ``--repeats`` interleaved rounds. ``ratio`` in the summary is the one-by-one median wall time
 divided by the ensemble's (> 1: the vmapped ensemble is faster); ``*_best`` from the fastest rounds.
 ``max_param_diff`` compares the parameters after one call (``--steps`` steps from the same state):
@@ -45,9 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench._common import DEFAULT_OUT, env_info, finish, prepare, time_many
-from mmh_jax import train
+from mmh_jax import train, train_flow
 from mmh_jax.data import synthetic
-from mmh_jax.experiments import flow_train, train_cmd
+from mmh_jax.experiments import training
 from mmh_jax.models import make_nll_loss
 
 NAME = "bench_lidl"
@@ -75,13 +75,13 @@ def setup(args: argparse.Namespace):
     overrides = {"model": "lidl", "data": args.data, "seed": args.seed}
     if args.quick:
         overrides.update(n=500, batch_size=32, model_kwargs={"num_coupling": 2, "hidden": 8, "num_bins": 4})
-    config = train_cmd.preset("full", **overrides)
+    config = training.preset("full", **overrides)
     x = np.asarray(synthetic.GENERATORS[config.data](config.n, seed=config.seed).x, np.float32)
     cfg = {"model": "lidl", "event_shape": [x.shape[1]], "model_kwargs": dict(config.model_kwargs),
-           **flow_train.config_entries("lidl", config.deltas, x)}
+           **train_flow.config_entries("lidl", config.deltas, x)}
     optimizer = train.make_optimizer(learning_rate=config.learning_rate, total_steps=config.steps,
                                      warmup_steps=config.warmup_steps)
-    flow, state, ens_step = flow_train.init_state(cfg, optimizer, jax.random.key(args.seed),
+    flow, state, ens_step = train_flow.init_state(cfg, optimizer, jax.random.key(args.seed),
                                                   ema_decay=config.ema_decay)
     deltas = jnp.asarray(cfg["deltas"], jnp.float32)
     data, base = jnp.asarray(x), jax.random.key(args.seed + 1)

@@ -2,7 +2,7 @@
 
     python bench/bench_train.py [--quick] [--out DIR] [--repeats N] [--models mlp,unet]
 
-Models and settings are the defaults of ``mmh-jax train`` (``train_cmd.preset("full", ...)``):
+Models and settings are the defaults of ``mmh-jax train`` (``training.preset("full", ...)``):
 
 - ``mlp``: ``make_model("mlp")`` (hidden 512, 3 layers, long skips, time embedding 128) on the
   lollipop (2-D, n = 20000), batch 256, lr 1e-3;
@@ -33,7 +33,7 @@ once and the forward outputs (random inputs, random t) must agree to 1e-4; the t
 schedule is checked against optax's. Weights are not shared during timing: this measures training
 throughput, not numerics.
 
-Timing (``bench._common``, STYLE §14): JAX loops are compiled once (``compile_s``, tracing + XLA),
+Timing (``bench._common``): JAX loops are compiled once (``compile_s``, tracing + XLA),
 torch runs one step; then every row is warmed up and all rows of a model are timed in
 ``--repeats`` interleaved rounds, so they see the same background load. ``steps_per_s`` uses the
 median wall time of a round; ``vs_torch`` is the throughput ratio to the eager torch row of the
@@ -69,7 +69,7 @@ import numpy as np
 
 from bench._common import DEFAULT_OUT, Prepared, env_info, finish, prepare, time_many
 from mmh_jax import train
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 from mmh_jax.models import make_model
 from mmh_jax.sde import VPSDE
 
@@ -136,9 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_config(name: str, args: argparse.Namespace) -> train_cmd.TrainConfig:
+def model_config(name: str, args: argparse.Namespace) -> training.TrainConfig:
     """The CLI's default training config of ``name``, with the size overrides of ``args``."""
-    cfg = train_cmd.preset("full", data=DATA[name], model=name)
+    cfg = training.preset("full", data=DATA[name], model=name)
     kw = dict(cfg.model_kwargs)
     if name == "mlp":
         kw.update({k: v for k, v in (("hidden", args.hidden), ("num_layers", args.layers),
@@ -159,8 +159,8 @@ def model_config(name: str, args: argparse.Namespace) -> train_cmd.TrainConfig:
 class JaxSetup:
     """The module, data, initial parameters and ``TrainState`` of one model, built as the CLI does."""
 
-    def __init__(self, cfg: train_cmd.TrainConfig):
-        x, _ = train_cmd.load_training_data(cfg)
+    def __init__(self, cfg: training.TrainConfig):
+        x, _ = training.load_training_data(cfg)
         self.cfg = cfg
         self.x = x
         self.module = make_model(cfg.model, **cfg.model_kwargs)
@@ -178,7 +178,7 @@ class JaxSetup:
     def unit(self, steps: int, steps_per_call: int) -> Prepared:
         """``steps`` training steps as ``steps/steps_per_call`` dispatches of the library's loop.
 
-        Returns a :class:`Prepared` ``call(state) -> (state, metrics)`` with the loop's compile time.
+        Returns a `Prepared` ``call(state) -> (state, metrics)`` with the loop's compile time.
         """
         loop = train.make_train_loop(self.step, batch_size=self.cfg.batch_size, steps_per_call=steps_per_call)
         extra = (self.data, None, None, self.k_train)
@@ -350,7 +350,7 @@ def torch_modules(torch):
     return ScoreMLP, UNet
 
 
-def build_torch_net(torch, name: str, cfg: train_cmd.TrainConfig, event_shape):
+def build_torch_net(torch, name: str, cfg: training.TrainConfig, event_shape):
     ScoreMLP, UNet = torch_modules(torch)
     if name == "mlp":
         return ScoreMLP(event_shape[-1], **cfg.model_kwargs)
@@ -413,7 +413,7 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, end_frac: float
 class TorchTrainer:
     """The training step of ``make_train_step`` written the straightforward way in PyTorch."""
 
-    def __init__(self, torch, net, data, cfg: train_cmd.TrainConfig, sde: VPSDE, *, t_min: float = 1e-3,
+    def __init__(self, torch, net, data, cfg: training.TrainConfig, sde: VPSDE, *, t_min: float = 1e-3,
                  weight_decay: float = 1e-4, clip_norm: float = 1.0):
         self.torch, self.net, self.data, self.cfg = torch, net, data, cfg
         self.params = [p for p in net.parameters() if p.requires_grad]
@@ -520,7 +520,7 @@ def check_forward(torch, setup: JaxSetup, net, *, n: int = 16, seed: int = 1) ->
             "max_abs_output": float(np.max(np.abs(want)))}
 
 
-def check_schedule(cfg: train_cmd.TrainConfig) -> float:
+def check_schedule(cfg: training.TrainConfig) -> float:
     """Max |torch LambdaLR learning rate − optax schedule| over the run's steps (relative to lr)."""
     import optax
 

@@ -9,10 +9,8 @@ blocks (outputs are not versioned; run the notebook to see them).
 
 from __future__ import annotations
 
-import io
 import os
 import sys
-from contextlib import redirect_stdout
 
 MARKER = "<!-- cli-help -->"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

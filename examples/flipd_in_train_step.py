@@ -3,14 +3,14 @@
 The pattern, for any JAX training loop:
 
 1. Write the score as a function of the parameters being trained,
-   ``score_fn = lambda y, t: -eps_apply(params, y, t) / sigma(t)`` (single example, DESIGN §5).
-2. Inside the loss, ``jax.vmap`` :func:`mmh_jax.lid.flipd` over a batch, with one key per example
-   split from the step's key (Hutchinson trace: cost ≈ 2 network passes per probe).
+   ``score_fn = lambda y, t: -eps_apply(params, y, t) / sigma(t)`` (single example, docs/design.md#api-contract).
+2. Inside the loss, ``jax.vmap`` [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] over a batch, with one key per
+   example split from the step's key (Hutchinson trace: cost ≈ 2 network passes per probe).
 3. ``loss = dsm + lam * mean(FLIPD)``: the gradient flows through the trace (forward-over-reverse
    JVPs), so ``lam > 0`` pushes the model's LID at those points down and ``lam < 0`` pushes it up
    (e.g. away from memorization). ``lam = 0`` keeps FLIPD as a pure monitor at the cost of one
    extra forward/trace pass; wrap it in ``jax.lax.cond`` to pay it only every k steps
-   (as :func:`mmh_jax.train.make_train_step` does with ``monitor_every``).
+   (as [`mmh_jax.train.make_train_step`][mmh_jax.train.make_train_step] does with ``monitor_every``).
 4. Report ``jax.lax.stop_gradient(mean FLIPD)`` as a metric.
 5. ``jax.jit`` the step once, with ``lam`` and ``t0`` as ordinary (traced) arguments: changing them,
    or feeding new batches, never recompiles.

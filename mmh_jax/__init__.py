@@ -6,9 +6,9 @@ pure-functional JAX local-intrinsic-dimension (LID) estimators, models, and the 
 Subpackages are imported lazily so that ``import mmh_jax.lid`` never pulls in flax or optax.
 """
 
-__version__ = "0.1.0"
-
 import importlib
+
+from mmh_jax._version import __version__
 
 #: Submodules loaded on first use (PEP 562): ``import mmh_jax`` costs no JAX import, so the CLI can
 #: install its signal handling before the heavy imports start (see ``mmh_jax/_interrupt.py``).
@@ -20,18 +20,19 @@ __all__ = ["lid", "load", "memorization", "parallel", "quality", "sde", "verdict
 def load(checkpoint_dir: str, *, step: int | None = None):
     """Load a model trained by ``mmh-jax train``: ``.score_fn``, ``.eps_fn``, ``.sde``, ``.config``, ``.sample``.
 
-    Flows (``--model flow|lidl``) load as :class:`mmh_jax.trained.TrainedFlow`: ``.log_prob``,
-    ``.decoder``, ``.encoder``, ``.lidl``, ``.sample``.
+    Flows (``--model flow|lidl``) load as [`mmh_jax.trained.TrainedFlow`][mmh_jax.trained.TrainedFlow]:
+    ``.log_prob``, ``.decoder``, ``.encoder``, ``.lidl``, ``.sample``.
 
     Imported lazily so that ``import mmh_jax.lid`` stays free of flax/optax/orbax. See
-    :func:`mmh_jax.trained.load`.
+    [`mmh_jax.trained.load`][mmh_jax.trained.load].
 
     Args:
       checkpoint_dir: the ``--out`` of ``mmh-jax train`` (or its ``checkpoints/`` folder).
       step: the checkpoint step to load (default: the newest).
 
     Returns:
-      a :class:`mmh_jax.trained.TrainedModel` (EMA parameters, its SDE and saved config).
+      a [`mmh_jax.trained.TrainedModel`][mmh_jax.trained.TrainedModel] (EMA parameters, its SDE and saved
+      config).
 
     Raises:
       FileNotFoundError: no such directory.

@@ -1,15 +1,15 @@
 """Interrupt requests (Ctrl-C, SIGTERM) that long work honours at safe points.
 
-The CLI's handlers only *record* a signal (:func:`deferred`); training, sampling, LID and ``run``
-call :func:`check` between dispatches, between experiments and after saves, and it raises
-:class:`Interrupted` there. Raising from inside a handler instead (Python's default for SIGINT)
+The CLI's handlers only *record* a signal (`deferred`); training, sampling, LID and ``run``
+call `check` between dispatches, between experiments and after saves, and it raises
+`Interrupted` there. Raising from inside a handler instead (Python's default for SIGINT)
 lands wherever the main thread is: in a GC callback or finalizer the exception is printed as
 "Exception ignored" and lost, and mid-compile or mid-save it leaves half-done work behind.
 
-A watcher thread reads the signals from :func:`signal.set_wakeup_fd`, so a signal is acknowledged
+A watcher thread reads the signals from `signal.set_wakeup_fd`, so a signal is acknowledged
 at once even while the main thread is inside a long XLA compile or dispatch (Python runs handlers
 only between bytecodes of the main thread); a second signal ends the process at once, without
-saving. Library users who never enter :func:`deferred` keep Python's own behaviour: :func:`check`
+saving. Library users who never enter `deferred` keep Python's own behaviour: `check`
 is then a no-op and Ctrl-C raises ``KeyboardInterrupt`` as usual.
 """
 
@@ -29,7 +29,7 @@ _count = 0
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised by :func:`check` at a safe point after a recorded SIGINT or SIGTERM.
+    """Raised by `check` at a safe point after a recorded SIGINT or SIGTERM.
 
     A ``KeyboardInterrupt``, so code that already cleans up after Ctrl-C handles it the same way.
     """
@@ -40,12 +40,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 def requested() -> signal.Signals | None:
-    """The signal recorded since :func:`deferred` was entered (None if none)."""
+    """The signal recorded since `deferred` was entered (None if none)."""
     return _requested
 
 
 def check() -> None:
-    """Raise :class:`Interrupted` if a signal was recorded: call only where stopping is safe."""
+    """Raise `Interrupted` if a signal was recorded: call only where stopping is safe."""
     if _requested is not None:
         raise Interrupted(_requested)
 

@@ -2,8 +2,8 @@
 
 When one read of a restore fails, orbax closes its event loop with other reads still pending; they
 later print "Exception ignored in <coroutine ...>", "exception was never retrieved" or "Event loop
-is closed" tracebacks at arbitrary moments. :mod:`mmh_jax.checkpoint` raises one clear error instead
-and uses these helpers to silence exactly those reports (every other error is reported as before).
+is closed" tracebacks at arbitrary moments. [`mmh_jax.checkpoint`][mmh_jax.checkpoint] raises one clear error
+instead and uses these helpers to silence exactly those reports (every other error is reported as before).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class _DropUnretrieved(logging.Filter):
 
 
 def _ignore_unraisable(unraisable) -> None:
-    """``sys.unraisablehook`` that drops the report (see :meth:`Checkpointer.restore`)."""
+    """``sys.unraisablehook`` that drops the report (see
+    [`Checkpointer.restore`][mmh_jax.checkpoint.Checkpointer.restore])."""
 
 
 def close_abandoned_reads() -> None:
@@ -57,7 +58,7 @@ def close_abandoned_reads() -> None:
     or at exit — and each prints a report: "Exception ignored in: <coroutine object
     _read_array_index_and_device_put ...>" with a traceback (orbax turns the GeneratorExit of the
     finalizer into an exception), or "Task/_GatheringFuture exception was never retrieved". Here,
-    inside :func:`leftover_reads_quiet`, the pending tasks of orbax's closed loops are closed (their
+    inside `leftover_reads_quiet`, the pending tasks of orbax's closed loops are closed (their
     errors dropped) and the errors of the finished ones retrieved, so nothing is left to report.
     Only tasks and futures of closed loops that ran orbax coroutines are touched."""
     import asyncio

@@ -1,7 +1,7 @@
 """Timing and reporting for estimator benchmarks (``mmh-jax bench`` and the scripts in ``bench/``).
 
 Every benchmark compiles once, times ``jax.block_until_ready`` over repeats, reports compile time
-separately and prints ratios against a baseline measured in the same process (STYLE §14)::
+separately and prints ratios against a baseline measured in the same process:
 
     from mmh_jax._timing import time_fn, write_results, markdown_table
     stats = time_fn(jax.jit(f), x, repeats=10, warmup=1)   # {"compile_s", "median_s", ...}
@@ -124,11 +124,11 @@ def time_many(
 ) -> dict[str, dict[str, Any]]:
     """Time several ``name -> (fn, args)`` calls *interleaved*: round ``r`` times each once.
 
-    Everything is compiled (or called once) and warmed up first, as in :func:`time_fn`; then the
+    Everything is compiled (or called once) and warmed up first, as in `time_fn`; then the
     ``repeats`` rounds run every call in turn, so all of them see the same background load and
     ratios between them (e.g. against a baseline) are robust on a shared machine. A ``fn`` that is
-    already a :class:`Prepared` is not compiled again. Returns ``name -> stats`` with the keys of
-    :func:`time_fn`.
+    already a `Prepared` is not compiled again. Returns ``name -> stats`` with the keys of
+    `time_fn`.
     """
     _check_counts(repeats, warmup)
     prepared = {name: _prepare(fn, tuple(args)) for name, (fn, args) in calls.items()}

@@ -3,16 +3,20 @@
 A run directory holds ``checkpoints/<step>/`` written by an orbax ``CheckpointManager``: each save
 goes to a temporary directory (``<step>.orbax-checkpoint-tmp``) that is renamed into place only when
 complete, so an interrupted save never replaces a good checkpoint (the half-written temporary is
-ignored; :meth:`Checkpointer.interrupted_saves` lists such leftovers). Next to the train state each
+ignored; [`Checkpointer.interrupted_saves`][mmh_jax.checkpoint.Checkpointer.interrupted_saves] lists such
+leftovers). Next to the train state each
 checkpoint stores ``meta`` (JSON): the format tag and the run's configuration, which is compared on
 resume — a checkpoint of another model or data set is refused, never overwritten.
 
-A state whose parameters hold NaN or inf is never saved (:class:`NonFiniteError`). A checkpoint that
+A state whose parameters hold NaN or inf is never saved
+([`NonFiniteError`][mmh_jax.checkpoint.NonFiniteError]). A checkpoint that
 cannot be read back — truncated or overwritten files, missing metadata, or (written before that
-check) non-finite parameters — raises :class:`DamagedCheckpointError`: one line of at most
-:data:`MAX_MESSAGE` characters naming the damaged step and the intact ones (orbax's own text stays
-in ``__cause__``). :meth:`Checkpointer.restore_newest_intact` resumes from the newest intact step.
-"""
+check) non-finite parameters — raises [`DamagedCheckpointError`][mmh_jax.checkpoint.DamagedCheckpointError]:
+one line of at most
+`MAX_MESSAGE` characters naming the damaged step and the intact ones (orbax's own text stays
+in ``__cause__``).
+[`Checkpointer.restore_newest_intact`][mmh_jax.checkpoint.Checkpointer.restore_newest_intact] resumes from the
+newest intact step. """
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ MAX_MESSAGE = 300
 
 #: What orbax appends to the name of a save in progress (``<step>.orbax-checkpoint-tmp``).
 _TMP_MARK = ".orbax-checkpoint-tmp"
-#: What :meth:`Checkpointer.save` appends to a damaged step it moves aside (orbax ignores the name).
+#: What `Checkpointer.save` appends to a damaged step it moves aside (orbax ignores the name).
 _DAMAGED_MARK = ".damaged"
 
 
@@ -53,9 +57,10 @@ class CheckpointError(ValueError):
 
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint step that cannot be read back: truncated, overwritten or missing files, or
-    non-finite parameters (written before :meth:`Checkpointer.save` refused them).
+    non-finite parameters (written before [`Checkpointer.save`][mmh_jax.checkpoint.Checkpointer.save] refused
+    them).
 
-    The message is one line of at most :data:`MAX_MESSAGE` characters naming the step, what is wrong
+    The message is one line of at most `MAX_MESSAGE` characters naming the step, what is wrong
     and the intact steps of the directory; orbax's own error, when there is one, is ``__cause__``.
 
     Attributes:
@@ -75,7 +80,8 @@ class DamagedCheckpointError(CheckpointError):
 
 
 class NonFiniteError(CheckpointError):
-    """:meth:`Checkpointer.save` refused a state whose parameters (or EMA parameters) hold NaN or
+    """[`Checkpointer.save`][mmh_jax.checkpoint.Checkpointer.save] refused a state whose parameters (or EMA
+    parameters) hold NaN or
     inf; nothing was written. ``step`` is the step, ``leaf`` the path of the first non-finite leaf.
 
     Examples:
@@ -107,7 +113,7 @@ def _diff(saved: dict, current: dict, keys) -> list[str]:
 
 def _fit(text: str, directory: str) -> str:
     """``text`` with ``{dir}`` replaced by ``directory``, shortened from the left (``...``) so the
-    line is at most :data:`MAX_MESSAGE` characters where the rest of the text allows."""
+    line is at most `MAX_MESSAGE` characters where the rest of the text allows."""
     line = text.replace("{dir}", directory)
     if len(line) <= MAX_MESSAGE:
         return line
@@ -134,7 +140,8 @@ class _Unreadable(Exception):
 
 
 class Checkpointer:
-    """Save and restore :class:`mmh_jax.train.TrainState` plus a JSON ``config`` under ``directory``.
+    """Save and restore [`mmh_jax.train.TrainState`][mmh_jax.train.TrainState] plus a JSON ``config`` under
+    ``directory``.
 
     Args:
       directory: the run's checkpoint folder (created when saving).
@@ -194,7 +201,7 @@ class Checkpointer:
     def interrupted_saves(self) -> list[str]:
         """Paths of saves that were cut short (a kill during a save leaves orbax's temporary
         ``<step>.orbax-checkpoint-tmp`` next to the steps), oldest step first. They are never read
-        (:meth:`all_steps` ignores them), and orbax removes one when its step is saved again."""
+        (`all_steps` ignores them), and orbax removes one when its step is saved again."""
         try:
             names = os.listdir(self.directory)
         except OSError:
@@ -202,7 +209,8 @@ class Checkpointer:
         return [os.path.join(self.directory, n) for n in sorted(names, key=_step_order) if _TMP_MARK in n]
 
     def damaged_kept(self) -> list[str]:
-        """Paths of damaged checkpoints that :meth:`save` moved aside (``<step>.damaged``) to save
+        """Paths of damaged checkpoints that [`save`][mmh_jax.checkpoint.Checkpointer.save] moved aside
+        (``<step>.damaged``) to save
         that step again; they are never read, and kept for inspection (delete them at will)."""
         try:
             names = os.listdir(self.directory)
@@ -213,9 +221,11 @@ class Checkpointer:
     def save(self, step: int, state, config: dict[str, Any]) -> None:
         """Write ``state`` at ``step`` atomically; blocks until the checkpoint is complete.
 
-        A damaged checkpoint already at ``step`` (one that :meth:`restore_newest_intact` skipped, so
+        A damaged checkpoint already at ``step`` (one that
+        [`restore_newest_intact`][mmh_jax.checkpoint.Checkpointer.restore_newest_intact] skipped, so
         training reached its step again) is moved aside to ``<step>.damaged`` (see
-        :meth:`damaged_kept`), never deleted, and the new one saved in its place.
+        [`damaged_kept`][mmh_jax.checkpoint.Checkpointer.damaged_kept]), never deleted, and the new one saved
+        in its place.
 
         Raises:
           NonFiniteError: the parameters or EMA parameters hold NaN or inf (checked before anything
@@ -259,7 +269,8 @@ class Checkpointer:
         return meta
 
     def check_compatible(self, config: dict[str, Any], step: int | None = None) -> None:
-        """Raise :class:`CheckpointError` if the checkpoint was made by a different model/data set."""
+        """Raise [`CheckpointError`][mmh_jax.checkpoint.CheckpointError] if the checkpoint was made by a
+        different model/data set."""
         self._check_identity(self.read_meta(step)["config"], config)
 
     def restore(self, abstract_state, step: int | None = None):
@@ -282,7 +293,8 @@ class Checkpointer:
 
         Steps are tried newest first; one whose files cannot be read (or whose parameters are not
         finite) is skipped. With ``config``, each tried step must also belong to this run (as
-        :meth:`check_compatible`); one of another run or model is refused, never skipped.
+        [`check_compatible`][mmh_jax.checkpoint.Checkpointer.check_compatible]); one of another run or model
+        is refused, never skipped.
 
         Returns:
           ``(state, step, skipped)``: the restored state, its step, and the newer, damaged steps that
@@ -339,7 +351,8 @@ class Checkpointer:
 
     def _set_aside_damaged(self, step: int, state) -> None:
         """Move the checkpoint at ``step`` to ``<step>.damaged`` if it does not read back into the
-        shapes of ``state``; raise :class:`CheckpointError` if it does (it is not overwritten)."""
+        shapes of ``state``; raise [`CheckpointError`][mmh_jax.checkpoint.CheckpointError] if it does (it is
+        not overwritten)."""
         abstract = abstract_like(state)
         try:
             self._read_meta(step)
@@ -368,14 +381,14 @@ class Checkpointer:
             step=step, intact=intact)
 
     def _read_meta(self, step: int):
-        """The ``meta`` item of ``step``; raises :class:`_Unreadable` (orbax's error as its cause)."""
+        """The ``meta`` item of ``step``; raises `_Unreadable` (orbax's error as its cause)."""
         try:
             return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # orbax raises many types for unreadable files
             raise _Unreadable("it is damaged (its metadata cannot be read)") from e
 
     def _restore_checked(self, step: int, abstract_state):
-        """The state at ``step``, its parameters finite; raises :class:`_Unreadable` otherwise."""
+        """The state at ``step``, its parameters finite; raises `_Unreadable` otherwise."""
         # A failed orbax restore leaves its reads behind; they are finished here, quietly (see
         # mmh_jax/_orbax_quiet.py): the error raised says what went wrong.
         with leftover_reads_quiet():

@@ -2,30 +2,32 @@
 
 Three steps turn LID estimates into the paper's claims (Ross et al., arXiv 2411.00113, §5):
 
-1. **Labels** — which generated samples copy training data: :func:`nearest_training` (exact kNN
-   among the training set, chunked), :func:`calibrated_l2` (Carlini et al. 2023) and
-   :func:`memorized` (calibrated ℓ2 below a threshold).
-2. **MMH classes** — :func:`classify` sorts points into ``CLASSES = ("generalized", "od_mem",
-   "dd_mem")`` from LID_θ (the model's) and LID* (the data's); :func:`class_counts` tallies them.
+1. **Labels** — which generated samples copy training data:
+   [`nearest_training`][mmh_jax.memorization.nearest_training] (exact kNN
+   among the training set, chunked), [`calibrated_l2`][mmh_jax.memorization.calibrated_l2] (Carlini et al.
+   2023) and [`memorized`][mmh_jax.memorization.memorized] (calibrated ℓ2 below a threshold).
+2. **MMH classes** — [`classify`][mmh_jax.memorization.classify] sorts points into ``CLASSES = ("generalized",
+   "od_mem",
+   "dd_mem")`` from LID_θ (the model's) and LID* (the data's); [`class_counts`][mmh_jax.memorization.class_counts]
+   tallies them.
 3. **Detection quality** of a memorization score (−LID_θ, CFG norm, …) against the labels:
-   :func:`detection_metrics` (AUROC and TPR at 1 % FPR).
+   [`detection_metrics`][mmh_jax.memorization.detection_metrics] (AUROC and TPR at 1 % FPR).
 
 Examples are sets of any event shape, ``(N, *event)``, e.g. vectors ``(N, D)`` or images
 ``(N, H, W, C)``; distances are Euclidean over the flattened ``D = prod(event)`` entries. The
-search is :func:`mmh_jax.lid.knn` (exact float32 distances, memory bounded by chunking over queries
-and data blocks). This module depends on jax and numpy; scikit-learn is imported only by
-:func:`detection_metrics`.
+search is [`mmh_jax.lid.knn`][mmh_jax.lid.knn] (exact float32 distances, memory bounded by chunking over
+queries and data blocks). This module depends on jax and numpy; scikit-learn is imported only by
+[`detection_metrics`][mmh_jax.memorization.detection_metrics].
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmh_jax.lid import _checks, knn
+from mmh_jax import _checks
+from mmh_jax.lid import knn
 
 __all__ = [
     "CLASSES",
@@ -40,43 +42,21 @@ __all__ = [
 
 Array = jax.Array
 
-#: Names of the MMH classes; :func:`classify` returns indices into this tuple.
+#: Names of the MMH classes; `classify` returns indices into this tuple.
 CLASSES = ("generalized", "od_mem", "dd_mem")
 
-#: The false-positive rate at which :func:`detection_metrics` reads the TPR.
+#: The false-positive rate at which `detection_metrics` reads the TPR.
 _FPR = 0.01
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _points(name: str, x, *, event_shape: tuple[int, ...] | None = None, other: str = "train") -> Array:
-    """``x`` (N, *event) as a float32 (N, D) matrix; checks dtype, rank, event shape, finiteness.
-
-    ``event_shape`` (when given) must equal ``x.shape[1:]``; ``other`` names the set it comes from.
-    """
-    x = _checks.float_array(name, x, min_ndim=2)
-    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(
-            f"{name} must have the event shape of {other}, {tuple(event_shape)}, got shape "
-            f"{tuple(x.shape)}; pass {name} of shape (M, {', '.join(map(str, event_shape))})."
-        )
-    if math.prod(x.shape[1:]) == 0:
-        raise ValueError(f"{name} must have a non-empty event shape, got shape {tuple(x.shape)}.")
-    if _checks.is_concrete(x):
-        bad = int(jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)))
-        if bad:
-            raise ValueError(
-                f"{name} contains {bad} non-finite value(s) (NaN or inf); remove or impute those examples."
-            )
-    return x.reshape(x.shape[0], math.prod(x.shape[1:])).astype(jnp.float32)
-
-
 def _train_and_queries(queries, train):
-    train2 = _points("train", train)
+    train2 = _checks.points("train", train)
     if train2.shape[0] == 0:
         raise ValueError(f"train must hold at least one example, got shape {tuple(jnp.shape(train))}.")
-    return _points("queries", queries, event_shape=tuple(jnp.shape(train)[1:])), train2
+    return _checks.points("queries", queries, event_shape=tuple(jnp.shape(train)[1:])), train2
 
 
 # ----------------------------------------------------------------------------- labels
@@ -140,7 +120,8 @@ def calibrated_l2(queries, train, *, n: int = 50, alpha: float = 0.5, chunk_size
       float32 (M,).
 
     Raises:
-      ValueError: n > N (naming both), n < 1, alpha ≤ 0, and as :func:`nearest_training`.
+      ValueError: n > N (naming both), n < 1, alpha ≤ 0, and as
+        [`nearest_training`][mmh_jax.memorization.nearest_training].
 
     Reference: Carlini et al., "Extracting Training Data from Diffusion Models", arXiv 2301.13188, §5.
 
@@ -171,12 +152,14 @@ def calibrated_l2(queries, train, *, n: int = 50, alpha: float = 0.5, chunk_size
 def memorized(calibrated, *, threshold: float = 1 / 3) -> Array:
     """Memorization labels: calibrated ℓ2 strictly below ``threshold`` (default 1/3).
 
-    The default applies to the α = 0.5 ratio of :func:`calibrated_l2`. A threshold is only as good
-    as its false-positive rate on real data the model never saw: set it with
-    :func:`calibrate_threshold` on held-out examples where you have them, and report that rate.
+    The default applies to the α = 0.5 ratio of [`calibrated_l2`][mmh_jax.memorization.calibrated_l2]. A
+    threshold is only as good as its false-positive rate on real data the model never saw: set it with
+    [`calibrate_threshold`][mmh_jax.memorization.calibrate_threshold] on held-out examples where you have
+    them, and report that rate.
 
     Args:
-      calibrated: (M,) floating point, from :func:`calibrated_l2`. NaN gives False.
+      calibrated: (M,) floating point, from [`calibrated_l2`][mmh_jax.memorization.calibrated_l2]. NaN gives
+        False.
       threshold: the cut-off (default 1/3); may be traced.
 
     Returns:
@@ -197,9 +180,11 @@ def memorized(calibrated, *, threshold: float = 1 / 3) -> Array:
 
 
 def calibrate_threshold(heldout_calibrated, *, fpr: float = 0.005) -> float:
-    """The largest threshold of :func:`memorized` that labels at most ``fpr`` of held-out real examples.
+    """The largest threshold of [`memorized`][mmh_jax.memorization.memorized] that labels at most ``fpr`` of
+    held-out real examples.
 
-    ``heldout_calibrated`` is :func:`calibrated_l2` of real examples that were *not* trained on,
+    ``heldout_calibrated`` is [`calibrated_l2`][mmh_jax.memorization.calibrated_l2] of real examples that were
+    *not* trained on,
     against the training set: none of them is a copy, so every one labelled memorized is a false
     positive. The threshold returned is the ⌊fpr·M⌋-th smallest value (0-based), so strictly fewer
     than ⌊fpr·M⌋ + 1 held-out values lie below it. Measure the rate it gives on *other* held-out
@@ -255,7 +240,8 @@ def classify(lid_theta, lid_star, *, gap: float = 0.5, small: float = 0.5, memor
     - else ``generalized`` (0) — including a point beside an atom where the model is *not*
       low-dimensional (LID_θ > small + gap): a blurry or novel sample, not a copy.
 
-    With boolean labels ``memorized`` (e.g. from :func:`memorized` for images, where ``small`` has
+    With boolean labels ``memorized`` (e.g. from [`memorized`][mmh_jax.memorization.memorized] for images,
+    where ``small`` has
     no absolute scale), ``small`` is not used: unlabelled points are ``generalized``; labelled ones
     are ``od_mem`` if LID_θ < LID* − gap, else ``dd_mem``.
 
@@ -264,7 +250,8 @@ def classify(lid_theta, lid_star, *, gap: float = 0.5, small: float = 0.5, memor
 
     Args:
       lid_theta: (M,) floating point, LID of the model (e.g. FLIPD) at each point.
-      lid_star: (M,) floating point, LID of the data (e.g. :func:`mmh_jax.lid.lpca`) at each point.
+      lid_star: (M,) floating point, LID of the data (e.g. [`mmh_jax.lid.lpca`][mmh_jax.lid.lpca]) at each
+        point.
       gap: tolerance of "LID_θ lower than LID*", ≥ 0.
       small: tolerance of "LID* is zero".
       memorized: optional bool (M,) labels.
@@ -309,7 +296,7 @@ def class_counts(codes) -> dict[str, int]:
     """Number of points in each MMH class: ``{name: count}`` over ``CLASSES``, zeros included.
 
     Args:
-      codes: (M,) integer codes from :func:`classify`.
+      codes: (M,) integer codes from [`classify`][mmh_jax.memorization.classify].
 
     Returns:
       dict of Python ints, keys in the order of ``CLASSES``.

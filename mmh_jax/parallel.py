@@ -15,7 +15,7 @@ machine with 8 GPUs is a mesh of 8. Tests emulate several CPU devices with
 
 **Many hosts (a TPU pod slice, a multi-GPU cluster).** JAX is multi-controller: start one Python
 process per host (per GPU node; on a TPU pod, the same script on every worker), each running the
-same program::
+same program:
 
     from mmh_jax import parallel
     info = parallel.initialize()            # TPU pods, Slurm, Open MPI: arguments detected
@@ -24,9 +24,9 @@ same program::
     lids = parallel.map_points_global(point_fn, my_xs, my_keys, batch_size=64)
     # lids: every host's points, in process order, as numpy on every host
 
-``initialize`` wraps :func:`jax.distributed.initialize` (and must run before any other JAX call);
-:func:`map_points_global` builds one global array from each host's own points
-(:func:`jax.make_array_from_process_local_data`), maps it over the mesh of all devices of all hosts
+``initialize`` wraps `jax.distributed.initialize` (and must run before any other JAX call);
+[`map_points_global`][mmh_jax.parallel.map_points_global] builds one global array from each host's own points
+(`jax.make_array_from_process_local_data`), maps it over the mesh of all devices of all hosts
 and assembles the result (``gather=False``: each host keeps its own rows). Launch examples:
 ``gcloud compute tpus tpu-vm ssh NAME --worker=all --command="python run.py"`` on a TPU pod;
 ``srun --ntasks-per-node=1 python run.py`` under Slurm; by hand, one
@@ -39,14 +39,13 @@ service stops the process after ``heartbeat_timeout_seconds``), never a silent h
 *batched* decomposition (``lapack_sgesdd_ffi`` for ``jnp.linalg.svd`` under ``vmap``) over XLA:CPU's
 intra-op thread pool and block one pool thread until the parts are done. That pool has
 max(#cores, #CPU devices) threads. When every emulated device runs a batched SVD at the same time
-(e.g. :func:`mmh_jax.lid.normal_bundle` under a 4-device ``map_points`` on a 2-core machine), every
-pool thread waits and none is left to run the parts: the process sits idle in ``device_get``
-(observed with gdb: all ``tf_XLAEigen`` threads in ``BlockingCounter::Wait`` under
-``lapack_sgesdd_ffi``). It needs #emulated CPU devices ≥ #cores; GPUs/TPUs and real multi-core
-hosts with fewer devices than cores are not affected. Workarounds: emulate fewer CPU devices than
-cores, map SVD-based estimators on one device (``mesh=make_mesh(jax.devices()[:1])``), or use
-``batch_size=1`` (each SVD unbatched; in our runs it completed where ``batch_size=4`` hung, and a
-test runs it in a subprocess under a timeout).
+(e.g. [`mmh_jax.lid.normal_bundle`][mmh_jax.lid.normal_bundle] under a 4-device ``map_points`` on a 2-core
+machine), every
+pool thread waits and none is left to run the parts: the process sits idle in ``device_get``. It
+needs #emulated CPU devices ≥ #cores; GPUs/TPUs and real multi-core hosts with fewer devices than
+cores are not affected. Workarounds: emulate fewer CPU devices than cores, map SVD-based
+estimators on one device (``mesh=make_mesh(jax.devices()[:1])``), or use ``batch_size=1`` (each
+SVD unbatched; a test runs it in a subprocess under a timeout).
 
 Reference: JAX "Distributed arrays and automatic parallelization", ``jax.shard_map``,
 "Multi-process environments" (``jax.distributed``).
@@ -64,14 +63,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mmh_jax import _checks
+
 __all__ = [
     "BACKENDS",
     "POINTS_AXIS",
     "ProcessInfo",
+    "check_mesh",
     "initialize",
     "make_mesh",
     "map_points",
     "map_points_global",
+    "pad_points",
 ]
 
 #: Name of the mesh axis over which points are split.
@@ -82,7 +85,8 @@ BACKENDS = ("shard_map", "pmap")
 
 
 class ProcessInfo(NamedTuple):
-    """Where this process stands in a (possibly multi-host) run (returned by :func:`initialize`).
+    """Where this process stands in a (possibly multi-host) run (returned by
+    [`initialize`][mmh_jax.parallel.initialize]).
 
     Attributes:
       process_index: this process's rank, ``0 .. process_count - 1``.
@@ -117,7 +121,7 @@ def initialize(
     heartbeat_timeout_seconds: int = 100,
     cpu_collectives: str = "gloo",
 ) -> ProcessInfo:
-    """Join a multi-host run (wraps :func:`jax.distributed.initialize`); a no-op on one process.
+    """Join a multi-host run (wraps `jax.distributed.initialize`); a no-op on one process.
 
     Call it first, before any other JAX computation, with the same arguments on every process
     except ``process_id``. On a TPU pod, under Slurm or Open MPI all arguments may be omitted
@@ -135,7 +139,8 @@ def initialize(
       cpu_collectives: cross-process collectives on CPU devices, ``"gloo"`` or ``"mpi"``.
 
     Returns:
-      :class:`ProcessInfo` ``(process_index, process_count, local_device_count, device_count)``.
+      [`ProcessInfo`][mmh_jax.parallel.ProcessInfo]
+      ``(process_index, process_count, local_device_count, device_count)``.
 
     Raises:
       ValueError: a malformed ``coordinator_address``, ``num_processes < 1``, ``process_id``
@@ -191,7 +196,7 @@ def make_mesh(devices=None) -> Mesh:
       devices: the devices to split points over (any order; default ``jax.devices()``).
 
     Returns:
-      a :class:`jax.sharding.Mesh` with the single axis :data:`POINTS_AXIS`.
+      a `jax.sharding.Mesh` with the single axis [`POINTS_AXIS`][mmh_jax.parallel.POINTS_AXIS].
 
     Raises:
       ValueError: an empty ``devices``.
@@ -208,18 +213,11 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (POINTS_AXIS,))
 
 
-def _leading(name: str, a: Any) -> int:
-    shape = jnp.shape(a)
-    if len(shape) == 0:
-        raise ValueError(f"{name} must have a leading axis of points, got a scalar of shape ().")
-    return shape[0]
-
-
 def _check_args(xs, keys_or_arrays, batch_size) -> int:
     """Shared argument checks; returns the number of points."""
-    n = _leading("xs", xs)
+    n = _checks.leading_axis("xs", xs)
     for i, a in enumerate(keys_or_arrays):
-        m = _leading(f"keys_or_arrays[{i}]", a)
+        m = _checks.leading_axis(f"keys_or_arrays[{i}]", a)
         if m != n:
             raise ValueError(
                 f"keys_or_arrays[{i}] must have the same number of points as xs ({n}), got {m}."
@@ -229,7 +227,23 @@ def _check_args(xs, keys_or_arrays, batch_size) -> int:
     return n
 
 
-def _check_mesh(mesh: Mesh) -> str:
+def check_mesh(mesh: Mesh) -> str:
+    """Check that ``mesh`` has exactly one axis (the one points are split over) and return its name.
+
+    Args:
+      mesh: a `jax.sharding.Mesh`, e.g. from [`make_mesh`][mmh_jax.parallel.make_mesh].
+
+    Returns:
+      the name of the mesh's single axis.
+
+    Raises:
+      ValueError: a mesh with more than one axis.
+
+    Examples:
+      >>> from mmh_jax import parallel
+      >>> parallel.check_mesh(parallel.make_mesh())
+      'points'
+    """
     if len(mesh.axis_names) != 1:
         raise ValueError(
             f"mesh must have exactly one axis to split points over, got axes {mesh.axis_names}; "
@@ -246,8 +260,26 @@ def _local_map(fn: Callable, batch_size: int | None, *arrays):
     return jax.lax.map(lambda a: fn(*a), arrays, batch_size=batch_size)
 
 
-def _pad(arrays, n: int, padded: int):
-    """Pad every array to ``padded`` rows with copies of its first row (padding never makes NaNs)."""
+def pad_points(arrays: tuple, n: int, padded: int) -> tuple:
+    """Pad arrays of ``n`` points to ``padded`` rows with copies of their first row.
+
+    Copies of a real point never make NaNs where zeros could; drop the padded rows' results again
+    with ``out[:n]``.
+
+    Args:
+      arrays: a tuple of arrays, each with a leading axis of ``n`` points (n ≥ 1 when padding).
+      n: the number of points.
+      padded: the number of rows wanted, ≥ ``n`` (e.g. a multiple of the device count).
+
+    Returns:
+      the tuple of padded arrays (``arrays`` itself when ``padded == n``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import parallel
+      >>> parallel.pad_points((jnp.array([1.0, 2.0, 3.0]),), 3, 4)[0].tolist()
+      [1.0, 2.0, 3.0, 1.0]
+    """
     if padded == n:
         return arrays
     return tuple(jnp.concatenate([a, jnp.repeat(a[:1], padded - n, axis=0)], axis=0) for a in arrays)
@@ -262,7 +294,7 @@ def _map_pmap(fn, batch_size, arrays, n, mesh):
         )
     k = len(devices)
     per = -(-n // k)
-    arrays = _pad(arrays, n, per * k)
+    arrays = pad_points(arrays, n, per * k)
     stacked = tuple(a.reshape((k, per) + a.shape[1:]) for a in arrays)
     out = jax.pmap(lambda *local: _local_map(fn, batch_size, *local), devices=devices)(*stacked)
     return jax.tree_util.tree_map(lambda o: o.reshape((k * per,) + o.shape[2:])[:n], out)
@@ -285,7 +317,8 @@ def map_points(
         Broadcast arguments (the same for every point) belong in ``fn``'s closure.
       batch_size: points evaluated at once on each device (``None``: all of them). Memory is that
         of ``batch_size`` simultaneous calls.
-      mesh: a one-axis :class:`jax.sharding.Mesh` (see :func:`make_mesh`) to split the points over.
+      mesh: a one-axis `jax.sharding.Mesh` (see [`make_mesh`][mmh_jax.parallel.make_mesh]) to split the points
+        over.
         Default: all devices when there are several, otherwise none.
       backend: ``"shard_map"`` (default; works inside ``jit`` and across hosts) or ``"pmap"``
         (``jax.pmap`` over the mesh's devices or all local devices; same results).
@@ -311,16 +344,16 @@ def map_points(
     arrays = (xs, *keys_or_arrays)
     n = _check_args(xs, keys_or_arrays, batch_size)
     if mesh is not None:
-        _check_mesh(mesh)
+        check_mesh(mesh)
     if backend == "pmap":
         return _map_pmap(fn, batch_size, arrays, n, mesh)
     if mesh is None and jax.device_count() > 1:
         mesh = make_mesh()
     if mesh is None or mesh.size == 1:
         return _local_map(fn, batch_size, *arrays)
-    axis = _check_mesh(mesh)
+    axis = check_mesh(mesh)
     padded = -(-n // mesh.size) * mesh.size
-    arrays = _pad(arrays, n, padded)
+    arrays = pad_points(arrays, n, padded)
     spec = PartitionSpec(axis)
     sharded = jax.shard_map(
         lambda *local: _local_map(fn, batch_size, *local),
@@ -372,18 +405,19 @@ def map_points_global(
     mesh: Mesh | None = None,
     gather: bool = True,
 ) -> Any:
-    """Multi-host :func:`map_points`: every process passes only its own points.
+    """Multi-host [`map_points`][mmh_jax.parallel.map_points]: every process passes only its own points.
 
     Each process calls this with its local ``xs`` (``(N_p, *E)``; N_p may differ between processes,
     even be 0) and per-point arrays. The rows are padded to a common count, turned into one global
-    array sharded over ``mesh`` (:func:`jax.make_array_from_process_local_data`), mapped with
-    :func:`map_points`, and brought back to the host. On one process this equals ``map_points``.
+    array sharded over ``mesh`` (`jax.make_array_from_process_local_data`), mapped with
+    [`map_points`][mmh_jax.parallel.map_points], and brought back to the host. On one process this equals
+    ``map_points``.
 
     Args:
-      fn, xs, keys_or_arrays, batch_size: as in :func:`map_points` (local rows; keys may be typed
-        PRNG key arrays).
-      mesh: one-axis mesh over the devices of all processes (default :func:`make_mesh`); every
-        process must own the same number of its devices.
+      fn, xs, keys_or_arrays, batch_size: as in [`map_points`][mmh_jax.parallel.map_points] (local rows; keys
+        may be typed PRNG key arrays).
+      mesh: one-axis mesh over the devices of all processes (default
+        [`make_mesh`][mmh_jax.parallel.make_mesh]); every process must own the same number of its devices.
       gather: ``True``: every process receives all points' results, process 0's rows first, then
         process 1's, ... ``False``: each process receives the results of its own rows only.
 
@@ -392,8 +426,8 @@ def map_points_global(
       (``gather=True``) or ``N_p`` rows (``gather=False``).
 
     Raises:
-      ValueError: as :func:`map_points`; processes owning different numbers of mesh devices, or
-        passing different event shapes.
+      ValueError: as [`map_points`][mmh_jax.parallel.map_points]; processes owning different numbers of mesh
+        devices, or passing different event shapes.
       RuntimeError: a cross-process step failed (another process died); the message says so.
 
     Examples:
@@ -407,7 +441,7 @@ def map_points_global(
     arrays = (xs, *keys_or_arrays)
     n = _check_args(xs, keys_or_arrays, batch_size)
     mesh = make_mesh() if mesh is None else mesh
-    axis = _check_mesh(mesh)
+    axis = check_mesh(mesh)
     me = jax.process_index()
     owners = [d.process_index for d in mesh.devices.flat]
     local_dev = owners.count(me)

@@ -1,8 +1,8 @@
 """What produced a result: package versions, Python, platform and JAX backend, in one JSON-ready dict.
 
 Every ``metrics.json`` (``mmh-jax run``, ``mmh-jax run validation``) and ``config.json``
-(``mmh-jax train``) records :func:`provenance` next to its seed and configuration, so a number can
-be traced back to the code and libraries that computed it. Only distribution metadata is read:
+(``mmh-jax train``) records [`provenance`][mmh_jax.provenance.provenance] next to its seed and configuration,
+so a number can be traced back to the code and libraries that computed it. Only distribution metadata is read:
 nothing here imports flax, optax or orbax.
 
 Examples:
@@ -20,6 +20,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from mmh_jax._version import __version__
+
 __all__ = ["PACKAGES", "provenance", "versions"]
 
 #: Distributions whose versions are recorded (``mmh_jax`` itself is added from ``mmh_jax.__version__``).
@@ -27,7 +29,8 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
 def versions() -> dict[str, str | None]:
-    """Installed versions of :data:`PACKAGES` and of ``mmh_jax`` (None for a package not installed).
+    """Installed versions of [`PACKAGES`][mmh_jax.provenance.PACKAGES] and of ``mmh_jax`` (None for a package
+    not installed).
 
     Returns:
       ``{distribution name: version string or None}``, one entry per package plus ``mmh_jax``.
@@ -37,15 +40,13 @@ def versions() -> dict[str, str | None]:
       >>> v["jax"] == __import__("jax").__version__
       True
     """
-    import mmh_jax
-
     out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    out["mmh_jax"] = mmh_jax.__version__
+    out["mmh_jax"] = __version__
     return out
 
 

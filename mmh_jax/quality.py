@@ -1,11 +1,12 @@
 """Sample quality: improved precision and recall (Kynkäänniemi et al. 2019) and the energy distance.
 
-Used to price mitigation (DESIGN §1, validation 3): steering sampling towards higher LID_θ should
+Used to price mitigation (docs/design.md#validation, experiment 3): steering sampling towards higher LID_θ should
 lower the memorized fraction at a small cost in quality. Examples are sets ``(N, *event)``
 compared by Euclidean distance over their flattened entries (in the paper, over feature
-embeddings; pass embeddings here to do the same). The searches are :func:`mmh_jax.lid.knn`: exact
+embeddings; pass embeddings here to do the same). The searches are [`mmh_jax.lid.knn`][mmh_jax.lid.knn]: exact
 float32 distances, memory bounded by chunking. Precision and recall say whether samples lie on the
-data and cover it; :func:`energy_distance` is one number for how far the two distributions are
+data and cover it; [`energy_distance`][mmh_jax.quality.energy_distance] is one number for how far the two
+distributions are
 apart (a distribution distance that needs no feature network and no bandwidth, usable with ~100
 samples). Depends on jax and numpy only.
 """
@@ -18,14 +19,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mmh_jax.lid import _checks, knn
-from mmh_jax.memorization import _points
+from mmh_jax import _checks
+from mmh_jax.lid import knn
 
 __all__ = ["energy_distance", "knn_precision_recall"]
 
 Array = jax.Array
 
-#: Candidate balls per query re-checked with exact distances (see :func:`_covered`).
+#: Candidate balls per query re-checked with exact distances (see `_covered`).
 _CANDIDATES = 8
 #: Floats one chunk of the re-check may hold (16 MiB, as the kNN search's budget).
 _BUDGET = 1 << 22
@@ -102,8 +103,8 @@ def knn_precision_recall(real, fake, *, k: int = 3, chunk_size: int | None = Non
       >>> round(float(pr["precision"]), 3), round(float(pr["recall"]), 3)
       (0.6, 0.75)
     """
-    real2 = _points("real", real)
-    fake2 = _points("fake", fake, event_shape=tuple(jnp.shape(real)[1:]), other="real")
+    real2 = _checks.points("real", real)
+    fake2 = _checks.points("fake", fake, event_shape=tuple(jnp.shape(real)[1:]), other="real")
     k = _checks.positive_int("k", k)
     for name, x in (("real", real2), ("fake", fake2)):
         if x.shape[0] < k + 1:
@@ -162,8 +163,8 @@ def energy_distance(real, fake, *, chunk_size: int | None = None) -> Array:
       >>> float(energy_distance(real, real + 10.0))  # cross mean (10 + 12 + 8 + 10)/4 = 10: 2·10 − 2 − 2
       16.0
     """
-    real2 = _points("real", real)
-    fake2 = _points("fake", fake, event_shape=tuple(jnp.shape(real)[1:]), other="real")
+    real2 = _checks.points("real", real)
+    fake2 = _checks.points("fake", fake, event_shape=tuple(jnp.shape(real)[1:]), other="real")
     for name, x in (("real", real2), ("fake", fake2)):
         if x.shape[0] < 2:
             raise ValueError(f"{name} must hold at least 2 examples (the within-set term averages over "

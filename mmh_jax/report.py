@@ -45,8 +45,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     """A GitHub-flavoured markdown table of ``rows`` (dicts), columns in the given order.
 
     Returns:
-      the table as one string (empty for no rows); values through :func:`format_value` with ``|``
-      escaped, missing entries empty.
+      the table as one string (empty for no rows); values through
+      [`format_value`][mmh_jax.report.format_value] with ``|`` escaped, missing entries empty.
 
     Examples:
       >>> print(markdown_table([{"a": 1, "b": 0.5}]))
@@ -134,7 +134,7 @@ def write_json(path: str, obj: Any) -> None:
     """JSON with numpy/JAX values converted (NaN becomes null), written atomically.
 
     Raises:
-      OSError: as :func:`write_text`.
+      OSError: as [`write_text`][mmh_jax.report.write_text].
       TypeError: a value JSON cannot represent even after conversion.
 
     Examples:

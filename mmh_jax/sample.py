@@ -1,15 +1,21 @@
 """Samplers for VP-SDE diffusion models, as single-example ``lax.scan`` loops (batch with vmap).
 
-- :func:`euler_maruyama`: the reverse SDE dx = [−½β x − β s(x, t)] dt + √β dw̄ from T to t_min;
-- :func:`ddim`: deterministic DDIM (η = 0) on the same time grid, from an ε-function;
-- :func:`probability_flow`: the probability-flow ODE dx/dt = −½β(t)[x + s(x, t)] with Heun's
-  method — a deterministic decoder g(x_T) → x₀ whose Jacobian spectrum gives LID_θ;
-- :func:`guided_eps_fn`: classifier-free guidance, ε̃ = ε(x, t, ∅) + w·(ε(x, t, c) − ε(x, t, ∅));
-- :func:`lid_guided_score_fn` / :func:`lid_guided_eps_fn`: LID guidance, s̃ = s + λ·∇ₓFLIPD, which
+- [`euler_maruyama`][mmh_jax.sample.euler_maruyama]: the reverse SDE dx = [−½β x − β s(x, t)] dt + √β dw̄ from
+  T to t_min;
+- [`ddim`][mmh_jax.sample.ddim]: deterministic DDIM (η = 0) on the same time grid, from an ε-function;
+- [`probability_flow`][mmh_jax.sample.probability_flow]: the probability-flow ODE dx/dt = −½β(t)[x + s(x, t)]
+  with Heun's method — a deterministic decoder g(x_T) → x₀ whose Jacobian spectrum gives LID_θ;
+- [`guided_eps_fn`][mmh_jax.sample.guided_eps_fn]: classifier-free guidance, ε̃ = ε(x, t, ∅) + w·(ε(x, t, c) −
+  ε(x, t, ∅));
+- [`lid_guided_score_fn`][mmh_jax.sample.lid_guided_score_fn] /
+  [`lid_guided_eps_fn`][mmh_jax.sample.lid_guided_eps_fn]: LID guidance, s̃ = s + λ·∇ₓFLIPD, which
   steers sampling towards a higher LID_θ (memorization mitigation, Ross et al. arXiv 2411.00113);
-  :func:`state_flipd` is the FLIPD read at a sampler's state, :func:`lid_guidance_term` its gradient;
-- :func:`eps_to_score` / :func:`score_to_eps`: s = −ε/σ(t) and back, to plug a guided score into
-  :func:`ddim` or a network's ε into :func:`euler_maruyama`.
+  [`state_flipd`][mmh_jax.sample.state_flipd] is the FLIPD read at a sampler's state,
+  [`lid_guidance_term`][mmh_jax.sample.lid_guidance_term] its gradient;
+- [`eps_to_score`][mmh_jax.sample.eps_to_score] / [`score_to_eps`][mmh_jax.sample.score_to_eps]: s = −ε/σ(t)
+  and back (from [`mmh_jax.adapters`][mmh_jax.adapters]),
+  to plug a guided score into [`ddim`][mmh_jax.sample.ddim] or a network's ε into
+  [`euler_maruyama`][mmh_jax.sample.euler_maruyama].
 
 Each returns the final sample, or ``(sample, trajectory)`` with ``return_trajectory=True`` where
 ``trajectory = (xs, ts)`` holds the state before each step and its time (for the CFG norm). The
@@ -27,9 +33,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mmh_jax.lid import _checks
+from mmh_jax import _checks, adapters
 
 __all__ = [
+    "SAMPLERS",
     "ddim",
     "eps_to_score",
     "euler_maruyama",
@@ -45,6 +52,9 @@ __all__ = [
 
 Array = jax.Array
 
+#: The samplers of a trained diffusion model (``TrainedModel.sample(method=...)``), by function name.
+SAMPLERS = ("ddim", "euler_maruyama", "probability_flow")
+
 
 def time_grid(sde, num_steps: int, t_min: float = 1e-3) -> Array:
     """``num_steps + 1`` times from T down to ``t_min``, uniformly spaced (score_sde's VP grid).
@@ -52,7 +62,7 @@ def time_grid(sde, num_steps: int, t_min: float = 1e-3) -> Array:
     t_i = T − i·(T − t_min)/num_steps, i = 0, …, num_steps.
 
     Args:
-      sde: a :class:`mmh_jax.sde.VPSDE` (its horizon T).
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE] (its horizon T).
       num_steps: number of sampler steps (Python int ≥ 1).
       t_min: the last time, in (0, T).
 
@@ -113,7 +123,7 @@ def euler_maruyama(
 ):
     """Sample by Euler–Maruyama on the reverse-time VP-SDE; one example of event ``shape``.
 
-    From x_T ~ N(0, I), over :func:`time_grid` with dt = t_i − t_{i+1} > 0:
+    From x_T ~ N(0, I), over [`time_grid`][mmh_jax.sample.time_grid] with dt = t_i − t_{i+1} > 0:
     x ← x + [½β(t)x + β(t)s(x, t)]·dt + √(β(t)·dt)·z,  z ~ N(0, I);
     with ``denoise`` the last state is mapped to Tweedie's estimate (x + σ²s(x, t))/α.
 
@@ -121,8 +131,8 @@ def euler_maruyama(
       score_fn: single-example score ``score_fn(x, t) -> array like x``.
       key: PRNG key (the prior draw and every step's noise).
       shape: event shape of one example, e.g. ``(D,)`` or ``(H, W, C)``.
-      sde: a :class:`mmh_jax.sde.VPSDE`.
-      num_steps, t_min: the time grid (:func:`time_grid`).
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]).
       denoise: finish with Tweedie's denoising step.
       return_trajectory: also return the states and times before each step.
 
@@ -131,7 +141,7 @@ def euler_maruyama(
       ``(num_steps, *shape)`` and ts ``(num_steps,)``.
 
     Raises:
-      TypeError/ValueError: as :func:`time_grid`.
+      TypeError/ValueError: as [`time_grid`][mmh_jax.sample.time_grid].
 
     Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456.
 
@@ -179,8 +189,8 @@ def ddim(
       eps_fn: single-example ε-prediction ``eps_fn(x, t) -> array like x``.
       key: PRNG key of the prior draw (unused when ``x_init`` is given).
       shape: event shape of one example.
-      sde: a :class:`mmh_jax.sde.VPSDE`.
-      num_steps, t_min: the time grid (:func:`time_grid`).
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]).
       denoise: finish with x̂₀ at ``t_min``.
       return_trajectory: also return the states and times before each step.
       x_init: optional starting point x_T of ``shape`` (floating point).
@@ -191,11 +201,12 @@ def ddim(
 
     Returns:
       float32 array of ``shape``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
-      :func:`euler_maruyama`; with ``has_aux``, ``(x, auxs)``, or ``(x, (xs, ts), auxs)`` with both.
+      [`euler_maruyama`][mmh_jax.sample.euler_maruyama]; with ``has_aux``, ``(x, auxs)``, or
+      ``(x, (xs, ts), auxs)`` with both.
 
     Raises:
       TypeError: non-float ``x_init``; ``num_steps`` not an int.
-      ValueError: as :func:`time_grid`.
+      ValueError: as [`time_grid`][mmh_jax.sample.time_grid].
 
     Reference: Song, Meng and Ermon, "Denoising Diffusion Implicit Models", arXiv 2010.02502.
 
@@ -220,14 +231,14 @@ def ddim(
         a_s, sig_s = sde.marginal_coefs(s)
         out = eps_fn(x, t)
         eps, aux = out if has_aux else (out, None)
-        x0 = (x - sig_t * eps) / a_t
+        x0 = adapters.x0_from_eps(x, eps, a_t, sig_t)
         x_s = a_s * x0 + sig_s * eps
         return (x_s, aux) if has_aux else x_s
 
     x, traj, *auxs = _run(step, x_T, ts, return_trajectory, has_aux=has_aux)
     if denoise:
         a, sig = sde.marginal_coefs(ts[-1])
-        x = (x - sig * eps_only(x, ts[-1])) / a
+        x = adapters.x0_from_eps(x, eps_only(x, ts[-1]), a, sig)
     out = (x, traj) if return_trajectory else (x,)
     out = out + tuple(auxs)
     return out if len(out) > 1 else x
@@ -247,23 +258,23 @@ def probability_flow(
 
     dx/dt = −½β(t)[x + s(x, t)], integrated backwards in time with Heun's (trapezoidal) rule.
     Deterministic and differentiable in ``x_T``: ``lambda z: probability_flow(score_fn, z, sde=vp)``
-    is a decoder for :func:`mmh_jax.lid.jacobian_spectrum`.
+    is a decoder for [`mmh_jax.lid.jacobian_spectrum`][mmh_jax.lid.jacobian_spectrum].
 
     Args:
       score_fn: single-example score.
       x_T: the starting point at time T, any event shape, floating point.
-      sde: a :class:`mmh_jax.sde.VPSDE`.
-      num_steps, t_min: the time grid (:func:`time_grid`).
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]).
       denoise: finish with Tweedie's denoising step.
       return_trajectory: also return the states and times before each step.
 
     Returns:
       float32 array like ``x_T``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
-      :func:`euler_maruyama`.
+      [`euler_maruyama`][mmh_jax.sample.euler_maruyama].
 
     Raises:
       TypeError: non-float ``x_T``.
-      ValueError: ``x_T`` of rank 0; as :func:`time_grid`.
+      ValueError: ``x_T`` of rank 0; as [`time_grid`][mmh_jax.sample.time_grid].
 
     Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456 (§4.3).
 
@@ -321,53 +332,19 @@ def guided_eps_fn(eps_cond_fn: Callable, eps_uncond_fn: Callable, scale) -> Call
     return eps
 
 
-def eps_to_score(eps_fn: Callable, *, sde) -> Callable:
-    """The score of an ε-prediction: s(x, t) = −ε̂(x, t)/σ(t) (DESIGN §2).
+#: The score of an ε-prediction, s(x, t) = −ε̂(x, t)/σ(t): `mmh_jax.adapters.score_from_eps`.
+eps_to_score = adapters.score_from_eps
 
-    Args:
-      eps_fn: single-example ε-prediction ``eps_fn(x, t)``.
-      sde: a :class:`mmh_jax.sde.VPSDE` (its σ(t)).
-
-    Returns:
-      the single-example score ``score_fn(x, t)``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from mmh_jax import sde
-      >>> vp = sde.VPSDE()
-      >>> s = eps_to_score(lambda x, t: x, sde=vp)
-      >>> bool(jnp.allclose(s(jnp.ones(2), 0.5), -1.0 / vp.marginal_coefs(0.5)[1]))
-      True
-    """
-    return lambda x, t: -eps_fn(x, t) / sde.marginal_coefs(t)[1]
-
-
-def score_to_eps(score_fn: Callable, *, sde) -> Callable:
-    """The ε-prediction of a score: ε̂(x, t) = −σ(t)·s(x, t), e.g. to run :func:`ddim` on a guided score.
-
-    Args:
-      score_fn: single-example score ``score_fn(x, t)``.
-      sde: a :class:`mmh_jax.sde.VPSDE` (its σ(t)).
-
-    Returns:
-      the single-example ``eps_fn(x, t)``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from mmh_jax import sde
-      >>> vp = sde.VPSDE()
-      >>> e = score_to_eps(eps_to_score(lambda x, t: 2 * x, sde=vp), sde=vp)
-      >>> bool(jnp.allclose(e(jnp.ones(2), 0.3), 2.0))
-      True
-    """
-    return lambda x, t: -sde.marginal_coefs(t)[1] * score_fn(x, t)
+#: The ε-prediction of a score, ε̂(x, t) = −σ(t)·s(x, t), e.g. to run `ddim` on a guided score:
+#: `mmh_jax.adapters.eps_from_score`.
+score_to_eps = adapters.eps_from_score
 
 
 def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: str = "hutchinson",
                 num_probes: int = 1):
     """FLIPD of the model at a sampler's state: F(x, t) = FLIPD(x / α(t), τ), τ = max(t, t0_min).
 
-    :func:`mmh_jax.lid.flipd` reads the model's density at y = α(τ)·x̂ for a clean point x̂. A
+    [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] reads the model's density at y = α(τ)·x̂ for a clean point x̂. A
     sampler's state x = x_t is already on the noisy scale, so its clean-scale proxy is x̂ = x/α(t):
     for t ≥ ``t0_min``, y = x itself and F is the LID of the model's noisy density at the iterate,
     F = D + σ(t)²·[tr ∇ s(x, t) + ‖s(x, t)‖²]; below ``t0_min`` it is read at the floor τ on the
@@ -378,15 +355,15 @@ def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: 
       x: the state, one example of any event shape.
       t: its time in (0, T], scalar (may be traced).
       key: PRNG key of the Hutchinson probes (may be None for ``trace="exact"``).
-      sde: a :class:`mmh_jax.sde.VPSDE`.
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
       t0_min: floor of the readout time (default 0.05, FLIPD's usual t₀); may be traced.
-      trace, num_probes: as in :func:`mmh_jax.lid.flipd` (default: Hutchinson, one probe).
+      trace, num_probes: as in [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] (default: Hutchinson, one probe).
 
     Returns:
       float32 scalar, differentiable in x, t and the network's parameters.
 
     Raises:
-      TypeError/ValueError: as :func:`mmh_jax.lid.flipd` (non-float ``x``, unknown ``trace``,
+      TypeError/ValueError: as [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] (non-float ``x``, unknown ``trace``,
         ``num_probes < 1``, ...).
 
     Reference: FLIPD, Kamkari et al., arXiv 2406.03537; LID guidance, Ross et al., arXiv 2411.00113 §5.
@@ -410,23 +387,25 @@ def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: 
 
 def lid_guidance_term(score_fn: Callable, key, *, sde, num_probes: int = 1, t0_min: float = 0.05,
                       trace: str = "hutchinson") -> Callable:
-    """The direction of LID guidance: ``g(x, t) = ∇ₓ F(x, t)`` with F = :func:`state_flipd`.
+    """The direction of LID guidance: ``g(x, t) = ∇ₓ F(x, t)`` with F =
+    [`state_flipd`][mmh_jax.sample.state_flipd].
 
     The gradient goes through the network (``jax.grad`` of the Hutchinson estimate: a reverse pass
     over one JVP per probe, ≈ 4–6 network passes with one probe). The probes are drawn once from
-    ``key``, so g is a deterministic function of (x, t). :func:`lid_guided_score_fn` adds λ·g to
+    ``key``, so g is a deterministic function of (x, t).
+    [`lid_guided_score_fn`][mmh_jax.sample.lid_guided_score_fn] adds λ·g to
     the score; use g directly to also monitor its size (e.g. against ‖s‖ to choose λ).
 
     Args:
       score_fn: single-example score.
       key: PRNG key of the Hutchinson probes (drawn once, reused at every (x, t)).
-      sde, num_probes, t0_min, trace: as in :func:`state_flipd`.
+      sde, num_probes, t0_min, trace: as in [`state_flipd`][mmh_jax.sample.state_flipd].
 
     Returns:
       the single-example ``g(x, t) -> array like x``.
 
     Raises:
-      TypeError/ValueError: when ``g`` is called, as :func:`state_flipd`.
+      TypeError/ValueError: when ``g`` is called, as [`state_flipd`][mmh_jax.sample.state_flipd].
 
     Reference: Ross et al., arXiv 2411.00113 §5 (steering sampling towards higher LID).
 
@@ -438,8 +417,10 @@ def lid_guidance_term(score_fn: Callable, key, *, sde, num_probes: int = 1, t0_m
       >>> bool(jnp.allclose(g(jnp.ones(2), 0.5), 2 * vp.marginal_coefs(0.5)[1] ** 2))   # ∇F = 2σ²x
       True
     """
+    from mmh_jax import lid  # imported here, as in state_flipd
+
     num_probes = _checks.positive_int("num_probes", num_probes)
-    _checks.option("trace", trace, ("auto", "exact", "hutchinson"))
+    _checks.option("trace", trace, lid.TRACES)
 
     def term(x, t):
         return jax.grad(state_flipd, argnums=1)(score_fn, x, t, key, sde=sde, t0_min=t0_min, trace=trace,
@@ -463,9 +444,10 @@ def lid_guided_score_fn(
     s̃(x, t) = s(x, t) + λ·∇ₓ F(x, t),   F(x, t) = FLIPD(x / α(t), τ),   τ = max(t, t0_min),
 
     where FLIPD(x̂, τ) = D + σ(τ)²·[tr ∇_y s(y, τ) + ‖s(y, τ)‖²] at y = α(τ)·x̂ is
-    :func:`mmh_jax.lid.flipd` (so while t ≥ ``t0_min``, F is read at the current state itself;
-    see :func:`state_flipd`). The gradient goes through the network with ``jax.grad``
-    (:func:`lid_guidance_term`). λ·∇F is in the units of a score: F counts dimensions, so λ is in
+    [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] (so while t ≥ ``t0_min``, F is read at the current state itself;
+    see [`state_flipd`][mmh_jax.sample.state_flipd]). The gradient goes through the network with ``jax.grad``
+    ([`lid_guidance_term`][mmh_jax.sample.lid_guidance_term]). λ·∇F is in the units of a score: F counts
+    dimensions, so λ is in
     (distance)² per dimension; its useful size depends on the model — compare ‖∇F‖ with ‖s‖ along
     a sampling trajectory to pick it. ``lam = 0`` returns s exactly.
 
@@ -473,18 +455,20 @@ def lid_guided_score_fn(
     ``key`` (the same probes at every x and t, so s̃ is a deterministic function; give each sample
     its own key); ``trace="exact"`` (D Jacobian-vector products) is there for small D.
 
-    Plugs into :func:`euler_maruyama` and :func:`probability_flow` directly, and into :func:`ddim`
-    through :func:`lid_guided_eps_fn`. Composes with ``jit``/``vmap``; ``lam`` (and ``t0_min``) may
-    be traced, so one compiled sampler serves a whole sweep over λ.
+    Plugs into [`euler_maruyama`][mmh_jax.sample.euler_maruyama] and
+    [`probability_flow`][mmh_jax.sample.probability_flow] directly, and into [`ddim`][mmh_jax.sample.ddim]
+    through [`lid_guided_eps_fn`][mmh_jax.sample.lid_guided_eps_fn]. Composes with ``jit``/``vmap``; ``lam``
+    (and ``t0_min``) may be traced, so one compiled sampler serves a whole sweep over λ.
 
     Args:
       score_fn: single-example score ``score_fn(x, t) -> array like x``, differentiable in x.
       key: PRNG key of the Hutchinson probes (unused for ``trace="exact"``).
-      sde: a :class:`mmh_jax.sde.VPSDE`.
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
       lam: guidance strength λ ≥ 0 (scalar, may be traced); negative values steer towards lower LID.
       num_probes: Hutchinson probes (≥ 1).
       t0_min: floor of the time at which FLIPD is read (default 0.05, FLIPD's usual t₀).
-      trace: ``"hutchinson"`` (default), ``"exact"`` or ``"auto"``, as in :func:`mmh_jax.lid.flipd`.
+      trace: ``"hutchinson"`` (default), ``"exact"`` or ``"auto"``, as in
+        [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd].
 
     Returns:
       single-example ``score_fn(x, t) -> array like x``.
@@ -521,21 +505,21 @@ def lid_guided_score_fn(
 
 def lid_guided_eps_fn(eps_fn: Callable, key, *, sde, lam, num_probes: int = 1, t0_min: float = 0.05,
                       trace: str = "hutchinson") -> Callable:
-    """LID guidance in ε-form, for :func:`ddim`: ε̃(x, t) = ε̂(x, t) − σ(t)·λ·∇ₓF(x, t).
+    """LID guidance in ε-form, for [`ddim`][mmh_jax.sample.ddim]: ε̃(x, t) = ε̂(x, t) − σ(t)·λ·∇ₓF(x, t).
 
-    The same guidance as :func:`lid_guided_score_fn` (ε̃ = −σ(t)·s̃ with s = −ε̂/σ; F, τ, probes and
-    arguments as there). ``lam = 0`` returns ε̂ exactly.
+    The same guidance as [`lid_guided_score_fn`][mmh_jax.sample.lid_guided_score_fn] (ε̃ = −σ(t)·s̃ with s =
+    −ε̂/σ; F, τ, probes and arguments as there). ``lam = 0`` returns ε̂ exactly.
 
     Args:
       eps_fn: single-example ε-prediction.
-      key, sde, num_probes, t0_min, trace: as in :func:`lid_guidance_term`.
+      key, sde, num_probes, t0_min, trace: as in [`lid_guidance_term`][mmh_jax.sample.lid_guidance_term].
       lam: guidance strength λ (may be traced).
 
     Returns:
       the single-example guided ``eps(x, t)``.
 
     Raises:
-      TypeError/ValueError: when called, as :func:`state_flipd`.
+      TypeError/ValueError: when called, as [`state_flipd`][mmh_jax.sample.state_flipd].
 
     Reference: Ross et al., arXiv 2411.00113 §5.
 
@@ -548,7 +532,7 @@ def lid_guided_eps_fn(eps_fn: Callable, key, *, sde, lam, num_probes: int = 1, t
       >>> sample.ddim(guided, jax.random.key(1), (2,), sde=vp, num_steps=5).shape
       (2,)
     """
-    term = lid_guidance_term(eps_to_score(eps_fn, sde=sde), key, sde=sde, num_probes=num_probes, t0_min=t0_min,
+    term = lid_guidance_term(adapters.score_from_eps(eps_fn, sde), key, sde=sde, num_probes=num_probes, t0_min=t0_min,
                              trace=trace)
 
     def guided(x, t):

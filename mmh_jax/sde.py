@@ -86,7 +86,8 @@ class VPSDE:
         return 0.5 * jnp.log(jnp.expm1(self.beta_integral(t)))
 
     def t_from_delta(self, delta) -> Array:
-        """Inverse of :meth:`delta`: solves a·t² + β_min·t − log(e^{2δ} + 1) = 0 for t ≥ 0.
+        """Inverse of [`delta`][mmh_jax.sde.VPSDE.delta]: solves a·t² + β_min·t − log(e^{2δ} + 1) = 0 for t ≥
+        0.
 
         Uses the cancellation-free root t = 2c / (b + √(b² + 4ac)).
         """

@@ -1,7 +1,8 @@
 """Resumable, device-parallel sweeps: an estimator over a grid of settings × many points.
 
 A sweep maps a single-example ``point_fn`` over N points (sharded over devices with
-:func:`mmh_jax.parallel.map_points`) and, for each point, over every setting of a grid (e.g. 50
+[`mmh_jax.parallel.map_points`][mmh_jax.parallel.map_points]) and, for each point, over every setting of a
+grid (e.g. 50
 values of t0), ``chunk_size`` points per dispatch so memory stays bounded. Each finished chunk is
 written to ``workdir`` atomically (``.npz`` written to a temporary name, then ``os.replace``), so a
 killed or failed run restarts where it stopped: finished chunks are read back, not recomputed.
@@ -9,7 +10,7 @@ A fingerprint of everything that determines the result (points, per-point arrays
 the function's name, chunk size, the caller's ``config``) is stored in ``workdir/sweep.json``; a
 restart with anything different raises instead of mixing results of two runs.
 
-Example: a FLIPD curve over 50 values of t0 for 10^5 points::
+For example, a FLIPD curve over 50 values of t0 for 10^5 points:
 
     from mmh_jax import lid, sweep
     def point_fn(x, key, *, t0, params):
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmh_jax import parallel
+from mmh_jax import _checks, parallel
 
 __all__ = ["sweep", "fingerprint"]
 
@@ -163,7 +164,8 @@ def sweep(
       grid: ``{name: (S,) array}`` settings swept for every point, passed as keyword arguments.
       params: a pytree passed to every call as ``params=`` (e.g. network weights), traced.
       chunk_size: points per dispatch and per file (memory and restart granularity).
-      batch_size: points evaluated at once on each device (:func:`mmh_jax.parallel.map_points`).
+      batch_size: points evaluated at once on each device
+        ([`mmh_jax.parallel.map_points`][mmh_jax.parallel.map_points]).
       mesh: device mesh (default: all devices).
       config: JSON-able description of static choices inside ``point_fn`` (part of the fingerprint).
       progress: show a tqdm bar (points done, including those read back from ``workdir``).
@@ -188,7 +190,7 @@ def sweep(
     if isinstance(chunk_size, bool) or int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     chunk_size = int(chunk_size)
-    n = parallel._leading("xs", xs)
+    n = _checks.leading_axis("xs", xs)
     for i, a in enumerate(keys_or_arrays):
         if jnp.shape(a)[:1] != (n,):
             raise ValueError(f"keys_or_arrays[{i}] must have the same number of points as xs ({n}), got shape {jnp.shape(a)}.")

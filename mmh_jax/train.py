@@ -1,23 +1,26 @@
-"""Training with optax: diffusion models' denoising-score-matching step (DESIGN §2), any loss, ensembles.
+"""Training with optax: diffusion models' denoising-score-matching step, any loss, ensembles.
 
-- :class:`TrainState` — step, params, EMA params, optimizer state (a pytree).
-- :func:`make_optimizer` — AdamW with linear warm-up, cosine decay and gradient clipping.
-- :func:`make_train_step` — ``train_step(state, batch, key) -> (state, metrics)``; the loss is
-  the batch mean of ‖ε̂(α x₀ + σ ε, t) − ε‖², t drawn by :func:`sample_times` (``uniform``:
+- [`TrainState`][mmh_jax.train.TrainState] — step, params, EMA params, optimizer state (a pytree).
+- [`make_optimizer`][mmh_jax.train.make_optimizer] — AdamW with linear warm-up, cosine decay and gradient
+  clipping.
+- [`make_train_step`][mmh_jax.train.make_train_step] — ``train_step(state, batch, key) -> (state, metrics)``;
+  the loss is the batch mean of ‖ε̂(α x₀ + σ ε, t) − ε‖², t drawn by
+  [`sample_times`][mmh_jax.train.sample_times] (``uniform``:
   t ~ U(t_min, T); ``log-sigma``: log σ(t) uniform, more steps at low noise); class labels are dropped to the
   null class with probability ``cond_drop_prob`` (classifier-free guidance). Optionally FLIPD of a
   fixed probe batch is computed inside the step every ``monitor_every`` steps (``lax.cond``: no
   recompilation, and the step's cost is unchanged on the other steps).
-- :func:`make_loss_train_step` — the same optimiser/EMA update around any loss
+- [`make_loss_train_step`][mmh_jax.train.make_loss_train_step] — the same optimiser/EMA update around any loss
   ``loss_fn(params, batch, key)`` (e.g. a flow's negative log-likelihood).
-- :func:`init_ensemble_state`, :func:`make_ensemble_step` — M models trained as one: parameters and
+- [`init_ensemble_state`][mmh_jax.train.init_ensemble_state],
+  [`make_ensemble_step`][mmh_jax.train.make_ensemble_step] — M models trained as one: parameters and
   optimizer states stacked on a leading member axis, the step ``vmap``-ed over it (one compile,
   one loop; member m gets the key ``fold_in(key, m)`` and its own entries of ``member_batch``).
-- :func:`make_train_loop` — several steps per dispatch (``lax.scan``), batches drawn inside
-  the jitted loop from a device-resident data set, keys derived from the step number so that a
+- [`make_train_loop`][mmh_jax.train.make_train_loop] — several steps per dispatch (``lax.scan``), batches
+  drawn inside the jitted loop from a device-resident data set, keys derived from the step number so that a
   resumed run repeats an uninterrupted one exactly.
 
-Checkpointing lives in :mod:`mmh_jax.checkpoint`.
+Checkpointing lives in [`mmh_jax.checkpoint`][mmh_jax.checkpoint].
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmh_jax import lid
+from mmh_jax import adapters, lid
 
 __all__ = ["TIME_SAMPLINGS", "TrainState", "apply_gradients", "init_ensemble_state", "init_train_state",
            "make_ensemble_step", "make_loss_train_step", "make_optimizer", "make_train_loop", "make_train_step",
@@ -37,7 +40,7 @@ __all__ = ["TIME_SAMPLINGS", "TrainState", "apply_gradients", "init_ensemble_sta
 
 Array = jax.Array
 
-#: How :func:`make_train_step` draws training times: ``uniform`` t ~ U(t_min, T) (the default),
+#: How `make_train_step` draws training times: ``uniform`` t ~ U(t_min, T) (the default),
 #: ``log-sigma`` log σ(t) ~ U(log σ(t_min), log σ(T)).
 TIME_SAMPLINGS = ("uniform", "log-sigma")
 
@@ -58,9 +61,9 @@ def sample_times(key, shape, sde, *, t_min: float = 1e-3, time_sampling: str = "
     Args:
       key: a JAX random key.
       shape: the shape of the times (e.g. ``(batch,)``).
-      sde: the :class:`mmh_jax.sde.VPSDE`.
+      sde: the [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
       t_min: smallest time, in (0, T).
-      time_sampling: one of :data:`TIME_SAMPLINGS`.
+      time_sampling: one of [`TIME_SAMPLINGS`][mmh_jax.train.TIME_SAMPLINGS].
 
     Returns:
       float32 times of ``shape`` in [t_min, T].
@@ -170,7 +173,7 @@ def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainSt
       optimizer: the optax transformation whose state is initialised.
 
     Returns:
-      a :class:`TrainState`.
+      a [`TrainState`][mmh_jax.train.TrainState].
 
     Examples:
       >>> import jax.numpy as jnp
@@ -190,14 +193,16 @@ def init_ensemble_state(params, optimizer: optax.GradientTransformation) -> Trai
     """A fresh state of an ensemble: ``params`` stacked on a leading member axis, one scalar step.
 
     The optimizer state is initialised member by member (``vmap``), so every leaf of it — Adam's
-    step count included — has the member axis that :func:`make_ensemble_step` maps over.
+    step count included — has the member axis that [`make_ensemble_step`][mmh_jax.train.make_ensemble_step]
+    maps over.
 
     Args:
       params: parameters with a leading member axis of length M on every leaf.
       optimizer: the optax transformation.
 
     Returns:
-      a :class:`TrainState` whose ``params``, ``ema_params`` and ``opt_state`` have the member axis.
+      a [`TrainState`][mmh_jax.train.TrainState] whose ``params``, ``ema_params`` and ``opt_state`` have the
+      member axis.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -220,13 +225,13 @@ def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransform
     θ ← θ + optax update(g); θ_EMA ← decay·θ_EMA + (1 − decay)·θ; step ← step + 1.
 
     Args:
-      state: the current :class:`TrainState`.
+      state: the current [`TrainState`][mmh_jax.train.TrainState].
       grads: gradients, a pytree like ``state.params``.
       optimizer: the optax transformation of ``state.opt_state``.
       ema_decay: the EMA's target decay.
 
     Returns:
-      the next :class:`TrainState`.
+      the next [`TrainState`][mmh_jax.train.TrainState].
 
     Examples:
       >>> import jax.numpy as jnp
@@ -248,8 +253,8 @@ def make_loss_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
                          ema_decay: float = 0.999) -> Callable:
     """``train_step(state, batch, key) -> (state, metrics)`` minimising ``loss_fn(params, batch, key)``.
 
-    The update is that of :func:`make_train_step` (optimizer, then EMA with warm-up); metrics are
-    ``loss``, ``grad_norm`` and ``step``.
+    The update is that of [`make_train_step`][mmh_jax.train.make_train_step] (optimizer, then EMA with
+    warm-up); metrics are ``loss``, ``grad_norm`` and ``step``.
 
     Args:
       loss_fn: ``loss_fn(params, batch, key) -> scalar``.
@@ -258,7 +263,7 @@ def make_loss_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
 
     Returns:
       the pure ``train_step(state, batch, key) -> (state, metrics)`` (jit it, or loop it with
-      :func:`make_train_loop`).
+      [`make_train_loop`][mmh_jax.train.make_train_loop]).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -287,8 +292,8 @@ def make_ensemble_step(train_step: Callable, member_batch: dict[str, Any]) -> Ca
       member_batch: arrays with a leading axis of length M merged into member m's batch as their
         m-th entries (e.g. ``{"delta": deltas}``: each member's noise scale).
 
-    ``state`` comes from :func:`init_ensemble_state`; every member sees the same ``batch`` and the
-    key ``fold_in(key, m)``, so member m follows exactly the run of
+    ``state`` comes from [`init_ensemble_state`][mmh_jax.train.init_ensemble_state]; every member sees the
+    same ``batch`` and the key ``fold_in(key, m)``, so member m follows exactly the run of
     ``train_step(state_m, {**batch, k: v[m]}, fold_in(key, m))``. Metrics get a leading member axis.
 
     Returns:
@@ -325,7 +330,7 @@ def make_ensemble_step(train_step: Callable, member_batch: dict[str, Any]) -> Ca
 
 
 def make_train_step(
-    eps_apply: Callable,
+    batched_eps_apply: Callable,
     optimizer: optax.GradientTransformation,
     sde,
     *,
@@ -340,10 +345,10 @@ def make_train_step(
     """Build the pure training step ``train_step(state, batch, key) -> (state, metrics)``.
 
     Args:
-      eps_apply: the network, ``eps_apply(params, x, t)`` (or ``(params, x, t, label)`` when
-        ``num_classes`` is set); batched over a leading axis.
-      optimizer: an optax transformation (see :func:`make_optimizer`).
-      sde: the :class:`mmh_jax.sde.VPSDE`.
+      batched_eps_apply: the network on a batch, ``batched_eps_apply(params, x, t)`` (or
+        ``(params, x, t, label)`` when ``num_classes`` is set): ``x`` (B, *E), ``t`` (B,).
+      optimizer: an optax transformation (see [`make_optimizer`][mmh_jax.train.make_optimizer]).
+      sde: the [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
       ema_decay: EMA rate of ``ema_params`` (reached after a warm-up: decay = min(ema_decay,
         (1 + step)/(10 + step))).
       t_min: smallest training time.
@@ -352,15 +357,17 @@ def make_train_step(
       monitor_every: when > 0, FLIPD (Hutchinson, 1 probe, EMA params, t0 = ``monitor_t0``) of
         ``batch["probe"]`` is computed on steps divisible by it and reported as
         ``metrics["flipd"]`` (NaN on other steps).
-      time_sampling: how training times are drawn (:func:`sample_times`): ``uniform`` (t ~ U(t_min,
+      time_sampling: how training times are drawn ([`sample_times`][mmh_jax.train.sample_times]): ``uniform``
+        (t ~ U(t_min,
         T)) or ``log-sigma`` (log σ(t) uniform). The loss stays the unweighted ε-MSE either way, so
         ``log-sigma`` puts more of the training's weight on low noise levels.
 
     ``batch`` is a dict with ``x`` (B, *E), ``label`` (B,) int when conditional, and ``probe``
     (P, *E) when monitoring. Metrics: ``loss``, ``grad_norm``, ``step`` (and ``flipd``).
 
-    The loss is denoising score matching in ε-form (DESIGN §2): the batch mean of
-    ‖ε̂(α(t)x₀ + σ(t)ε, t) − ε‖², ε ~ N(0, I), t ~ :func:`sample_times` (default U(t_min, T)).
+    The loss is denoising score matching in ε-form: the batch mean of
+    ‖ε̂(α(t)x₀ + σ(t)ε, t) − ε‖², ε ~ N(0, I), t ~ [`sample_times`][mmh_jax.train.sample_times] (default
+    U(t_min, T)).
 
     Returns:
       the pure ``train_step(state, batch, key) -> (state, metrics)``.
@@ -371,9 +378,9 @@ def make_train_step(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from mmh_jax.sde import VPSDE
-      >>> eps_apply = lambda p, x, t: x * p["a"]     # a one-parameter "network", batched
+      >>> batched_eps_apply = lambda p, x, t: x * p["a"]     # a one-parameter "network"
       >>> opt = make_optimizer(learning_rate=0.05, total_steps=200, warmup_steps=0)
-      >>> step = jax.jit(make_train_step(eps_apply, opt, VPSDE()))
+      >>> step = jax.jit(make_train_step(batched_eps_apply, opt, VPSDE()))
       >>> s, m = step(init_train_state({"a": jnp.zeros(())}, opt), {"x": jnp.ones((8, 2))}, jax.random.key(0))
       >>> int(m["step"]), m["loss"].shape
       (1, ())
@@ -390,20 +397,19 @@ def make_train_step(
         bshape = (b,) + (1,) * (x.ndim - 1)
         xt = alpha.reshape(bshape) * x + sigma.reshape(bshape) * eps
         if num_classes is None:
-            pred = eps_apply(params, xt, t)
+            pred = batched_eps_apply(params, xt, t)
         else:
             drop = jax.random.bernoulli(k_drop, cond_drop_prob, (b,))
-            pred = eps_apply(params, xt, t, jnp.where(drop, num_classes, label))
+            pred = batched_eps_apply(params, xt, t, jnp.where(drop, num_classes, label))
         return jnp.mean(jnp.sum((pred - eps).reshape(b, -1) ** 2, axis=1))
 
     def flipd_probe(params, probe, key):
-        def score_fn(y, t):
-            sigma = sde.marginal_coefs(t)[1]
+        def eps_fn(y, t):
             if num_classes is None:
-                e = eps_apply(params, y[None], t[None])[0]
-            else:
-                e = eps_apply(params, y[None], t[None], jnp.full((1,), num_classes))[0]
-            return -e / sigma
+                return batched_eps_apply(params, y[None], t[None])[0]
+            return batched_eps_apply(params, y[None], t[None], jnp.full((1,), num_classes))[0]
+
+        score_fn = adapters.score_from_eps(eps_fn, sde)
 
         keys = jax.random.split(key, probe.shape[0])
         return jnp.mean(jax.vmap(lambda y, k: lid.flipd(score_fn, y, k, t0=monitor_t0, sde=sde,

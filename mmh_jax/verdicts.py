@@ -7,11 +7,12 @@ negatives keep their counts). The verdict is
 
 - ``holds`` when the whole interval clears the threshold in the claimed direction,
 - ``does not hold`` when the whole interval lies on the other side,
-- ``inconclusive`` otherwise, and always when there are fewer than :data:`MIN_POSITIVES`
+- ``inconclusive`` otherwise, and always when there are fewer than
+  [`MIN_POSITIVES`][mmh_jax.verdicts.MIN_POSITIVES]
   positives (a verdict on 3 memorized samples is an anecdote, whatever its interval).
 
-The rule is :func:`decide`; :func:`finding` computes effect, interval and verdict together. NumPy only.
-"""
+The rule is [`decide`][mmh_jax.verdicts.decide]; [`finding`][mmh_jax.verdicts.finding] computes effect,
+interval and verdict together. NumPy only. """
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def decide(low: float, high: float, threshold: float, *, direction: str = "above
       min_positive: below this many positives the verdict is ``inconclusive``.
 
     Returns:
-      one of :data:`VERDICTS`.
+      one of [`VERDICTS`][mmh_jax.verdicts.VERDICTS].
 
     Raises:
       ValueError: unknown direction, low > high.
@@ -173,7 +174,7 @@ class Finding:
       effect, low, high: the effect and its bootstrap interval.
       threshold, direction: the claim is effect > threshold (``above``) or < threshold (``below``).
       n_positive, n_negative: the sizes of the groups (``n_negative`` -1 when there is one group).
-      verdict: one of :data:`VERDICTS`.
+      verdict: one of [`VERDICTS`][mmh_jax.verdicts.VERDICTS].
       note: why a verdict is what it is, when the numbers alone do not say (e.g. too few positives).
     """
 
@@ -213,7 +214,7 @@ class Finding:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Finding":
-        """The inverse of :meth:`asdict`, also after a JSON round trip (which stores NaN as null).
+        """The inverse of `asdict`, also after a JSON round trip (which stores NaN as null).
 
         Examples:
           >>> f = Finding("c", "AUROC", float("nan"), float("nan"), float("nan"), 0.5, "above", 0, 9, "inconclusive")
@@ -230,10 +231,13 @@ def _f(v: float) -> str:
 def finding(claim: str, statistic: str, fn: Callable[..., float], *groups: Sequence[Any], threshold: float,
             direction: str = "above", n_positive: int | None = None, n_negative: int | None = None,
             seed: int = 0, n_boot: int = 1000, note: str = "") -> Finding:
-    """Effect ``fn(*groups)``, its bootstrap interval (:func:`bootstrap_interval`) and verdict (:func:`decide`).
+    """Effect ``fn(*groups)``, its bootstrap interval
+    ([`bootstrap_interval`][mmh_jax.verdicts.bootstrap_interval]) and verdict
+    ([`decide`][mmh_jax.verdicts.decide]).
 
     ``n_positive`` defaults to the size of the first group, ``n_negative`` to that of the second
-    (-1 with one group). With fewer than :data:`MIN_POSITIVES` positives the note says so.
+    (-1 with one group). With fewer than [`MIN_POSITIVES`][mmh_jax.verdicts.MIN_POSITIVES] positives the note
+    says so.
 
     Examples:
       >>> rng = np.random.default_rng(0)

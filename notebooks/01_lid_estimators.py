@@ -109,7 +109,7 @@ plt.show()
 # Each colour plateaus at its true dimension (dotted) and falls to 0 at large t₀. With an exact
 # score the plateau reaches down to the smallest t₀; with a trained network it ends where the
 # network stops resolving the manifold, which is why the knee and plateau readouts exist.
-# The fixed readout at t₀ = 0.05 (DESIGN §3b) is one call:
+# The fixed readout at t₀ = 0.05 (docs/design.md#defaults) is one call:
 
 # %%
 @jax.jit

@@ -76,9 +76,9 @@ def arm(point: str) -> None:
     if point == "import":
         sys.meta_path.insert(0, _AtImport())
     elif point == "data":  # before the model exists: nothing to save
-        from mmh_jax.experiments import train_cmd
+        from mmh_jax.experiments import training
 
-        _wrap_method(train_cmd, "load_training_data", on_call=1, when="before")
+        _wrap_method(training, "load_training_data", on_call=1, when="before")
     elif point == "compile":
         _wrap_loops(on_call=1, when="during")
     elif point == "first_steps":

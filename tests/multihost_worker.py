@@ -1,8 +1,9 @@
 """One process of a two-process run on 127.0.0.1 (used by tests/test_multihost.py).
 
 ``python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODE OUT``: joins the run through
-:func:`mmh_jax.parallel.initialize` with 2 emulated CPU devices (gloo collectives), maps FLIPD over
-its own share of :func:`points` with :func:`mmh_jax.parallel.map_points_global` and writes the
+[`mmh_jax.parallel.initialize`][mmh_jax.parallel.initialize] with 2 emulated CPU devices (gloo collectives),
+maps FLIPD over its own share of `points` with
+[`mmh_jax.parallel.map_points_global`][mmh_jax.parallel.map_points_global] and writes the
 gathered and the local results to ``OUT`` (an ``.npz``). ``MODE="loop"`` repeats the map until
 killed, printing ``iteration K`` after each.
 """

@@ -1,4 +1,4 @@
-"""The public API is pinned (DESIGN §5) and the estimators stay free of flax/optax."""
+"""The public API is pinned (docs/design.md, "API contract") and the estimators stay free of flax/optax."""
 
 import subprocess
 import sys

@@ -20,7 +20,7 @@ from PIL import Image
 
 from mmh_jax import cli, lid, sde
 from mmh_jax.data import images
-from mmh_jax.data._npfile import read_numpy
+from mmh_jax.data.files import read_numpy
 from mmh_jax.experiments import lid_cmd
 
 

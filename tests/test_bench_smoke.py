@@ -1,6 +1,6 @@
 """Smoke run of bench/bench_flipd.py at tiny sizes: it runs in-process and writes the expected JSON.
 
-Timings are not asserted (STYLE §14); this only pins the script's outputs. The PyTorch rows are
+Timings are not asserted; this only pins the script's outputs. The PyTorch rows are
 required whenever torch is importable (the ``bench`` extra); without torch the JAX rows still are.
 """
 

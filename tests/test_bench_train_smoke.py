@@ -1,6 +1,6 @@
 """Smoke run of bench/bench_train.py at tiny sizes: it runs in-process and writes the expected JSON.
 
-Timings are not asserted (STYLE §14); this pins the script's outputs and the honesty of its
+Timings are not asserted; this pins the script's outputs and the honesty of its
 baseline: the PyTorch twins of the MLP and the U-Net, given the JAX initial weights, must compute
 the same forward pass (to 1e-4) with the same parameter count, and the torch learning-rate schedule
 must be optax's. The PyTorch parts run whenever torch is importable (the ``bench`` extra).

@@ -22,15 +22,15 @@ from mmh_jax import train, trained
 from mmh_jax.checkpoint import (
     FORMAT, MAX_MESSAGE, CheckpointError, Checkpointer, DamagedCheckpointError, NonFiniteError, abstract_like,
 )
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 
 
 @pytest.fixture(scope="module")
 def three_steps(tmp_path_factory):
     """A run of the quick MLP with checkpoints at steps 2, 4 and 6 (two steps per dispatch)."""
     out = tmp_path_factory.mktemp("three_steps") / "run"
-    config = train_cmd.preset("quick", steps=6, n=64, seed=7, checkpoint_every=2, steps_per_call=2)
-    train_cmd.run(config, str(out), progress=False)
+    config = training.preset("quick", steps=6, n=64, seed=7, checkpoint_every=2, steps_per_call=2)
+    training.train_or_resume(config, str(out), progress=False)
     assert sorted(os.listdir(out / "checkpoints")) == ["2", "4", "6"]
     return out
 
@@ -79,10 +79,10 @@ def assert_short_line(msg):
 
 
 def _abstract(run):
-    """The shapes of the run's train state, as :func:`mmh_jax.trained.load` builds them."""
+    """The shapes of the run's train state, as [`mmh_jax.trained.load`][mmh_jax.trained.load] builds them."""
     with open(os.path.join(run, "config.json")) as fh:
         config = json.load(fh)
-    module, _ = trained.make_eps_apply(config)
+    module, _ = trained.make_batched_eps_apply(config)
     optimizer = train.make_optimizer(total_steps=int(config["steps"]))
     x = jnp.zeros((1, *config["event_shape"]))
     return abstract_like(jax.eval_shape(
@@ -136,7 +136,7 @@ def test_a_long_directory_is_shortened_to_fit_the_line(run, tmp_path):
 
 def test_restore_newest_intact_skips_damaged_steps(run):
     abstract = _abstract(run)
-    ckpt = Checkpointer(str(run / "checkpoints"), read_only=True, identity_keys=train_cmd.IDENTITY_KEYS)
+    ckpt = Checkpointer(str(run / "checkpoints"), read_only=True, identity_keys=training.IDENTITY_KEYS)
     config = ckpt.read_meta(2)["config"]
     state, step, skipped = ckpt.restore_newest_intact(abstract, config=config)
     assert (step, skipped) == (6, [])
@@ -173,7 +173,7 @@ def test_saving_a_skipped_damaged_step_again_keeps_the_damaged_one_aside(run):
     damaged_files = {os.path.relpath(p, run / "checkpoints" / "6"): os.path.getsize(p)
                      for p in _state_files(run, 6)}
     abstract = _abstract(run)
-    ckpt = Checkpointer(str(run / "checkpoints"), identity_keys=train_cmd.IDENTITY_KEYS)
+    ckpt = Checkpointer(str(run / "checkpoints"), identity_keys=training.IDENTITY_KEYS)
     config = ckpt.read_meta(4)["config"]
     state, step, skipped = ckpt.restore_newest_intact(abstract, config=config)
     assert (step, skipped) == (4, [6])

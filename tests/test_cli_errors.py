@@ -87,7 +87,7 @@ def good_out(tmp_path):
     """An --out directory holding the outputs of an earlier, successful run (lid.npz of `lid`,
     samples.npz of `sample`); a failing command, even with --overwrite, must leave it as it is.
 
-    Returns the directory and its contents (compare with :func:`_contents`)."""
+    Returns the directory and its contents (compare with `_contents`)."""
     out = tmp_path / "result"
     out.mkdir()
     np.savez(out / "lid.npz", lid=np.arange(5, dtype=np.float32))
@@ -288,12 +288,13 @@ def test_ctrl_c_outside_training_exits_130_without_traceback(monkeypatch, tmp_pa
 @pytest.fixture
 def no_work(monkeypatch):
     """Record calls of the commands' work functions: an --out problem must stop before any of them."""
-    from mmh_jax.experiments import lid_cmd, sample_cmd, train_cmd, validation
+    from mmh_jax.experiments import lid_cmd, sample_cmd, training, validation
     from mmh_jax.experiments.pipeline import run as pipeline_run
 
     calls = []
-    for mod in (lid_cmd, sample_cmd, train_cmd, validation, pipeline_run):
-        monkeypatch.setattr(mod, "run", lambda *a, _m=mod.__name__, **k: calls.append(_m))
+    for mod, name in ((lid_cmd, "run"), (sample_cmd, "run"), (training, "train_or_resume"), (validation, "run"),
+                      (pipeline_run, "run")):
+        monkeypatch.setattr(mod, name, lambda *a, _m=mod.__name__, **k: calls.append(_m))
     return calls
 
 

@@ -10,7 +10,7 @@ import pytest
 import mmh_jax
 from mmh_jax import cli, lid
 from mmh_jax.data import synthetic
-from mmh_jax.experiments import model_lid, train_cmd
+from mmh_jax.experiments import model_estimators, model_lid, training
 
 TRAIN = dict(data="lollipop", n=200, model="mlp", model_kwargs={"hidden": 16, "num_layers": 2}, batch_size=32,
              steps=20, steps_per_call=10, checkpoint_every=1000, warmup_steps=5, seed=3)
@@ -21,7 +21,7 @@ GRID = ["--t0-grid", "1e-3", "1", "6"]
 def run_dir(tmp_path_factory):
     """A tiny MLP trained for 20 steps on 200 lollipop points (compilation dominates: seconds)."""
     out = str(tmp_path_factory.mktemp("model") / "run")
-    train_cmd.run(train_cmd.TrainConfig(**TRAIN), out, progress=False)
+    training.train_or_resume(training.TrainConfig(**TRAIN), out, progress=False)
     return out
 
 
@@ -164,17 +164,17 @@ def test_file_loading_without_a_model(tmp_path):
     raw = np.arange(10 * 2, dtype=np.uint8).reshape(10, 1, 2) * 10
     np.save(tmp_path / "img.npy", raw)
     fake = types.SimpleNamespace(event_shape=(2,))
-    cfg = model_lid.ModelLidConfig(checkpoint="unused", data=str(tmp_path / "img.npy"))
-    x, truth, comp, idx, n_all, _ = model_lid._points(cfg, fake, None)
+    cfg = model_estimators.ModelLidConfig(checkpoint="unused", data=str(tmp_path / "img.npy"))
+    x, truth, comp, idx, n_all, _ = model_lid.load_points(cfg, fake, None)
     assert x.shape == (10, 2) and truth is None and comp is None and n_all == 10
     np.testing.assert_allclose(x, raw.reshape(10, 2) / 255.0 * 2.0 - 1.0, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"event shape \(3,\)"):
-        model_lid._points(cfg, types.SimpleNamespace(event_shape=(3,)), None)
+        model_lid.load_points(cfg, types.SimpleNamespace(event_shape=(3,)), None)
 
     np.savez(tmp_path / "out.npz", x=np.zeros((4, 2), np.float32), lid=np.full(4, 1.7, np.float32),
              truth=np.array([0, 1, 2, 2]), component=np.array([2, 1, 0, 0]))
-    cfg = model_lid.ModelLidConfig(checkpoint="unused", data=str(tmp_path / "out.npz"), n=3, seed=1)
-    x, truth, comp, idx, n_all, _ = model_lid._points(cfg, fake, None)
+    cfg = model_estimators.ModelLidConfig(checkpoint="unused", data=str(tmp_path / "out.npz"), n=3, seed=1)
+    x, truth, comp, idx, n_all, _ = model_lid.load_points(cfg, fake, None)
     assert n_all == 4 and len(idx) == 3 and truth.dtype == np.int32
     np.testing.assert_array_equal(truth, np.array([0, 1, 2, 2])[idx])
     np.testing.assert_array_equal(comp, np.array([2, 1, 0, 0])[idx])

@@ -11,7 +11,7 @@ import pytest
 
 import mmh_jax
 from mmh_jax import cli, train
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 
 #: A tiny quick-preset training (one dispatch is 50 steps).
 TINY = ["train", "--preset", "quick", "--n", "128", "--seed", "3"]
@@ -90,7 +90,7 @@ def test_library_config_refuses_the_same_values():
     for field, value in [("learning_rate", -1.0), ("learning_rate", float("nan")), ("batch_size", 0), ("keep", 0),
                          ("seed", -1)]:
         with pytest.raises(ValueError, match=f"{field} must be"):
-            train_cmd.preset("quick", **{field: value})
+            training.preset("quick", **{field: value})
 
 
 # -- --resume ------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_the_loss_figure_of_a_one_dispatch_run_shows_its_point(tmp_path):
 
     log = tmp_path / "train_log.jsonl"
     log.write_text(json.dumps({"step": 50, "loss": 0.7}) + "\n")
-    train_cmd._plot_loss(str(log), str(tmp_path / "loss.png"))
+    training._plot_loss(str(log), str(tmp_path / "loss.png"))
     img = matplotlib.image.imread(tmp_path / "loss.png")[..., :3]
     blue = np.array([0x1F, 0x77, 0xB4]) / 255  # matplotlib's first colour, the loss marker
     assert (np.abs(img - blue).max(axis=-1) < 0.1).sum() > 4
@@ -310,7 +310,7 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(tmp_path, ca
         reached.append("after the safe point")
         return {"interrupted": False, "step": 1, "start": 0, "loss": 0.0}
 
-    monkeypatch.setattr(train_cmd, "run", fake_run)
+    monkeypatch.setattr(training, "train_or_resume", fake_run)
     rc, err = _main(["train", "--out", str(tmp_path / "t")], capsys)
     assert rc == 143 and "interrupted by SIGTERM" in err and "Exception ignored" not in err, err
     assert reached == []

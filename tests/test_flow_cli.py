@@ -13,7 +13,7 @@ import mmh_jax
 from mmh_jax import cli, lid
 from mmh_jax.checkpoint import CheckpointError
 from mmh_jax.data import synthetic
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 from mmh_jax.trained import TrainedFlow
 
 pytestmark = pytest.mark.xdist_group("flow_cli")  # one worker: the module fixture trains once
@@ -27,7 +27,7 @@ TINY = dict(data="lollipop", n=200, model="lidl", model_kwargs={"num_coupling": 
 def run_dir(tmp_path_factory):
     """A 3-member LIDL ensemble of tiny flows, 20 steps on 200 lollipop points (checkpoints at 10 and 20)."""
     out = str(tmp_path_factory.mktemp("lidl") / "run")
-    train_cmd.run(train_cmd.TrainConfig(**TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(**TINY), out, progress=False)
     return out
 
 
@@ -41,7 +41,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(run_dir, tmp_path
     shutil.copytree(run_dir, copy)
     shutil.rmtree(os.path.join(copy, "checkpoints", "20"))
     assert mmh_jax.load(copy).step == 10
-    result = train_cmd.run(train_cmd.TrainConfig(**TINY), copy, resume=True, progress=False)
+    result = training.train_or_resume(training.TrainConfig(**TINY), copy, resume=True, progress=False)
     assert result["step"] == 20 and not result["interrupted"]
     for a, b in zip(_leaves(run_dir), _leaves(copy), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -54,6 +54,11 @@ def test_load_gives_the_flows_and_their_lidl(run_dir):
     with open(os.path.join(run_dir, "config.json")) as fh:
         cfg = json.load(fh)
     assert cfg["model"] == "lidl" and len(cfg["flow_stats"]["scale"]) == 2
+    assert cfg["kind"] == model.kind == "flow"
+    # a pytree of its parameters and noise scales: jit takes the model as an argument
+    assert len(jax.tree.leaves(model)) == len(jax.tree.leaves(model.params)) + 1
+    log_p = jax.jit(lambda m, x: m.log_prob(x, member=1))(model, jnp.array([3.0, 3.2]))
+    assert float(log_p) == pytest.approx(float(model.log_prob(jnp.array([3.0, 3.2]), member=1)), rel=1e-5)
     x = jnp.array([3.0, 3.2])
 
     @jax.jit  # eager Flax dispatches many small ops
@@ -71,7 +76,7 @@ def test_load_gives_the_flows_and_their_lidl(run_dir):
 
 def test_a_checkpoint_of_another_model_is_refused(run_dir, capsys):
     with pytest.raises(CheckpointError, match="deltas: checkpoint has"):
-        train_cmd.run(train_cmd.TrainConfig(**{**TINY, "deltas": (0.01, 0.1)}), run_dir, resume=True, progress=False)
+        training.train_or_resume(training.TrainConfig(**{**TINY, "deltas": (0.01, 0.1)}), run_dir, resume=True, progress=False)
     rc = cli.main(["train", "--model", "mlp", "--data", "lollipop", "--n", "200", "--seed", "3", "--out", run_dir,
                    "--resume", "--steps", "30"])
     assert rc == 2

@@ -22,7 +22,7 @@ import pytest
 
 import mmh_jax
 from mmh_jax import cli, train
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 from mmh_jax.experiments.pipeline.common import Context, train_model
 
 WAIT_S = 300  # generous per-process limit (2 shared, loaded cores); nothing waits without one
@@ -136,7 +136,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_handler_restored(tmp_path, monke
             raise
         return {"interrupted": False, "step": 0, "start": 0, "saved": False, "loss": 0.0}
 
-    monkeypatch.setattr(train_cmd, "run", fake_run)
+    monkeypatch.setattr(training, "train_or_resume", fake_run)
     mine = lambda signum, frame: None  # noqa: E731
     before = signal.signal(signal.SIGTERM, mine)
     try:
@@ -171,11 +171,11 @@ def test_run_stops_on_an_interrupted_training_and_the_rerun_continues_it(tmp_pat
 
     monkeypatch.setattr(train, "make_train_loop", interrupted_at_20)
     with pytest.raises(KeyboardInterrupt):
-        train_model(ctx, "toy", train_cmd.TrainConfig(**TINY))
+        train_model(ctx, "toy", training.TrainConfig(**TINY))
     assert mmh_jax.load(str(tmp_path / "models" / "toy")).step == 20
     monkeypatch.setattr(train, "make_train_loop", original)
     capsys.readouterr()
-    model = train_model(ctx, "toy", train_cmd.TrainConfig(**TINY))
+    model = train_model(ctx, "toy", training.TrainConfig(**TINY))
     assert model.step == 40
     err = capsys.readouterr().err
     assert "[toy] resuming the training" in err and "from its checkpoint at step 20 of 40" in err

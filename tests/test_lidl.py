@@ -122,10 +122,10 @@ def test_default_lidl_run_recovers_per_component_lid(data, tmp_path):
     """Acceptance (minutes): `mmh-jax train --model lidl` with default settings, then LIDL and the flow
     Jacobian (τ = −3 and its plateau) on 600 training points: every component's mean within 0.5 of the
     true LID (lollipop: disk 2, stick 1, point 0; torus_circle: torus 2, circle 1)."""
-    from mmh_jax.experiments import model_lid, train_cmd
+    from mmh_jax.experiments import model_lid, training
 
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.preset("full", model="lidl", data=data), out, progress=False)
+    training.train_or_resume(training.preset("full", model="lidl", data=data), out, progress=False)
     for estimator, keys in (("lidl", ("lid",)), ("flow-jacobian", ("lid", "lid_plateau"))):
         lid_dir = tmp_path / estimator  # --out is the directory lid fills: lid.npz inside
         model_lid.run(model_lid.preset("full", checkpoint=out, estimator=estimator, n=600), str(lid_dir),

@@ -353,7 +353,7 @@ def test_keep_nearest_is_the_top_k_set_with_its_ties():
     """The refine's selection of k out of k + m candidates (no order) is lax.top_k's set, ties included."""
     from jax import lax
 
-    from mmh_jax.lid._model_free import _keep_nearest
+    from mmh_jax.lid._knn import _keep_nearest
 
     rng = np.random.default_rng(0)
     # A few shapes (one compile each), many rows each: every row draws its own number of distinct

@@ -1,8 +1,9 @@
 """``mmh-jax run`` experiment ``conditional`` on the quick preset: metrics, files, and oracles.
 
 Oracles: one sample's guided DDIM trajectory, rebuilt step by step in Python from the saved key with
-the model's ε-network, ends at the saved sample, and both :func:`mmh_jax.lid.cfg_norm` on it and the
-plain mean of ‖ε_c − ε_∅‖ over its states equal the saved CFG norm; :func:`mmh_jax.lid.flipd` called
+the model's ε-network, ends at the saved sample, and both [`mmh_jax.lid.cfg_norm`][mmh_jax.lid.cfg_norm] on it
+and the plain mean of ‖ε_c − ε_∅‖ over its states equal the saved CFG norm;
+[`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] called
 directly equals the saved conditional and unconditional FLIPD of two samples.
 """
 

@@ -1,6 +1,6 @@
 """``mmh-jax run`` experiment ``mitigation``: the verdict logic on hand-made arrays, and the quick preset.
 
-The verdict (:func:`mitigation.judge`) is pure and tested on arrays built so that it must come out
+The verdict (`mitigation.judge`) is pure and tested on arrays built so that it must come out
 ``holds``, ``does not hold`` and ``inconclusive`` for each of its reasons. The quick model is barely
 trained, so its numbers are not findings; those tests check the structure and two oracles: the λ = 0
 samples are plain CFG DDIM samples drawn with the same keys and labels (the guidance adds exactly

@@ -80,7 +80,7 @@ def test_adapters_formula(model_and_params, rng):
 
 
 def test_flipd_through_adapter_eps_form(model_and_params, rng):
-    """FLIPD via the score adapter equals its ε-form D − σ·tr ∇ε̂ + ‖ε̂‖² (DESIGN §3)."""
+    """FLIPD via the score adapter equals its ε-form D − σ·tr ∇ε̂ + ‖ε̂‖²."""
     model, params = model_and_params
     vp = VPSDE()
     x = jnp.asarray(rng.normal(size=D), jnp.float32)

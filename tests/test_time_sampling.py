@@ -7,7 +7,7 @@ import pytest
 
 from mmh_jax import cli, train
 from mmh_jax.checkpoint import CheckpointError
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 from mmh_jax.sde import VPSDE
 
 TINY = dict(data="lollipop", n=200, model="mlp", model_kwargs={"hidden": 16, "num_layers": 2}, batch_size=16,
@@ -92,14 +92,14 @@ def test_uniform_train_step_is_bit_identical_to_before():
 
 def test_unknown_time_sampling_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"time_sampling='log_sigma'.*--time-sampling uniform .*log-sigma"):
-        train_cmd.TrainConfig(time_sampling="log_sigma")
+        training.TrainConfig(time_sampling="log_sigma")
     with pytest.raises(ValueError, match=r"must be one of \('uniform', 'log-sigma'\), got 'edm'"):
         train.make_train_step(lambda p, x, t: x, train.make_optimizer(total_steps=2), VPSDE(), time_sampling="edm")
     with pytest.raises(ValueError, match=r"got 'edm'"):
         train.sample_times(jax.random.key(0), (2,), VPSDE(), time_sampling="edm")
-    flow = train_cmd.TrainConfig(data="lollipop", model="flow", time_sampling="log-sigma")
+    flow = training.TrainConfig(data="lollipop", model="flow", time_sampling="log-sigma")
     with pytest.raises(ValueError, match=r"time_sampling='log-sigma' .* not 'flow'; drop --time-sampling"):
-        train_cmd._config_dict(flow, np.zeros((4, 2), np.float32), None)
+        training._config_dict(flow, np.zeros((4, 2), np.float32), None)
 
 
 def test_cli_flag_reaches_the_config(tmp_path, monkeypatch, capsys):
@@ -109,7 +109,7 @@ def test_cli_flag_reaches_the_config(tmp_path, monkeypatch, capsys):
         seen.append(config)
         return {"step": 1, "start": 0, "loss": 0.0, "interrupted": False, "out": out, "saved": 1}
 
-    monkeypatch.setattr(train_cmd, "run", fake_run)
+    monkeypatch.setattr(training, "train_or_resume", fake_run)
     out = str(tmp_path / "r")
     assert cli.main(["train", "--preset", "quick", "--time-sampling", "log-sigma", "--out", out]) == 0
     assert cli.main(["train", "--preset", "quick", "--out", out]) == 0
@@ -120,26 +120,26 @@ def test_cli_flag_reaches_the_config(tmp_path, monkeypatch, capsys):
 
 def test_resume_with_another_time_sampling_is_refused_and_legacy_runs_resume(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=5, time_sampling="log-sigma", **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=5, time_sampling="log-sigma", **TINY), out, progress=False)
     with pytest.raises(CheckpointError, match=r"time_sampling: checkpoint has 'log-sigma', this run has 'uniform'"):
-        train_cmd.run(train_cmd.TrainConfig(steps=10, **TINY), out, resume=True, progress=False)
-    res = train_cmd.run(train_cmd.TrainConfig(steps=10, time_sampling="log-sigma", **TINY), out, resume=True,
+        training.train_or_resume(training.TrainConfig(steps=10, **TINY), out, resume=True, progress=False)
+    res = training.train_or_resume(training.TrainConfig(steps=10, time_sampling="log-sigma", **TINY), out, resume=True,
                         progress=False)
     assert res["step"] == 10
     # A run saved before the option existed (no time_sampling in its config) was uniform: it resumes
     # as uniform, and is refused as log-sigma.
     legacy = str(tmp_path / "legacy")
-    real = train_cmd._config_dict
+    real = training._config_dict
 
     def without(config, x, labels):
         d = real(config, x, labels)
         d.pop("time_sampling")
         return d
 
-    monkeypatch.setattr(train_cmd, "_config_dict", without)
-    train_cmd.run(train_cmd.TrainConfig(steps=5, **TINY), legacy, progress=False)
-    monkeypatch.setattr(train_cmd, "_config_dict", real)
+    monkeypatch.setattr(training, "_config_dict", without)
+    training.train_or_resume(training.TrainConfig(steps=5, **TINY), legacy, progress=False)
+    monkeypatch.setattr(training, "_config_dict", real)
     with pytest.raises(CheckpointError, match=r"time_sampling: checkpoint has None, this run has 'log-sigma'"):
-        train_cmd.run(train_cmd.TrainConfig(steps=10, time_sampling="log-sigma", **TINY), legacy, resume=True,
+        training.train_or_resume(training.TrainConfig(steps=10, time_sampling="log-sigma", **TINY), legacy, resume=True,
                       progress=False)
-    assert train_cmd.run(train_cmd.TrainConfig(steps=10, **TINY), legacy, resume=True, progress=False)["step"] == 10
+    assert training.train_or_resume(training.TrainConfig(steps=10, **TINY), legacy, resume=True, progress=False)["step"] == 10

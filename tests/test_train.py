@@ -9,7 +9,7 @@ import pytest
 import mmh_jax
 from mmh_jax import cli, lid, train
 from mmh_jax.checkpoint import CheckpointError
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 
 TINY = dict(data="lollipop", n=500, model="mlp", model_kwargs={"hidden": 16, "num_layers": 2}, batch_size=32,
             steps_per_call=10, checkpoint_every=10, warmup_steps=5)
@@ -26,18 +26,18 @@ def _assert_same(a, b):
 
 def test_resume_equals_uninterrupted(tmp_path):
     full = str(tmp_path / "full")
-    train_cmd.run(train_cmd.TrainConfig(steps=40, **TINY), full, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=40, **TINY), full, progress=False)
     part = str(tmp_path / "part")
-    train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), part, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=20, **TINY), part, progress=False)
     # --steps is the total: 40 after a 20-step run trains 20 more. The LR schedule's horizon is the
     # total, so compare with a run that was interrupted at 20 rather than one configured for 20.
     part2 = str(tmp_path / "part2")
-    cfg40 = train_cmd.TrainConfig(steps=40, **TINY)
-    _interrupt_at(20, lambda: train_cmd.run(cfg40, part2, progress=False))
-    result = train_cmd.run(cfg40, part2, resume=True, progress=False)
+    cfg40 = training.TrainConfig(steps=40, **TINY)
+    _interrupt_at(20, lambda: training.train_or_resume(cfg40, part2, progress=False))
+    result = training.train_or_resume(cfg40, part2, resume=True, progress=False)
     assert result["step"] == 40 and not result["interrupted"]
     _assert_same(_params(full), _params(part2))
-    extended = train_cmd.run(cfg40, part, resume=True, progress=False)
+    extended = training.train_or_resume(cfg40, part, resume=True, progress=False)
     assert extended["step"] == 40
 
 
@@ -55,13 +55,13 @@ def test_resuming_takes_the_state_shapes_from_eval_shape_not_a_compiled_init(tmp
 
     monkeypatch.setattr(jax, "jit", spy)
     out = str(tmp_path / "run")
-    cfg = train_cmd.TrainConfig(steps=10, **TINY)
-    train_cmd.run(cfg, out, progress=False)
+    cfg = training.TrainConfig(steps=10, **TINY)
+    training.train_or_resume(cfg, out, progress=False)
     assert "init" in jitted
     fresh = _params(out)
     jitted.clear()
-    assert train_cmd.run(cfg, out, resume=True, progress=False)["step"] == 10  # finished: reused
-    more = train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, resume=True, progress=False)
+    assert training.train_or_resume(cfg, out, resume=True, progress=False)["step"] == 10  # finished: reused
+    more = training.train_or_resume(training.TrainConfig(steps=20, **TINY), out, resume=True, progress=False)
     assert more["step"] == 20 and "init" not in jitted
     assert jitted  # the spy did see the resumed run's jits (its train loop)
     assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(fresh, _params(out)))
@@ -90,25 +90,25 @@ def _interrupt_at(step, fn):
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out = str(tmp_path / "run")
-    cfg = train_cmd.TrainConfig(steps=50, **{**TINY, "checkpoint_every": 1000})
-    result = _interrupt_at(30, lambda: train_cmd.run(cfg, out, progress=False))
+    cfg = training.TrainConfig(steps=50, **{**TINY, "checkpoint_every": 1000})
+    result = _interrupt_at(30, lambda: training.train_or_resume(cfg, out, progress=False))
     assert result["interrupted"] and result["step"] == 30
     assert mmh_jax.load(out).step == 30
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=10, **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=10, **TINY), out, progress=False)
     with pytest.raises(CheckpointError, match="--resume"):
-        train_cmd.run(train_cmd.TrainConfig(steps=10, **TINY), out, progress=False)
+        training.train_or_resume(training.TrainConfig(steps=10, **TINY), out, progress=False)
 
 
 def test_foreign_checkpoint_is_refused(tmp_path):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=10, **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=10, **TINY), out, progress=False)
     other = {**TINY, "model_kwargs": {"hidden": 8, "num_layers": 2}}
     with pytest.raises(CheckpointError, match="model_kwargs"):
-        train_cmd.run(train_cmd.TrainConfig(steps=20, **other), out, resume=True, progress=False)
+        training.train_or_resume(training.TrainConfig(steps=20, **other), out, resume=True, progress=False)
     assert mmh_jax.load(out).step == 10
 
 
@@ -118,7 +118,7 @@ def _snapshot(folder):
 
 def test_resume_skips_a_corrupted_checkpoint_says_so_and_keeps_its_files(tmp_path, capsys):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=20, **TINY), out, progress=False)
     step_dir = os.path.join(out, "checkpoints", "20", "state")
     victims = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if os.path.getsize(os.path.join(r, f)) > 64]
     assert victims
@@ -129,7 +129,7 @@ def test_resume_skips_a_corrupted_checkpoint_says_so_and_keeps_its_files(tmp_pat
     with pytest.raises(CheckpointError, match="step 20 .* damaged.*intact steps: \\[10\\]"):
         mmh_jax.load(out)
     capsys.readouterr()
-    res = train_cmd.run(train_cmd.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
+    res = training.train_or_resume(training.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
     err = capsys.readouterr().err
     assert "from its checkpoint at step 10" in err and "step 20 are damaged and were skipped" in err, err
     assert res["step"] == 30 and mmh_jax.load(out).step == 30
@@ -141,12 +141,12 @@ def test_resume_skips_a_corrupted_checkpoint_says_so_and_keeps_its_files(tmp_pat
 
 def test_interrupted_save_leaves_previous_checkpoint_in_use(tmp_path, capsys):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=20, **TINY), out, progress=False)
     # what a save killed with SIGKILL leaves: orbax's temporary folder, never renamed into place
     os.makedirs(os.path.join(out, "checkpoints", "30.orbax-checkpoint-tmp", "state"))
     assert mmh_jax.load(out).step == 20
     capsys.readouterr()
-    res = train_cmd.run(train_cmd.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
+    res = training.train_or_resume(training.TrainConfig(steps=30, **TINY), out, resume=True, progress=False)
     assert res["step"] == 30
     err = capsys.readouterr().err  # the resume says where it starts and what it ignored, not silently
     assert "from its checkpoint at step 20" in err and "1 save(s) cut short (e.g. by kill -9) are ignored" in err
@@ -154,18 +154,48 @@ def test_interrupted_save_leaves_previous_checkpoint_in_use(tmp_path, capsys):
 
 def test_load_gives_score_fn_and_samples(tmp_path):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=20, **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=20, **TINY), out, progress=False)
     model = mmh_jax.load(out)
     x = np.zeros(2, np.float32)
     val = lid.flipd(model.score_fn, x, t0=0.05, sde=model.sde)
     assert np.isfinite(float(val))
     xs = model.sample(jax.random.key(0), 5, num_steps=10)
     assert xs.shape == (5, 2) and np.all(np.isfinite(xs))
+    assert model.kind == "diffusion" and model.config["kind"] == "diffusion"
+
+
+def test_trained_model_is_an_immutable_pytree_of_its_params():
+    """A model passes through jit as an argument: its leaves are the parameters, the rest is static,
+    so one compiled program serves other parameters of the same model."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from mmh_jax.sde import VPSDE
+    from mmh_jax.trained import TrainedModel, make_batched_eps_apply
+
+    config = {"model": "mlp", "model_kwargs": {"hidden": 16, "num_layers": 2}, "event_shape": [2], "kind": "diffusion"}
+    module, _ = make_batched_eps_apply(config)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), shapes)
+    model = TrainedModel(module=module, params=params, sde=VPSDE(), config=config, step=3)
+    leaves, params = jax.tree.leaves(model), jax.tree.leaves(model.params)
+    assert len(leaves) == len(params) and all(a is b for a, b in zip(leaves, params))
+    xs = jnp.array([[0.1, -0.2], [0.5, 0.3], [-1.0, 0.0]])
+    f = jax.jit(lambda m, xs: jax.vmap(m.score_fn, in_axes=(0, None))(xs, 0.5))
+    np.testing.assert_allclose(f(model, xs), jax.vmap(model.score_fn, in_axes=(0, None))(xs, 0.5), rtol=1e-5)
+    doubled = jax.tree.map(lambda a: 2 * a, model)
+    assert type(doubled) is type(model) and doubled.config == model.config and doubled.step == model.step
+    f(doubled, xs)
+    assert f._cache_size() == 1  # the static part (module, sde, config, step) is hashable and equal
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.params = None
 
 
 def test_in_loop_flipd_monitoring_reports_every_n_steps(tmp_path):
     out = str(tmp_path / "run")
-    train_cmd.run(train_cmd.TrainConfig(steps=30, monitor_every=10, **TINY), out, progress=False)
+    training.train_or_resume(training.TrainConfig(steps=30, monitor_every=10, **TINY), out, progress=False)
     import json
 
     with open(os.path.join(out, "train_log.jsonl")) as fh:

@@ -3,28 +3,28 @@
 import numpy as np
 import pytest
 
-from mmh_jax.experiments import train_cmd
+from mmh_jax.experiments import training
 from mmh_jax.experiments.pipeline import common
 
 
 def _cfg(path, **kw):
-    return train_cmd.TrainConfig(data=str(path), model="mlp", **kw)
+    return training.TrainConfig(data=str(path), model="mlp", **kw)
 
 
 def test_repeats_expand_for_training_only(tmp_path):
     x = np.arange(8, dtype=np.float32).reshape(4, 2)
     np.savez(tmp_path / "d.npz", x=x, repeats=np.array([1, 3, 1, 2]))
-    got, labels = train_cmd.load_training_data(_cfg(tmp_path / "d.npz"))
+    got, labels = training.load_training_data(_cfg(tmp_path / "d.npz"))
     assert labels is None
     np.testing.assert_array_equal(got, np.repeat(x, [1, 3, 1, 2], axis=0))
-    stored, _ = train_cmd.load_training_data(_cfg(tmp_path / "d.npz"), expand=False)
+    stored, _ = training.load_training_data(_cfg(tmp_path / "d.npz"), expand=False)
     np.testing.assert_array_equal(stored, x)
 
 
 def test_repeats_with_labelled_images(tmp_path):
     x = np.zeros((3, 8, 8, 1), np.float32) + np.arange(3, dtype=np.float32)[:, None, None, None] / 3
     np.savez(tmp_path / "i.npz", x=x, labels=np.array([0, 1, 2]), repeats=np.array([2, 1, 1], np.int32))
-    got, labels = train_cmd.load_training_data(train_cmd.TrainConfig(data=str(tmp_path / "i.npz"), model="unet",
+    got, labels = training.load_training_data(training.TrainConfig(data=str(tmp_path / "i.npz"), model="unet",
                                                                      class_conditional=True))
     assert got.shape == (4, 8, 8, 1) and labels.tolist() == [0, 0, 1, 2]
 
@@ -35,7 +35,7 @@ def test_repeats_with_labelled_images(tmp_path):
 def test_bad_repeats_are_named(tmp_path, repeats, match):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32), repeats=repeats)
     with pytest.raises(ValueError, match=match):
-        train_cmd.load_training_data(_cfg(tmp_path / "d.npz"))
+        training.load_training_data(_cfg(tmp_path / "d.npz"))
 
 
 def test_label_calibration_bounds_the_heldout_rate(tmp_path):

@@ -124,7 +124,7 @@ def random_gaussian_mixture(
       weights: optional mixture weights (normalised here); default uniform.
 
     Returns:
-      a :class:`GaussianMixture`.
+      a [`GaussianMixture`][mmh_jax.data.gaussian.GaussianMixture].
 
     Raises:
       ValueError: empty ``dims`` or a dimension outside [0, ambient_dim].

@@ -1,11 +1,12 @@
 """Image data: scikit-learn's digits (the embedded default) and loaders for users' files.
 
-Every loader returns an :class:`ImageData` with ``x`` float32 of shape ``(N, H, W, C)`` scaled to
+Every loader returns an [`ImageData`][mmh_jax.data.images.ImageData] with ``x`` float32 of shape
+``(N, H, W, C)`` scaled to
 [−1, 1] and ``labels`` int32 of shape ``(N,)`` (−1 where the source has none). Loading is
 host-side numpy; nothing is downloaded. A malformed or unreadable file raises
-:class:`ImageDataError` (a ``ValueError``) naming the file and what was wrong.
+[`ImageDataError`][mmh_jax.data.images.ImageDataError] (a ``ValueError``) naming the file and what was wrong.
 
-Supported sources (:func:`load` picks by path):
+Supported sources ([`load`][mmh_jax.data.images.load] picks by path):
 
 - ``digits``: scikit-learn's 1797 handwritten digits, 8×8×1, labels 0–9;
 - ``.npz`` (array ``x`` or ``images`` or the only array; optional ``y``/``labels``) and ``.npy``;
@@ -177,7 +178,7 @@ def from_array(images, labels=None, *, source: str = "array", layout: str | None
         it, such as ``(3, 4, 4, 2)``. Ignored for ``(N, H, W)``.
 
     Returns:
-      an :class:`ImageData`.
+      an [`ImageData`][mmh_jax.data.images.ImageData].
 
     Raises:
       ImageDataError: non-numeric or empty images, another layout, an ambiguous layout without
@@ -212,7 +213,8 @@ def digits() -> ImageData:
     """scikit-learn's 8×8 handwritten digits (1797 images, 17 grey levels), labels 0–9.
 
     Returns:
-      an :class:`ImageData` of shape ``(1797, 8, 8, 1)`` (embedded in scikit-learn: no download).
+      an [`ImageData`][mmh_jax.data.images.ImageData] of shape ``(1797, 8, 8, 1)`` (embedded in scikit-learn:
+      no download).
 
     Reference: Alpaydin and Kaynak, UCI "Optical Recognition of Handwritten Digits" (1998).
 
@@ -231,16 +233,16 @@ def digits() -> ImageData:
 def load_npz(path: str, *, layout: str | None = None) -> ImageData:
     """Images from ``.npz`` (key ``x``/``images``/the only array; labels ``y``/``labels``) or ``.npy``.
 
-    Read without pickles (:func:`mmh_jax.data._npfile.read_numpy`), scaled as in :func:`from_array`;
-    ``layout`` as there.
+    Read without pickles ([`mmh_jax.data.files.read_numpy`][mmh_jax.data.files.read_numpy]), scaled as in
+    [`from_array`][mmh_jax.data.images.from_array]; ``layout`` as there.
 
     Returns:
-      an :class:`ImageData`.
+      an [`ImageData`][mmh_jax.data.images.ImageData].
 
     Raises:
       FileNotFoundError: no such file.
       ImageDataError: a damaged file or one that is not a NumPy file, an object (pickled) array, an
-        ambiguous ``.npz``, or arrays :func:`from_array` refuses.
+        ambiguous ``.npz``, or arrays [`from_array`][mmh_jax.data.images.from_array] refuses.
 
     Examples:
       >>> import os, tempfile
@@ -250,7 +252,7 @@ def load_npz(path: str, *, layout: str | None = None) -> ImageData:
       >>> d.shape, d.labels.tolist()
       ((6, 6, 1), [0, 1, 2, 3, 4])
     """
-    from mmh_jax.data._npfile import read_numpy
+    from mmh_jax.data.files import read_numpy
 
     try:
         f = read_numpy(path)
@@ -273,7 +275,7 @@ def load_folder(path: str) -> ImageData:
     RGB otherwise.
 
     Returns:
-      an :class:`ImageData` (labels: the index of the sorted class folder, or −1).
+      an [`ImageData`][mmh_jax.data.images.ImageData] (labels: the index of the sorted class folder, or −1).
 
     Raises:
       FileNotFoundError: no such folder.
@@ -365,7 +367,7 @@ def load_idx(images_path: str, labels_path: str | None = None) -> ImageData:
     The labels file defaults to the images file's name with ``images-idx3`` → ``labels-idx1``.
 
     Returns:
-      an :class:`ImageData` of shape ``(N, H, W, 1)``.
+      an [`ImageData`][mmh_jax.data.images.ImageData] of shape ``(N, H, W, 1)``.
 
     Raises:
       ImageDataError: a bad magic number or data type, a truncated file, a corrupt gzip stream,
@@ -436,7 +438,7 @@ def load_cifar10(path: str) -> ImageData:
     containers, bytes and numpy arrays, so a batch file cannot run code.
 
     Returns:
-      an :class:`ImageData` of shape ``(N, 32, 32, 3)`` with labels 0–9.
+      an [`ImageData`][mmh_jax.data.images.ImageData] of shape ``(N, 32, 32, 3)`` with labels 0–9.
 
     Raises:
       ImageDataError: no batch files, a file that is not a CIFAR-10 batch, or one that names any
@@ -468,10 +470,11 @@ def load(source: str, *, layout: str | None = None) -> ImageData:
     """Load images by name or path: ``digits``, ``.npz``/``.npy``, an image folder, IDX, or CIFAR-10.
 
     ``layout`` (``"NHWC"``/``"NCHW"``) says how to read a 4-D ``.npz``/``.npy`` whose shape is
-    ambiguous (see :func:`from_array`); the other sources have a known layout.
+    ambiguous (see [`from_array`][mmh_jax.data.images.from_array]); the other sources have a known layout.
 
     Returns:
-      an :class:`ImageData`: ``x`` float32 ``(N, H, W, C)`` in [−1, 1], ``labels`` int32 ``(N,)``.
+      an [`ImageData`][mmh_jax.data.images.ImageData]: ``x`` float32 ``(N, H, W, C)`` in [−1, 1], ``labels``
+      int32 ``(N,)``.
 
     Raises:
       FileNotFoundError: no such path.

@@ -8,21 +8,28 @@ different components are interleaved: any prefix ``ds.x[:m]`` is itself an i.i.d
 Data generation is **host-side numpy** (``np.random.default_rng(seed)``), not JAX: the data sets are
 inputs to the JAX estimators, generated once, and several recipes need numpy/scikit-learn
 (``make_swiss_roll``, von Mises sampling, rejection sampling). Move the result to devices with
-``jax.device_put(ds)`` (a :class:`Dataset` is a pytree).
+``jax.device_put(ds)`` (a [`Dataset`][mmh_jax.data.synthetic.Dataset] is a pytree).
 
-Recipes (DESIGN §3b, after the reference implementation of Ross et al., arXiv 2411.00113, and
+Recipes (docs/design.md#defaults, after the reference implementation of Ross et al., arXiv 2411.00113, and
 Kamkari et al., arXiv 2406.03537):
 
-- :func:`lollipop` (D = 2): disk (LID 2) + stick (LID 1) + point mass (LID 0), weights 4 : 2 : 1.
-- :func:`torus_circle` (D = 3): torus R = 10, r = 1 (LID 2) + its core circle (LID 1).
-- :func:`swiss_roll` (D = 3, LID 2).
-- :func:`von_mises_point_mass` (D = 2): von Mises circle (LID 1) + point mass (LID 0), the MMH toy.
-- :func:`gaussian_subspace`: a d-dim Gaussian on a random affine d-plane of R^D (LID d).
-- :func:`affine_mixture`: pieces of random affine d_i-planes, modes ``separation`` apart.
-- :func:`squiggly_mixture`: :func:`affine_mixture` pushed through a random sinusoidal
+- [`lollipop`][mmh_jax.data.synthetic.lollipop] (D = 2): disk (LID 2) + stick (LID 1) + point mass (LID 0),
+  weights 4 : 2 : 1.
+- [`torus_circle`][mmh_jax.data.synthetic.torus_circle] (D = 3): torus R = 10, r = 1 (LID 2) + its core circle
+  (LID 1).
+- [`swiss_roll`][mmh_jax.data.synthetic.swiss_roll] (D = 3, LID 2).
+- [`von_mises_point_mass`][mmh_jax.data.synthetic.von_mises_point_mass] (D = 2): von Mises circle (LID 1) +
+  point mass (LID 0), the MMH toy.
+- [`gaussian_subspace`][mmh_jax.data.synthetic.gaussian_subspace]: a d-dim Gaussian on a random affine d-plane
+  of R^D (LID d).
+- [`affine_mixture`][mmh_jax.data.synthetic.affine_mixture]: pieces of random affine d_i-planes, modes
+  ``separation`` apart.
+- [`squiggly_mixture`][mmh_jax.data.synthetic.squiggly_mixture]:
+  [`affine_mixture`][mmh_jax.data.synthetic.affine_mixture] pushed through a random sinusoidal
   diffeomorphism of R^D (LID preserved, linear estimators defeated).
 
-Helpers: :func:`duplicate` (inject exact copies; copies have LID* = 0) and :func:`subsample`.
+Helpers: [`duplicate`][mmh_jax.data.synthetic.duplicate] (inject exact copies; copies have LID* = 0) and
+  [`subsample`][mmh_jax.data.synthetic.subsample].
 ``GENERATORS`` maps names to generators (used by the CLI).
 """
 
@@ -34,6 +41,8 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+
+from mmh_jax import _checks
 
 __all__ = [
     "Dataset",
@@ -51,7 +60,7 @@ __all__ = [
     "von_mises_point_mass",
 ]
 
-#: ``info`` keys that hold one entry per point; :func:`subsample`/:func:`duplicate` re-index them.
+#: ``info`` keys that hold one entry per point; `subsample`/`duplicate` re-index them.
 #: Every other ``info`` entry describes the whole data set (bases, centres, map parameters).
 PER_POINT_INFO = ("duplicated", "source")
 
@@ -66,12 +75,14 @@ class Dataset:
     Attributes:
       x: ``(n, D)`` float32 points.
       lid: ``(n,)`` int32 true LID* of each point (the dimension of the component it lies on;
-        0 for point masses and for duplicated points, see :func:`duplicate`).
+        0 for point masses and for duplicated points, see [`duplicate`][mmh_jax.data.synthetic.duplicate]).
       component: ``(n,)`` int32 index of the mixture component each point was drawn from.
       info: dict of numpy arrays with generator-specific extras: data-set-level entries (e.g.
-        ``basis``/``mean`` of :func:`gaussian_subspace`, ``bases``/``centres`` of the mixtures,
-        ``squiggle`` of :func:`squiggly_mixture`) and the per-point entries named in
-        ``PER_POINT_INFO`` (``duplicated``, ``source``; see :func:`duplicate`).
+        ``basis``/``mean`` of [`gaussian_subspace`][mmh_jax.data.synthetic.gaussian_subspace],
+        ``bases``/``centres`` of the mixtures,
+        ``squiggle`` of [`squiggly_mixture`][mmh_jax.data.synthetic.squiggly_mixture]) and the per-point
+        entries named in ``PER_POINT_INFO`` (``duplicated``, ``source``; see
+        [`duplicate`][mmh_jax.data.synthetic.duplicate]).
 
     Examples:
       >>> ds = lollipop(7, seed=0)
@@ -109,7 +120,7 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks (STYLE §8: name the argument, the value, and the fix)
+# argument checks (errors name the argument, the value, and the fix)
 
 
 def _check_n(n: Any, name: str = "n") -> int:
@@ -118,14 +129,6 @@ def _check_n(n: Any, name: str = "n") -> int:
     if n < 1:
         raise ValueError(f"{name} must be >= 1 (the number of points), got {name}={n}.")
     return int(n)
-
-
-def _check_int(name: str, v: Any, *, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be a Python int, got {v!r} of type {type(v).__name__}.")
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={v}.")
-    return int(v)
 
 
 def _check_positive(name: str, v: Any) -> float:
@@ -175,7 +178,7 @@ def lollipop(
       weights: mixture weights of (disk, stick, point), normalised (default 4 : 2 : 1).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, 2)``.
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, 2)``.
 
     Raises:
       ValueError: ``n < 1`` or bad ``weights``.
@@ -225,7 +228,8 @@ def torus_circle(
       weights: mixture weights of (torus, circle) (default equal).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, 3)``; component 0 = torus, 1 = circle.
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, 3)``; component 0 = torus, 1 =
+      circle.
 
     Raises:
       ValueError: ``n < 1``, radii not positive or ``minor_radius >= major_radius``, bad weights.
@@ -275,8 +279,8 @@ def swiss_roll(n: int, *, seed: int, hole: bool = False) -> Dataset:
       hole: cut the rectangular hole of ``make_swiss_roll(hole=True)`` (default False).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, 3)``; ``info["t"]`` is the (n,) roll parameter
-      (x = (t cos t, h, t sin t)).
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, 3)``; ``info["t"]`` is the (n,)
+      roll parameter (x = (t cos t, h, t sin t)).
 
     Raises:
       ValueError: ``n < 1``.
@@ -320,7 +324,8 @@ def von_mises_point_mass(
       point_weight: probability of the point mass, in [0, 1] (default 0.2).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, 2)``; component 0 = circle, 1 = point mass.
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, 2)``; component 0 = circle, 1 =
+      point mass.
 
     Raises:
       ValueError: ``n < 1``, ``kappa < 0``, ``point_weight`` outside [0, 1], ``point`` not a
@@ -429,8 +434,8 @@ def gaussian_subspace(
       mean: the offset μ, shape ``(D,)``; default a draw from N(0, I_D).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, D)`` and ``info = {"basis": U (D, d),
-      "mean": μ (D,), "scale": s ()}`` (float32).
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, D)`` and ``info = {"basis": U
+      (D, d), "mean": μ (D,), "scale": s ()}`` (float32).
 
     Raises:
       ValueError: ``n < 1``, ``dim`` outside [0, ambient_dim], ``scale <= 0``, wrong ``mean`` shape.
@@ -443,8 +448,8 @@ def gaussian_subspace(
       ((5, 2), True)
     """
     n = _check_n(n)
-    D = _check_int("ambient_dim", ambient_dim, minimum=1)
-    d = _check_int("dim", dim, minimum=0)
+    D = _checks.positive_int("ambient_dim", ambient_dim, minimum=1)
+    d = _checks.positive_int("dim", dim, minimum=0)
     if d > D:
         raise ValueError(f"dim must be <= ambient_dim, got dim={d} > ambient_dim={D}; lower dim or raise ambient_dim.")
     s = _check_positive("scale", scale)
@@ -512,13 +517,13 @@ def _affine_parts(
 
 
 def _check_mixture_args(dims, ambient_dim, distribution, separation) -> tuple[tuple[int, ...], int, str, float]:
-    D = _check_int("ambient_dim", ambient_dim, minimum=1)
+    D = _checks.positive_int("ambient_dim", ambient_dim, minimum=1)
     if isinstance(dims, (int, np.integer)):
         raise TypeError(f"dims must be a sequence of ints (one per component), got the int {dims!r}; pass [{dims}].")
     dims = tuple(dims)
     if not dims:
         raise ValueError("dims must name at least one component dimension, got an empty sequence.")
-    dims = tuple(_check_int(f"dims[{i}]", d, minimum=0) for i, d in enumerate(dims))
+    dims = tuple(_checks.positive_int(f"dims[{i}]", d, minimum=0) for i, d in enumerate(dims))
     if max(dims) > D:
         raise ValueError(
             f"every entry of dims must be <= ambient_dim={D}, got dims={list(dims)}; lower dims or raise ambient_dim."
@@ -557,8 +562,8 @@ def affine_mixture(
       separation: distance between mode centres (default 10).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, D)`` and ``info = {"bases": tuple of (D, d_i),
-      "centres": (k, D)}`` (float32).
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, D)`` and ``info = {"bases":
+      tuple of (D, d_i), "centres": (k, D)}`` (float32).
 
     Raises:
       ValueError: ``n < 1``, empty ``dims`` or an entry outside [0, ambient_dim], unknown
@@ -592,7 +597,8 @@ def _squiggle_params(rng: np.random.Generator, D: int, rounds: int) -> dict[str,
 
 
 def apply_squiggle(x: np.ndarray, squiggle: dict[str, np.ndarray]) -> np.ndarray:
-    """Apply the random diffeomorphism of :func:`squiggly_mixture` (its ``info["squiggle"]``) to ``x``.
+    """Apply the random diffeomorphism of [`squiggly_mixture`][mmh_jax.data.synthetic.squiggly_mixture] (its
+    ``info["squiggle"]``) to ``x``.
 
     Each round j: x ← x + (1 − κ)·sin(ωx)/ω on the coordinates of ``sin_mask[j]``; x ← x·``flip[j]``
     (a sign flip on another random half); x ← x ``rotation[j]``ᵀ. Each step is a diffeomorphism of
@@ -639,7 +645,8 @@ def squiggly_mixture(
     rounds: int = 5,
     kappa: float = 1e-4,
 ) -> Dataset:
-    """:func:`affine_mixture` bent by a random sinusoidal diffeomorphism of R^D (LID preserved).
+    """[`affine_mixture`][mmh_jax.data.synthetic.affine_mixture] bent by a random sinusoidal diffeomorphism of
+    R^D (LID preserved).
 
     After the affine mixture, ``rounds`` times (default 5): x ← x + (1 − κ)·sin(ωx)/ω on a random
     half of the coordinates; a sign flip on another (independent) random half; a Haar-random
@@ -655,20 +662,24 @@ def squiggly_mixture(
       ambient_dim: D.
       frequency: ω, one of 0.5, 1, 5, 10 in the reference recipe (any ω > 0 is accepted;
         default 1). Larger ω bends at a smaller scale.
-      distribution: ``"uniform"`` (default), ``"gaussian"`` or ``"laplace"``; see :func:`affine_mixture`.
+      distribution: ``"uniform"`` (default), ``"gaussian"`` or ``"laplace"``; see
+        [`affine_mixture`][mmh_jax.data.synthetic.affine_mixture].
       weights: mixture weights (default equal).
       separation: distance between mode centres before bending (default 10).
       rounds: number of {sine, flip, rotation} rounds (default 5).
       kappa: κ ∈ (0, 1], keeps the sine step strictly monotone (default 1e-4).
 
     Returns:
-      A :class:`Dataset` with ``x`` of shape ``(n, D)`` and ``info = {"bases", "centres",
-      "squiggle"}``: the flat pieces as in :func:`affine_mixture` (before bending) and the map's
-      parameters (float32 rotations, ``rounds·D²`` numbers), which :func:`apply_squiggle` applies.
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``x`` of shape ``(n, D)`` and ``info = {"bases",
+      "centres",
+      "squiggle"}``: the flat pieces as in [`affine_mixture`][mmh_jax.data.synthetic.affine_mixture] (before
+      bending) and the map's
+      parameters (float32 rotations, ``rounds·D²`` numbers), which
+      [`apply_squiggle`][mmh_jax.data.synthetic.apply_squiggle] applies.
 
     Raises:
-      ValueError: as :func:`affine_mixture`, plus ``frequency <= 0``, ``rounds < 0``, ``kappa``
-        outside (0, 1].
+      ValueError: as [`affine_mixture`][mmh_jax.data.synthetic.affine_mixture], plus ``frequency <= 0``,
+        ``rounds < 0``, ``kappa`` outside (0, 1].
 
     Examples:
       >>> ds = squiggly_mixture(100, seed=0, dims=[1, 2], ambient_dim=4, frequency=5.0)
@@ -678,7 +689,7 @@ def squiggly_mixture(
     n = _check_n(n)
     dims, D, distribution, separation = _check_mixture_args(dims, ambient_dim, distribution, separation)
     omega = _check_positive("frequency", frequency)
-    rounds = _check_int("rounds", rounds, minimum=0)
+    rounds = _checks.positive_int("rounds", rounds, minimum=0)
     kappa = float(kappa)
     if not 0.0 < kappa <= 1.0:
         raise ValueError(f"kappa must lie in (0, 1] so the sine step stays a diffeomorphism, got kappa={kappa}.")
@@ -710,7 +721,7 @@ def _take(ds: Dataset, idx: np.ndarray) -> Dataset:
 def duplicate(ds: Dataset, indices: Sequence[int] | np.ndarray, m: int, *, seed: int | None = None) -> Dataset:
     """Inject exact duplicates: each chosen point appears ``m`` times in total (m − 1 copies added).
 
-    Convention (DESIGN §1, "duplication ⇔ LID* = 0"): a point repeated m ≥ 2 times is an atom of
+    Convention (docs/design.md#the-science: "duplication ⇔ LID* = 0"): a point repeated m ≥ 2 times is an atom of
     the data distribution, so **every occurrence of it — the original and its copies — gets
     ``lid = 0``**; ``component`` keeps the original's value. ``m = 1`` changes nothing. The result's
     ``info`` gains per-point entries ``duplicated`` (bool, True for every occurrence of a
@@ -725,7 +736,7 @@ def duplicate(ds: Dataset, indices: Sequence[int] | np.ndarray, m: int, *, seed:
         shuffles all rows with ``np.random.default_rng(seed)``.
 
     Returns:
-      A :class:`Dataset` of ``len(ds) + len(indices)·(m − 1)`` rows.
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] of ``len(ds) + len(indices)·(m − 1)`` rows.
 
     Raises:
       ValueError: ``m < 1``, indices out of range, repeated or not 1-D integers.
@@ -737,7 +748,7 @@ def duplicate(ds: Dataset, indices: Sequence[int] | np.ndarray, m: int, *, seed:
       >>> ds.info["source"][10:].tolist()
       [0, 3, 0, 3]
     """
-    m = _check_int("m", m, minimum=1)
+    m = _checks.positive_int("m", m, minimum=1)
     n = len(ds)
     idx = np.asarray(indices)
     if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
@@ -775,7 +786,7 @@ def subsample(ds: Dataset, n: int, *, seed: int) -> Dataset:
       seed: numpy seed.
 
     Returns:
-      A :class:`Dataset` with ``n`` rows.
+      A [`Dataset`][mmh_jax.data.synthetic.Dataset] with ``n`` rows.
 
     Raises:
       ValueError: ``n`` outside [1, len(ds)].
@@ -795,7 +806,7 @@ def subsample(ds: Dataset, n: int, *, seed: int) -> Dataset:
     return _take(ds, idx)
 
 
-#: name -> generator (explicit table, STYLE §6); all take ``(n, *, seed, ...)``.
+#: name -> generator (explicit table); all take ``(n, *, seed, ...)``.
 GENERATORS: dict[str, Callable[..., Dataset]] = {
     "lollipop": lollipop,
     "torus_circle": torus_circle,

@@ -1,6 +1,6 @@
 """One ``--out`` rule for every command: a directory that the command fills, never overwritten unasked.
 
-Example:
+Examples:
   >>> import os, tempfile
   >>> out = os.path.join(tempfile.mkdtemp(), "lid")
   >>> output_paths(out, ("lid.npz",), command="lid")["lid.npz"] == os.path.join(out, "lid.npz")

@@ -10,7 +10,7 @@ TPU). For the estimators that evaluate the score network, ``vs_forward`` divides
 one forward pass of the same network and B.
 
 Networks are untrained (throughput does not depend on the weights): score-based estimators use a
-:class:`~mmh_jax.models.ScoreMLP` (``hidden`` units, 3 layers) on R^D; ``jacobian_spectrum`` a
+[`ScoreMLP`][mmh_jax.models.ScoreMLP] (``hidden`` units, 3 layers) on R^D; ``jacobian_spectrum`` a
 decoder MLP R^D → R^D; ``cfdm`` a training set of ``cfdm_n`` points; the model-free estimators
 (lpca, mle, twonn, ess) run on B points of a Gaussian on a 10-dim (or D-dim if smaller) subspace
 with k = min(20, B − 1) neighbours — their unit is a whole data set, so B is N there.
@@ -20,7 +20,7 @@ when it is installed (``skdim_s``, ``speedup``); PyTorch's FLIPD is in ``bench/b
 A setting whose estimated work exceeds the preset's budget on this backend is listed with
 ``status = "not run"`` and the reason, never silently dropped.
 
-Example:
+Examples:
   >>> cfg = preset("quick")
   >>> cfg.dims, cfg.batch_sizes
   ((2, 64), (16,))
@@ -63,7 +63,7 @@ class BenchConfig:
     """What ``mmh-jax bench`` measures.
 
     Attributes:
-      estimators: names from :data:`ESTIMATORS`.
+      estimators: names from `ESTIMATORS`.
       dims: data dimensions D.
       batch_sizes: points per jitted call (N for the model-free estimators).
       hidden: width of the score / decoder MLP.
@@ -310,6 +310,6 @@ def run(cfg: BenchConfig, out: str, *, progress: bool = True, overwrite: bool = 
 
 
 def load_rows(path: str) -> list[dict[str, Any]]:
-    """The rows of a ``bench.json`` written by :func:`run`."""
+    """The rows of a ``bench.json`` written by `run`."""
     with open(path) as f:
         return json.load(f)["rows"]

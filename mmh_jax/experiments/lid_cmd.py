@@ -1,12 +1,12 @@
 """``mmh-jax lid``: model-free LID* of a data set, per point, with a summary against ground truth.
 
 The data are a synthetic generator (``mmh_jax.data.synthetic.GENERATORS``; ground truth known) or a
-``.npz``/``.npy`` file. The estimator (lPCA, MLE, TwoNN or ESS from :mod:`mmh_jax.lid`) runs at every
-data point, or at the points of a ``queries`` file. The per-point estimates are written to an
+``.npz``/``.npy`` file. The estimator (lPCA, MLE, TwoNN or ESS from [`mmh_jax.lid`][mmh_jax.lid]) runs at
+every data point, or at the points of a ``queries`` file. The per-point estimates are written to an
 ``.npz`` (``lid``; plus ``truth`` and ``component`` when known) and a summary is printed: overall,
 and per component (or per true LID value) with the mean absolute error where the truth is known.
 
-Example:
+Examples:
   >>> cfg = preset("quick", estimator="mle", k=10)
   >>> cfg.n, cfg.k, cfg.data
   (500, 10, 'lollipop')
@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from mmh_jax.data.files import read_points
 from mmh_jax.experiments._outputs import write_npz
 from mmh_jax.experiments._presets import from_preset
 
 __all__ = ["DATA_DEFAULTS", "ESTIMATORS", "LidConfig", "PRESETS", "load_array", "out_path", "preset",
            "print_summary", "run", "summarize"]
 
-#: Estimator names accepted by ``--estimator`` (functions of :mod:`mmh_jax.lid` of the same name).
+#: Estimator names accepted by ``--estimator`` (functions of `mmh_jax.lid` of the same name).
 ESTIMATORS = ("lpca", "mle", "twonn", "ess")
 
 #: Keyword arguments given to generators that need more than ``(n, seed)``; ``params`` override them.
@@ -87,7 +88,7 @@ class LidConfig:
 
 
 def preset(name: str, **overrides) -> LidConfig:
-    """A :class:`LidConfig` from a preset (``"quick"`` or ``"full"``) with field overrides.
+    """A `LidConfig` from a preset (``"quick"`` or ``"full"``) with field overrides.
 
     Overrides equal to ``None`` are ignored, so CLI defaults of ``None`` keep the preset's value.
 
@@ -100,7 +101,7 @@ def preset(name: str, **overrides) -> LidConfig:
 def parse_param(text: str) -> tuple[str, Any]:
     """``"KEY=VALUE"`` -> ``(KEY, value)``; VALUE is a Python literal (``2``, ``(1, 2)``, ``0.5``) or a string.
 
-    Example:
+    Examples:
       >>> parse_param("dims=[1, 2]"), parse_param("distribution=laplace")
       (('dims', [1, 2]), ('distribution', 'laplace'))
     """
@@ -131,25 +132,13 @@ def load_array(path: str, *, what: str = "data") -> tuple[np.ndarray, np.ndarray
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} file not found: {path!r}.")
     ext = os.path.splitext(path)[1].lower()
-    lid = component = None
     if ext not in (".npy", ".npz"):
         raise ValueError(f"{what} file must end in .npz or .npy, got {path!r}.")
-    from mmh_jax.data._npfile import read_numpy
-
     try:
-        loaded = read_numpy(path)
+        stored = read_points(path)
     except ValueError as e:
         raise ValueError(f"{what} file {e}") from None
-    if isinstance(loaded, np.ndarray):
-        x = loaded
-    else:
-        keys = list(loaded)
-        name = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
-        if name is None:
-            raise ValueError(f"{what} file {path!r} holds arrays {keys}; store the points under the key 'x'.")
-        x = loaded[name]
-        lid = loaded["lid"] if "lid" in keys and "x" in keys else None
-        component = loaded["component"] if "component" in keys and "x" in keys else None
+    x, lid, component = stored.x, stored.beside("lid"), stored.beside("component")
     _check_point_shape(x.shape, path, what)
     if x.shape[0] == 0 or x.size == 0:
         raise ValueError(f"{what} in {path!r} is empty (shape {x.shape}); it needs at least one point with at "
@@ -265,7 +254,7 @@ def summarize(est: np.ndarray, truth, comp) -> dict[str, Any]:
 
     Returns:
       ``{"overall", "group_by", "groups"}``: ``overall`` holds mean/median/std/non_finite, plus the
-      :func:`mmh_jax.lid.evaluate` metrics of the finite estimates when ``truth`` is known;
+      [`mmh_jax.lid.evaluate`][mmh_jax.lid.evaluate] metrics of the finite estimates when ``truth`` is known;
       ``groups`` one row per component (else per true LID value; empty when neither is known) with
       count, truth, mean, std, mae, non_finite.
     """
@@ -285,7 +274,7 @@ def summarize(est: np.ndarray, truth, comp) -> dict[str, Any]:
 
 
 def print_summary(header: str, stats: dict[str, Any], file=None) -> None:
-    """Print ``header``, the overall line and the per-group table of a :func:`summarize` result."""
+    """Print ``header``, the overall line and the per-group table of a `summarize` result."""
     file = sys.stdout if file is None else file
     print(header, file=file)
     o = stats["overall"]
@@ -324,7 +313,7 @@ def _warn_non_finite(count: int, total: int) -> None:
 
 def out_path(out: str, *, overwrite: bool = True) -> str:
     """``out/lid.npz``; with ``overwrite=False`` refused when it exists or ``out`` names a file
-    (:func:`mmh_jax.experiments._outputs.output_paths`)."""
+    (`mmh_jax.experiments._outputs.output_paths`)."""
     from mmh_jax.experiments._outputs import output_paths
 
     return output_paths(out, ("lid.npz",), command="lid", overwrite=overwrite)["lid.npz"]
@@ -337,8 +326,8 @@ def run(config: LidConfig, out: str, *, overwrite: bool = False) -> dict[str, An
     (int32 true LID) and ``component`` (int32). The summary dict has the run's settings, ``overall``
     statistics (mean/median/std of the finite estimates, ``non_finite`` = how many are NaN/inf —
     estimators return NaN on degenerate neighbourhoods such as a point mass — plus
-    :func:`mmh_jax.lid.evaluate` metrics of the finite estimates against the truth when known),
-    ``groups`` (per component, or per true LID value: count, truth, mean, std, mae, non_finite)
+    [`mmh_jax.lid.evaluate`][mmh_jax.lid.evaluate] metrics of the finite estimates against the truth when
+    known), ``groups`` (per component, or per true LID value: count, truth, mean, std, mae, non_finite)
     and ``out`` (the path written: ``lid.npz`` inside the directory ``out``, refused when it exists
     unless ``overwrite``).
 

@@ -42,7 +42,7 @@ def run(checkpoint: str, out: str, *, n: int, seed: int = 0, method: str | None 
     ``default_num_steps``);
     normalizing flows (``mmh-jax train --model flow|lidl``) sample exactly, from their first member.
     ``step`` picks a checkpoint (default: the newest). Existing outputs are refused unless
-    ``overwrite`` (see :mod:`mmh_jax.experiments._outputs`).
+    ``overwrite`` (see `mmh_jax.experiments._outputs`).
     """
     from mmh_jax import _interrupt
     from mmh_jax.experiments._outputs import output_paths, write_npz
@@ -51,7 +51,7 @@ def run(checkpoint: str, out: str, *, n: int, seed: int = 0, method: str | None 
     paths = output_paths(out, ("samples.npz", "samples.png"), command="sample", overwrite=overwrite)
     model = load(checkpoint, step=step)
     _interrupt.check()
-    if hasattr(model, "deltas"):  # a normalizing flow: exact samples, no sampler to choose
+    if model.kind == "flow":  # a normalizing flow: exact samples, no sampler to choose
         given = [flag for flag, v in (("--method", method), ("--num-steps", num_steps), ("--label", label),
                                       ("--guidance", guidance)) if v is not None]
         if given:

@@ -1,13 +1,15 @@
 """Estimator validation on closed-form ground truth: the first half of ``mmh-jax run``.
 
 Every score-based estimator runs on Gaussians (and mixtures of Gaussians) on affine subspaces,
-whose VP-SDE score is exact (:mod:`mmh_jax.data.gaussian`), so any error is the estimator's own.
+whose VP-SDE score is exact ([`mmh_jax.data.gaussian`][mmh_jax.data.gaussian]), so any error is the
+estimator's own.
 Decoder estimators run on linear decoders with known singular values; model-free estimators on
 samples of the same distributions. Writes to the output directory:
 
 - ``metrics.json``: per case and estimator, the true and estimated LID (mean, MAE, max error,
   fraction exactly right after rounding) and the seconds it took (compile included); the seed,
-  the configuration and :func:`mmh_jax.provenance.provenance` (package versions, backend);
+  the configuration and [`mmh_jax.provenance.provenance`][mmh_jax.provenance.provenance] (package versions,
+  backend);
 - ``table.md``: the same as a markdown table;
 - ``flipd_curves.png``: FLIPD curves of a few points per case with their kneedle knees;
 - ``report.html``: the table and the figure in one self-contained page.
@@ -180,7 +182,7 @@ def run(config: ValidationConfig, workdir: str, *, progress: bool = True, overwr
     """Run the validation and write the report into ``workdir``; returns the metrics dict.
 
     Raises:
-      ValueError: (:class:`~mmh_jax.experiments.pipeline.run.OtherRunError`) ``workdir`` holds an
+      ValueError: (`OtherRunError`) ``workdir`` holds an
         ``mmh-jax run`` experiments report and ``overwrite`` is False (checked before any work; with
         ``overwrite`` that report's files are removed first).
     """
@@ -307,12 +309,12 @@ def _check_out(workdir: str, overwrite: bool) -> None:
 
     if not os.path.exists(os.path.join(workdir, "metrics.json")):
         return
-    previous = pipeline_run._previous(workdir)
-    kind = pipeline_run._kind(previous)
+    previous = pipeline_run.previous_metrics(workdir)
+    kind = pipeline_run.run_kind(previous)
     if kind != "run":  # an earlier validation, or an unreadable metrics.json: replaced
         return
     if not overwrite:
         raise pipeline_run.OtherRunError(
             f"--out {workdir!r} holds an `mmh-jax run` experiments report; `mmh-jax run validation` would mix its "
             "results with it: choose another --out, or pass --overwrite to replace it.")
-    pipeline_run._remove_run(workdir, previous, kind)
+    pipeline_run.remove_run(workdir, previous, kind)

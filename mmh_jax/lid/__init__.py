@@ -2,19 +2,35 @@
 
 This subpackage depends on jax and numpy only; it never imports flax or optax.
 
-Score-based: :func:`flipd`, :func:`flipd_curve`, :func:`knee`, :func:`plateau`, :func:`fp_regress`,
-:func:`normal_bundle`, :func:`cfdm`, :func:`cfg_norm`.
-Decoder/flow-based: :func:`jacobian_spectrum`, :func:`lid_from_spectrum`, :func:`fast_flow_lidl`, and
-:func:`lidl` (an ensemble of density models at several noise scales).
-Model-free (LID* of a data set): :func:`lpca`, :func:`mle`, :func:`twonn`, :func:`ess`, :func:`knn`.
-Evaluation against ground truth: :func:`evaluate`.
+The estimators, most used first:
+
+- score-based: [`flipd`][mmh_jax.lid.flipd], [`flipd_curve`][mmh_jax.lid.flipd_curve] and its
+  readouts [`knee`][mmh_jax.lid.knee] and [`plateau`][mmh_jax.lid.plateau],
+  [`fp_regress`][mmh_jax.lid.fp_regress], [`normal_bundle`][mmh_jax.lid.normal_bundle],
+  [`cfdm`][mmh_jax.lid.cfdm], [`cfg_norm`][mmh_jax.lid.cfg_norm];
+- decoder/flow-based: [`lidl`][mmh_jax.lid.lidl] (an ensemble of density models at several noise
+  scales), [`fast_flow_lidl`][mmh_jax.lid.fast_flow_lidl],
+  [`jacobian_spectrum`][mmh_jax.lid.jacobian_spectrum], [`lid_from_spectrum`][mmh_jax.lid.lid_from_spectrum];
+- model-free (LID* of a data set): [`lpca`][mmh_jax.lid.lpca], [`mle`][mmh_jax.lid.mle],
+  [`twonn`][mmh_jax.lid.twonn], [`ess`][mmh_jax.lid.ess], on the exact search [`knn`][mmh_jax.lid.knn].
+
+Evaluation against ground truth: [`evaluate`][mmh_jax.lid.evaluate]. The trace options of the
+FLIPD-type estimators: [`TRACES`][mmh_jax.lid.TRACES].
 """
 
-from mmh_jax.lid._flow import lidl
-from mmh_jax.lid._metrics import evaluate
-from mmh_jax.lid._model_free import ess, knn, lpca, mle, twonn
-from mmh_jax.lid._score import cfdm, cfg_norm, flipd, flipd_curve, fp_regress, knee, normal_bundle, plateau
+from mmh_jax.lid._score import cfdm, cfg_norm, flipd, flipd_curve, fp_regress, normal_bundle
+from mmh_jax.lid._readouts import knee, plateau
+from mmh_jax.lid._lidl import lidl
 from mmh_jax.lid._spectrum import fast_flow_lidl, jacobian_spectrum, lid_from_spectrum
+from mmh_jax.lid._model_free import ess, lpca, mle, twonn
+from mmh_jax.lid._knn import knn
+from mmh_jax.lid._metrics import evaluate
+from mmh_jax.lid import _trace
+
+TRACES = _trace.TRACES
+"""The ``trace`` options of [`flipd`][mmh_jax.lid.flipd], [`flipd_curve`][mmh_jax.lid.flipd_curve] and
+[`fp_regress`][mmh_jax.lid.fp_regress]: ``("auto", "exact", "hutchinson")``. ``"exact"`` takes D
+Jacobian-vector products, ``"hutchinson"`` Rademacher probes, ``"auto"`` the exact trace for D ≤ 3500."""
 
 __all__ = [
     "cfdm",

@@ -1,4 +1,4 @@
-"""Model-free LID* estimators of a data set: exact kNN search, lPCA, MLE, TwoNN and ESS.
+"""Model-free LID* estimators of a data set: lPCA, MLE, TwoNN and ESS.
 
 Every estimator is pointwise: ``est(data, *, k, queries=None) -> (M,)`` float32, the LID* of each
 query estimated from its ``k`` nearest neighbours in ``data``. Definitions and defaults follow
@@ -12,16 +12,12 @@ scikit-dimension 0.5 (``skdim.id``), which the tests compare against:
   data points, nothing is excluded (a query equal to a data point sees it at distance 0).
   Needs ``k <= N``.
 
-The search is exact: squared distances of mean-centred coordinates by the ‖q‖² + ‖x‖² − 2q·x
-expansion (one matmul per block, clipped at 0), ``lax.top_k`` per block merged into a running top-k
-of k + 8 candidates, whose distances are then recomputed by direct subtraction (exact 0 for
-duplicates) to pick the k nearest; so the expansion's rounding can only matter for neighbours tied
-to float32 precision. Memory is bounded by chunking over queries (``lax.map``) and over data blocks
-(``lax.scan``), so N up to ~10⁶ fits on one device. Everything is vectorised over queries; there is
-no Python loop over points. On CPU, lPCA's eigenvalue count runs LAPACK (through XLA): on a busy
-machine set ``OPENBLAS_NUM_THREADS=1``, as OpenBLAS threads contending for cores can cost 10×.
+Each estimator runs the exact search of [`mmh_jax.lid.knn`][mmh_jax.lid.knn] (``_knn``), then a kernel on each
+chunk of neighbourhoods, all in one jitted function. On CPU, lPCA's eigenvalue count runs LAPACK (through
+XLA): on a busy machine set ``OPENBLAS_NUM_THREADS=1``, as OpenBLAS threads contending for cores
+slow it down many times.
 
-Reference defaults (DESIGN §3b): lPCA k = 1000, ESS k = 100, MLE k = 1000; ``k`` is required.
+Reference defaults: lPCA k = 1000, ESS k = 100, MLE k = 1000; ``k`` is required.
 """
 
 from __future__ import annotations
@@ -34,278 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mmh_jax import parallel
-from mmh_jax.lid import _checks
+from mmh_jax import _checks
+from mmh_jax.lid import _knn
 
 Array = jax.Array
 
-#: Floats one chunk's largest intermediate may hold (16 MiB); sets the automatic chunk sizes.
-_BUDGET = 1 << 22
-#: The same on CPU (4 MiB): there the chunk's intermediates (the distance block before its top-k,
-#: the gathered neighbourhoods) are best kept in cache; at 16 MiB MLE's exact-distance stage ran
-#: ~2x slower and the search ~15 % slower (5000 points in R^100, k = 100, 2 cores).
-_BUDGET_CPU = 1 << 20
-#: Data points per block of the search when N is larger (a running top-k merges the blocks).
-_BLOCK = 16384
-#: Extra candidates of the expansion-based search, re-ranked by exact distances.
-_MARGIN = 8
 #: TwoNN discards this fraction of the largest ratios in each neighbourhood (skdim's default).
 _TWONN_DISCARD = 0.1
 #: ESS reference curve tabulated for n = 1 … _ESS_NMAX (skdim extends it by doubling: 20, 38, …).
 _ESS_NMAX = 9218
 _HIGHEST = lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------- input checks
-
-
-def _prepare(data, queries, k: int, *, k_min: int):
-    """Validate inputs; return float32 ``data``, ``queries``, query indices, ``exclude_self``."""
-    data = _checks.float_array("data", data, ndim=2)
-    n, dim = data.shape
-    if n == 0 or dim == 0:
-        raise ValueError(f"data must be a non-empty (N, D) array, got shape {data.shape}.")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be a Python int (number of neighbours), got {k!r}.")
-    k = int(k)
-    if k < k_min:
-        raise ValueError(f"k must be >= {k_min} for this estimator, got k={k}; use more neighbours.")
-    _check_finite("data", data)
-    data = data.astype(jnp.float32)
-    if queries is None:
-        if k > n - 1:
-            raise ValueError(
-                f"k must be <= N - 1 = {n - 1} when queries is None (each point's neighbours "
-                f"exclude itself), got k={k}; lower k or pass more data."
-            )
-        return data, data, jnp.arange(n, dtype=jnp.int32), k, True
-    queries = _checks.float_array("queries", queries, ndim=2)
-    if queries.shape[1] != dim:
-        raise ValueError(
-            f"queries must have the data's dimension D = {dim}, got shape {queries.shape}; "
-            "pass queries of shape (M, D)."
-        )
-    if k > n:
-        raise ValueError(
-            f"k must be <= N = {n} (the number of data points) for external queries, got k={k}; "
-            "lower k or pass more data."
-        )
-    _check_finite("queries", queries)
-    m = queries.shape[0]
-    return data, queries.astype(jnp.float32), jnp.full((m,), -1, jnp.int32), k, False
-
-
-def _check_finite(name: str, x: Array) -> None:
-    if _checks.is_concrete(x):
-        bad = int(jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)))
-        if bad:
-            raise ValueError(
-                f"{name} contains {bad} non-finite value(s) (NaN or inf); remove or impute those rows."
-            )
-
-
-def _chunk(m: int, per_query: int, chunk_size: int | None) -> int:
-    """Queries per chunk: the user's ``chunk_size`` or the budget, balanced so padding is small."""
-    if chunk_size is not None:
-        c = _checks.positive_int("chunk_size", chunk_size)
-    else:
-        budget = _BUDGET_CPU if jax.default_backend() == "cpu" else _BUDGET
-        c = max(1, budget // max(1, per_query))
-    c = max(1, min(c, m))
-    n_chunks = -(-m // c)
-    return -(-m // n_chunks)
-
-
-# ----------------------------------------------------------------------------- chunking
-
-
-def _map_chunks(fn, xs, chunk: int):
-    """``fn`` over the leading axis of the pytree ``xs`` in chunks of ``chunk`` (zero-padded)."""
-    m = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    n_chunks = -(-m // chunk)
-    if n_chunks == 1:
-        return fn(xs)
-    pad = n_chunks * chunk - m
-
-    def split(a):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-        return a.reshape((n_chunks, chunk) + a.shape[1:])
-
-    out = lax.map(fn, jax.tree_util.tree_map(split, xs))
-    return jax.tree_util.tree_map(lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:m], out)
-
-
-# ----------------------------------------------------------------------------- kNN
-
-
-def _sq_dists(q: Array, q_sq: Array, x: Array, x_sq: Array) -> Array:
-    """‖q_i − x_j‖² = ‖q_i‖² + ‖x_j‖² − 2 q_i·x_j, clipped at 0. (B, D), (n, D) -> (B, n)."""
-    cross = jnp.matmul(q, x.T, precision=_HIGHEST)
-    return jnp.maximum(q_sq[:, None] + x_sq[None, :] - 2.0 * cross, 0.0)
-
-
-def _search(data, queries, qidx, *, k: int, chunk: int, block: int, exclude_self: bool):
-    """Indices (M, k) of the k nearest data points of each query (expansion distances)."""
-    n, dim = data.shape
-    sq = jnp.sum(data * data, axis=1)
-
-    if n <= block:
-
-        def one_chunk(args):
-            q, qi = args
-            d2 = _sq_dists(q, jnp.sum(q * q, axis=1), data, sq)
-            if exclude_self:
-                d2 = jnp.where(jnp.arange(n)[None, :] == qi[:, None], jnp.inf, d2)
-            return lax.top_k(-d2, k)[1].astype(jnp.int32)
-
-        return _map_chunks(one_chunk, (queries, qidx), chunk)
-
-    n_blocks = -(-n // block)
-    pad = n_blocks * block - n
-    xb = jnp.pad(data, [(0, pad), (0, 0)]).reshape(n_blocks, block, dim)
-    sqb = jnp.pad(sq, (0, pad), constant_values=jnp.inf).reshape(n_blocks, block)
-    offsets = jnp.arange(n_blocks, dtype=jnp.int32) * block
-
-    def one_chunk(args):
-        q, qi = args
-        q_sq = jnp.sum(q * q, axis=1)
-
-        def merge(best, blk):
-            x, x_sq, off = blk
-            d2 = _sq_dists(q, q_sq, x, x_sq)
-            cols = jnp.broadcast_to(off + jnp.arange(block, dtype=jnp.int32)[None, :], d2.shape)
-            if exclude_self:
-                d2 = jnp.where(cols == qi[:, None], jnp.inf, d2)
-            cand_d = jnp.concatenate([best[0], d2], axis=1)  # earlier blocks first: ties -> lower index
-            cand_i = jnp.concatenate([best[1], cols], axis=1)
-            neg, pos = lax.top_k(-cand_d, k)
-            return (-neg, jnp.take_along_axis(cand_i, pos, axis=1)), None
-
-        init = (jnp.full((q.shape[0], k), jnp.inf), jnp.zeros((q.shape[0], k), jnp.int32))
-        (_, idx), _ = lax.scan(merge, init, (xb, sqb, offsets))
-        return idx
-
-    return _map_chunks(one_chunk, (queries, qidx), chunk)
-
-
-def _candidates(data, queries, qidx, *, k, chunk, block, exclude_self):
-    """Indices (M, k + margin) of candidate neighbours, searched on mean-centred coordinates.
-
-    Centring shrinks ‖q‖² + ‖x‖² relative to ‖q − x‖², i.e. the expansion's rounding error; the
-    ``_MARGIN`` extra candidates let :func:`_refine` fix the order at the k-th place exactly.
-    """
-    avail = data.shape[0] - 1 if exclude_self else data.shape[0]
-    mu = jnp.mean(data, axis=0, keepdims=True)
-    return _search(
-        data - mu, queries - mu, qidx, k=min(k + _MARGIN, avail), chunk=chunk, block=block,
-        exclude_self=exclude_self,
-    )
-
-
-def _gather_rows(data: Array, idx: Array) -> Array:
-    """``data[idx]`` for in-range indices: ``mode="clip"`` skips the wrap-around of negative indices
-    that plain indexing adds to every element (the gather is ~25 % faster on CPU)."""
-    return data.at[idx].get(mode="clip")
-
-
-def _keep_nearest(dist: Array, k: int) -> Array:
-    """Positions (B, k) of the k smallest of ``dist`` (B, c), c − k small, in no particular order.
-
-    The same set as ``lax.top_k(-dist, k)`` (ties at the k-th place keep the earlier position), but
-    instead of that top-k (a heap of k per row: 42 ms for 5000 × 108 -> 100 on CPU, measured alone)
-    only the m = c − k largest are found (a heap of m: 7 ms), and each of them that sits among the
-    first k positions is replaced by a kept one of the last m positions: (B, k, m) comparisons.
-    """
-    c = dist.shape[1]
-    m = c - k
-    drop = (c - 1) - lax.top_k(dist[:, ::-1], m)[1]  # the m largest; ties: the later position
-    tail = k + jnp.arange(m, dtype=drop.dtype)
-    hole = drop < k  # (B, m): dropped positions to refill
-    tail_kept = ~jnp.any(drop[:, None, :] == tail[None, :, None], axis=2)  # (B, m), as many as holes
-    before = jnp.tril(jnp.ones((m, m), bool), -1)[None]  # before[0, i, j] = j < i
-    hole_rank = jnp.sum(hole[:, None, :] & before, axis=2)
-    tail_rank = jnp.sum(tail_kept[:, None, :] & before, axis=2)
-    pair = tail_kept[:, None, :] & (tail_rank[:, None, :] == hole_rank[:, :, None])  # (B, hole, tail)
-    fill = jnp.sum(jnp.where(pair, tail[None, None, :], 0), axis=2)  # the tail position of each hole
-    pos = jnp.arange(k, dtype=drop.dtype)
-    at = (pos[None, :, None] == drop[:, None, :]) & hole[:, None, :]  # (B, k, m)
-    return jnp.where(jnp.any(at, axis=2), jnp.sum(jnp.where(at, fill[:, None, :], 0), axis=2), pos[None, :])
-
-
-def _refine(q: Array, data: Array, cand: Array, k: int, *, sort: bool):
-    """Exact distances ‖q − x‖ of the candidates (direct subtraction, 0 for duplicates); the k nearest.
-
-    (B, D), (N, D), (B, c) -> dist (B, k), idx (B, k); ascending if ``sort`` (ties: the earlier
-    candidate, i.e. the lower index for duplicates), otherwise the same set in any order.
-    """
-    dist = jnp.sqrt(jnp.sum((_gather_rows(data, cand) - q[:, None, :]) ** 2, axis=2))
-    if cand.shape[1] == k and not sort:
-        return dist, cand
-    if sort:
-        neg, pos = lax.top_k(-dist, k)
-        return -neg, jnp.take_along_axis(cand, pos, axis=1)
-    pos = _keep_nearest(dist, k)
-    return jnp.take_along_axis(dist, pos, axis=1), jnp.take_along_axis(cand, pos, axis=1)
-
-
-@functools.partial(jax.jit, static_argnames=("k", "chunk_search", "chunk_local", "block", "exclude_self"))
-def _knn_jit(data, queries, qidx, *, k, chunk_search, chunk_local, block, exclude_self):
-    cand = _candidates(data, queries, qidx, k=k, chunk=chunk_search, block=block, exclude_self=exclude_self)
-    return _map_chunks(lambda a: _refine(a[0], data, a[1], k, sort=True), (queries, cand), chunk_local)
-
-
-def knn(data, *, k: int, queries=None, chunk_size: int | None = None, block_size: int | None = None,
-        mesh=None):
-    """Exact k nearest neighbours (Euclidean) of queries among data, in JAX.
-
-    The k + 8 best candidates by ‖q‖² + ‖x‖² − 2q·x (mean-centred, clipped at 0) are re-ranked by
-    ‖q − x‖ computed by direct subtraction, so distances are exact float32 (duplicates at exactly
-    0) and the order is exact up to float32 ties; tied duplicates keep the lower data index first.
-    Memory is bounded by chunking over queries and data blocks (see the module docstring).
-
-    Args:
-      data: (N, D) floating point.
-      k: number of neighbours, 1 ≤ k ≤ N − 1 (queries None) or ≤ N (external queries).
-      queries: (M, D) or None. None = every data point, excluding itself *by index* (a duplicate
-        of it is still a neighbour, at distance 0).
-      chunk_size: queries per chunk (default: from a budget per intermediate, 4 MiB on CPU, 16 MiB
-        on accelerators).
-      block_size: data points per block of the search (default 16384; N ≤ block is one block).
-      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
-        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
-        whole data set (default None: one device). Results equal those without a mesh up to
-        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
-        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
-
-    Returns:
-      ``(distances, indices)``: float32 (M, k) ascending, int32 (M, k).
-
-    Raises:
-      TypeError: integer dtype, non-int k, a mesh that is not a Mesh. ValueError: data not 2-D or
-        empty, NaN/inf values, k out of range, queries of another dimension, a mesh with more than one
-        axis or with other processes' devices.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> d, i = knn(jnp.array([[0.0], [1.0], [3.0]]), k=1)
-      >>> i.ravel().tolist(), d.ravel().tolist()
-      ([1, 0, 1], [1.0, 1.0, 2.0])
-    """
-    data, queries, qidx, k, exclude = _prepare(data, queries, k, k_min=1)
-    n, dim = data.shape
-    m = queries.shape[0]
-    block = _BLOCK if block_size is None else _checks.positive_int("block_size", block_size)
-    if m == 0:
-        return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
-    per = -(-m // _mesh_size(mesh))
-    statics = dict(
-        k=k,
-        chunk_search=_chunk(per, min(n, block) + k, chunk_size),
-        chunk_local=_chunk(per, (k + _MARGIN) * dim, chunk_size),
-        block=block,
-        exclude_self=exclude,
-    )
-    return _split_queries(_knn_jit, statics, mesh, data, queries, qidx)
 
 
 # ----------------------------------------------------------------------------- shared driver
@@ -323,74 +57,35 @@ def _pointwise(
     ``nbrs`` (B, k, D) are the neighbours' coordinates in no particular order (None unless
     ``points``); ``dist`` (B, k) their exact distances in the same order.
     """
-    cand = _candidates(data, queries, qidx, k=k, chunk=chunk_search, block=block, exclude_self=exclude_self)
+    cand = _knn.candidates(data, queries, qidx, k=k, chunk=chunk_search, block=block, exclude_self=exclude_self)
 
     def local(args):
-        dist, idx = _refine(args[0], data, args[1], k, sort=False)
-        return kernel(dist, _gather_rows(data, idx) if points else None, params)
+        dist, idx = _knn.refine(args[0], data, args[1], k, sort=False)
+        return kernel(dist, _knn.gather_rows(data, idx) if points else None, params)
 
-    return finish(_map_chunks(local, (queries, cand), chunk_local), params).astype(jnp.float32)
+    return finish(_knn.map_chunks(local, (queries, cand), chunk_local), params).astype(jnp.float32)
 
 
 def _run(data, queries, k, *, k_min, kernel, finish, params, local_cost, chunk_size, mesh, points=True):
-    """Validate, pick chunk sizes (``local_cost(k, D)`` floats per query), run :func:`_pointwise`
+    """Validate, pick chunk sizes (``local_cost(k, D)`` floats per query), run `_pointwise`
     (on each device of ``mesh`` for its share of the queries)."""
-    data, queries, qidx, k, exclude = _prepare(data, queries, k, k_min=k_min)
+    data, queries, qidx, k, exclude = _knn.prepare(data, queries, k, k_min=k_min)
     n, dim = data.shape
     m = queries.shape[0]
     if m == 0:
         return jnp.zeros((0,), jnp.float32)
-    per = -(-m // _mesh_size(mesh))
+    per = -(-m // _knn.mesh_size(mesh))
     statics = dict(
         kernel=kernel,
         finish=finish,
         points=points,
         k=k,
-        chunk_search=_chunk(per, min(n, _BLOCK) + k, chunk_size),
-        chunk_local=_chunk(per, local_cost(k, dim) + _MARGIN * dim, chunk_size),
-        block=_BLOCK,
+        chunk_search=_knn.chunk_length(per, min(n, _knn.BLOCK) + k, chunk_size),
+        chunk_local=_knn.chunk_length(per, local_cost(k, dim) + _knn.MARGIN * dim, chunk_size),
+        block=_knn.BLOCK,
         exclude_self=exclude,
     )
-    return _split_queries(_pointwise, statics, mesh, data, queries, qidx, params)
-
-
-def _mesh_size(mesh) -> int:
-    """Devices the queries are split over (1 without a mesh); checks the mesh."""
-    if mesh is None:
-        return 1
-    if not isinstance(mesh, jax.sharding.Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh (mmh_jax.parallel.make_mesh()) or None, got {mesh!r}.")
-    parallel._check_mesh(mesh)  # one axis
-    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
-        raise ValueError("mesh must hold only this process's devices (every device needs the whole data set); "
-                         "on several hosts, give each process its own queries and a mesh of its local devices: "
-                         "mmh_jax.parallel.make_mesh(jax.local_devices()).")
-    return mesh.size
-
-
-def _split_queries(fn, statics: dict, mesh, data, queries, qidx, *rest):
-    """``fn(data, queries, qidx, *rest, **statics)``, the queries split evenly over ``mesh``'s devices.
-
-    Every device holds the whole data set and runs ``fn`` on its block of queries (padded with
-    copies of the first query, dropped afterwards).
-    """
-    parts = _mesh_size(mesh)
-    if parts == 1:
-        return fn(data, queries, qidx, *rest, **statics)
-    m = queries.shape[0]
-    queries, qidx = parallel._pad((queries, qidx), m, -(-m // parts) * parts)
-    out = _sharded(fn, tuple(sorted(statics.items())), mesh, len(rest))(data, queries, qidx, *rest)
-    return jax.tree_util.tree_map(lambda o: o[:m], out)
-
-
-@functools.lru_cache(maxsize=64)
-def _sharded(fn, statics: tuple, mesh, n_rest: int):
-    """The jitted ``shard_map`` of ``fn`` with ``statics`` bound: queries and their indices split over
-    the mesh axis, data and the ``n_rest`` further arguments whole on every device."""
-    rows, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), jax.sharding.PartitionSpec()
-    bound = functools.partial(fn, **dict(statics))
-    return jax.jit(jax.shard_map(bound, mesh=mesh, in_specs=(whole, rows, rows) + (whole,) * n_rest,
-                                 out_specs=rows, check_vma=False))
+    return _knn.split_queries(_pointwise, statics, mesh, data, queries, qidx, params)
 
 
 def _identity(out, params):
@@ -439,11 +134,7 @@ def mle(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None)
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 2. queries: (M, D) or None (see module doc).
       chunk_size: queries per chunk (memory bound; default automatic).
-      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
-        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
-        whole data set (default None: one device). Results equal those without a mesh up to
-        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
-        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
+      mesh: devices to split the queries over, as in [`knn`][mmh_jax.lid.knn] (default None: one device).
 
     Returns:
       float32 (M,) (M = N when queries is None). NaN at a point whose k nearest neighbours all lie
@@ -451,7 +142,7 @@ def mle(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None)
       neighbour gives 0. De-duplicate the data first, e.g. ``np.unique(data, axis=0)``.
 
     Raises:
-      TypeError / ValueError as :func:`knn`, and k < 2.
+      TypeError/ValueError: as [`knn`][mmh_jax.lid.knn], and k < 2.
 
     Reference: Levina & Bickel, NeurIPS 2004; skdim ``id.MLE``.
 
@@ -477,8 +168,7 @@ def _lpca_kernel(dist, nbrs, params):
     s = s / jnp.where(scale > 0, scale, 1.0)[:, None, None]
 
     def via_tridiagonal(s):
-        # ssytrd (upper: 10 % faster than lower alone, the same in lpca). jaxlib splits the batch
-        # over XLA:CPU's thread pool: 1.43 s wall, 2.8 s CPU for 5000 × 100 × 100 on 2 cores.
+        # ssytrd on the upper triangle (the faster one); jaxlib splits the batch over XLA:CPU's thread pool.
         _, d, e, _ = lax.linalg.tridiagonal(s, lower=False)
         return d, e
 
@@ -486,7 +176,7 @@ def _lpca_kernel(dist, nbrs, params):
         w = jnp.linalg.eigvalsh(s)
         return w, jnp.zeros(w.shape[:-1] + (w.shape[-1] - 1,), w.dtype)
 
-    # LAPACK sytrd + our Sturm count is ~10x faster than eigvalsh (which also forms vectors) on CPU.
+    # On CPU, LAPACK sytrd + a Sturm count beats eigvalsh, which also forms the eigenvectors.
     return lax.platform_dependent(s, cpu=via_tridiagonal, default=via_eigvalsh)
 
 
@@ -550,17 +240,13 @@ def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | N
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 2. alpha: threshold in (0, 1), traced.
       queries: (M, D) or None (see module doc). chunk_size: queries per chunk.
-      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
-        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
-        whole data set (default None: one device). Results equal those without a mesh up to
-        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
-        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
+      mesh: devices to split the queries over, as in [`knn`][mmh_jax.lid.knn] (default None: one device).
 
     Returns:
       float32 (M,) of integers.
 
     Raises:
-      TypeError / ValueError as :func:`knn`, k < 2, alpha outside (0, 1).
+      TypeError/ValueError: as [`knn`][mmh_jax.lid.knn], k < 2, alpha outside (0, 1).
 
     Reference: Fukunaga & Olsen, IEEE Trans. Comput. 1971; skdim ``id.lPCA``.
 
@@ -574,7 +260,7 @@ def lpca(data, *, k: int, alpha: float = 0.05, queries=None, chunk_size: int | N
         a = np.asarray(alpha)
         if a.ndim != 0 or not 0.0 < float(a) < 1.0:
             raise ValueError(f"alpha must be a scalar in (0, 1) (FO threshold), got {alpha!r}.")
-    if _mesh_size(mesh) > 1 and any(d.platform == "cpu" for d in mesh.devices.flat):
+    if _knn.mesh_size(mesh) > 1 and any(d.platform == "cpu" for d in mesh.devices.flat):
         raise ValueError(
             "lpca cannot split its queries over several CPU devices: its spectra go through jaxlib's "
             "batched LAPACK kernels there, which split their batch over XLA:CPU's thread pool and wait "
@@ -643,11 +329,7 @@ def twonn(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=Non
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 3. queries: (M, D) or None (see module doc).
       chunk_size: queries per chunk.
-      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
-        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
-        whole data set (default None: one device). Results equal those without a mesh up to
-        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
-        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
+      mesh: devices to split the queries over, as in [`knn`][mmh_jax.lid.knn] (default None: one device).
 
     Returns:
       float32 (M,). NaN where fewer than 2 ratios are kept, which happens at exactly duplicated
@@ -656,7 +338,7 @@ def twonn(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=Non
       first, e.g. ``np.unique(data, axis=0)``.
 
     Raises:
-      TypeError / ValueError as :func:`knn`, and k < 3.
+      TypeError/ValueError: as [`knn`][mmh_jax.lid.knn], and k < 3.
 
     Reference: Facco, d'Errico, Rodriguez & Laio, Sci. Rep. 7, 12140 (2017); skdim ``id.TwoNN``.
 
@@ -689,7 +371,7 @@ def _ess_table() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ess_kernel(dist, nbrs, params):
-    """1 − ESS of each neighbourhood: Σ_{i<j} (w_ij − v_ij) / Σ_{i<j} w_ij (see :func:`ess`)."""
+    """1 − ESS of each neighbourhood: Σ_{i<j} (w_ij − v_ij) / Σ_{i<j} w_ij (see [`ess`][mmh_jax.lid.ess])."""
     y = _shift(nbrs)
     b, k, dim = y.shape
     if dim < 2:  # skdim: a 2-simplex cannot span a 1-D space, ESS = 0
@@ -734,11 +416,7 @@ def ess(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None)
     Args:
       data: (N, D) floating point. k: neighbours, ≥ 2. queries: (M, D) or None (see module doc).
       chunk_size: queries per chunk.
-      mesh: a one-axis :class:`jax.sharding.Mesh` of this process's devices
-        (:func:`mmh_jax.parallel.make_mesh`) to split the queries over, each device holding the
-        whole data set (default None: one device). Results equal those without a mesh up to
-        float32 rounding (the per-device chunks have other shapes). On a CPU host, as many CPU
-        devices as cores (``jax_num_cpu_devices``) and a mesh over them keep every core busy.
+      mesh: devices to split the queries over, as in [`knn`][mmh_jax.lid.knn] (default None: one device).
 
     Returns:
       float32 (M,). NaN where all k neighbours coincide (every u_i = 0: at or next to a point
@@ -746,7 +424,7 @@ def ess(data, *, k: int, queries=None, chunk_size: int | None = None, mesh=None)
       e.g. ``np.unique(data, axis=0)``.
 
     Raises:
-      TypeError / ValueError as :func:`knn`, and k < 2.
+      TypeError/ValueError: as [`knn`][mmh_jax.lid.knn], and k < 2.
 
     Reference: Johnsson, Soneson & Fontes, IEEE TPAMI 37(1), 2015; skdim ``id.ESS``.
 

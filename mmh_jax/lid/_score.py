@@ -1,32 +1,29 @@
-"""Score-based LID estimators: FLIPD, its curve and knee, FPRegress, the normal bundle, CFDM, CFG norm.
+"""Score-based LID estimators: FLIPD and its curve, FPRegress, the normal bundle, CFDM, CFG norm.
 
-All are pure single-example functions of a score function ``score_fn(x, t) -> array like x``
-(DESIGN §5); batch them with ``jax.vmap`` or ``mmh_jax.parallel.map_points``.
+All are pure single-example functions of a score function ``score_fn(x, t) -> array like x``;
+batch them with ``jax.vmap`` or ``mmh_jax.parallel.map_points``. The curve's readouts (``knee``,
+``plateau``) are in ``_readouts``.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from mmh_jax.lid import _checks
-from mmh_jax.lid._trace import exact_trace, hutchinson_trace, rademacher_probes, resolve_trace
+from mmh_jax import _checks
+from mmh_jax.lid._trace import TRACES, exact_trace, hutchinson_trace, rademacher_probes, resolve_trace
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
-
-_TRACES = ("auto", "exact", "hutchinson")
 
 
 def _prepare(x, key, trace: str, num_probes: int):
     """Shared checks of FLIPD-type estimators; returns (x, method, probes or None)."""
     x = _checks.float_array("x", x, min_ndim=1)
-    _checks.option("trace", trace, _TRACES)
+    _checks.option("trace", trace, TRACES)
     num_probes = _checks.positive_int("num_probes", num_probes)
     method = resolve_trace(trace, x.size)
     if method == "hutchinson":
@@ -49,7 +46,7 @@ def _check_score_shape(name: str, score_fn: ScoreFn, x: Array, t: Array) -> None
 def _nan_outside(value: Array, t: Array, sde) -> Array:
     """``value`` where the times ``t`` lie in (0, T], NaN elsewhere, as ``jnp.log(-1)`` is NaN.
 
-    Concrete times were range-checked (ValueError) by :func:`_checks.scalar_time`; traced ones (under
+    Concrete times were range-checked (ValueError) by `_checks.scalar_time`; traced ones (under
     jit/vmap/grad) cannot raise, and e.g. t = 0 would otherwise give a finite, wrong value. ``t`` has
     ``value``'s shape (elementwise), or any shape for a scalar ``value`` (then every time must be in range).
     """
@@ -88,7 +85,7 @@ def flipd(
     FLIPD(x, t₀) = D + σ(t₀)²·[tr ∇_y s(y, t₀) + ‖s(y, t₀)‖²],  y = α(t₀)·x,
     i.e. D + ∂ log ϱ(x; δ)/∂δ for the Gaussian-smoothed model density ϱ. It tends to LID_θ(x) as
     t₀ → 0 for a perfect score; read it at a fixed t₀ (0.05 on the default schedule) or at the knee
-    of :func:`flipd_curve`.
+    of [`flipd_curve`][mmh_jax.lid.flipd_curve].
 
     Args:
       score_fn: single-example score ``score_fn(x, t) -> array like x``.
@@ -96,7 +93,7 @@ def flipd(
       key: PRNG key for the Hutchinson probes (unused, may be None, for the exact trace).
       t0: diffusion time in (0, T]; traced, so it can be swept or differentiated. A traced t0
         outside (0, T] gives NaN (as ``jnp.log(-1)`` does); a concrete one raises ValueError.
-      sde: a :class:`mmh_jax.sde.VPSDE`.
+      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
       trace: ``"exact"`` (D JVPs), ``"hutchinson"`` (Rademacher probes) or ``"auto"``
         (exact when D ≤ 3500).
       num_probes: Hutchinson probes (≥ 1).
@@ -144,7 +141,7 @@ def flipd_curve(
 
     The Hutchinson probes are drawn once from ``key`` and reused at every t₀, so the curve is
     smooth; ``t0s`` is traced, so a jitted curve compiles once for all grids of the same length.
-    Read the knee with :func:`knee`. Arguments as in :func:`flipd`.
+    Read the knee with [`knee`][mmh_jax.lid.knee]. Arguments as in [`flipd`][mmh_jax.lid.flipd].
 
     Args:
       t0s: ``(n,)`` diffusion times in (0, T], n ≥ 1 (traced: a new grid of the same length reuses
@@ -155,7 +152,7 @@ def flipd_curve(
       ``jnp.log(-1)`` is NaN).
 
     Raises:
-      TypeError/ValueError: as :func:`flipd`, and ``t0s`` not 1-D or empty.
+      TypeError/ValueError: as [`flipd`][mmh_jax.lid.flipd], and ``t0s`` not 1-D or empty.
 
     Reference: Kamkari et al., arXiv 2406.03537 (the FLIPD curve and its knee).
 
@@ -178,165 +175,6 @@ def flipd_curve(
     return _nan_outside(curve, t0s, sde)
 
 
-def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
-    """Knee of a FLIPD curve: kneedle on the first excursion after its plateau; jittable.
-
-    Kneedle (Satopää et al.): rescale both axes to [0, 1] (time on a log scale, since grids are
-    geometric) and take the grid point farthest, vertically, from the chord joining the segment's
-    ends. Kneedle assumes the curve starts on its plateau (at LID_θ) and bends off it; the segment
-    is chosen so that it does:
-
-    * it starts at the flattest stretch of the curve (:func:`plateau`'s window of ``2·window + 1``
-      points with the least spread, centres at t₀ ≤ ``t0_max``). A trained network does not resolve
-      a low-dimensional piece of its manifold at the finest scales, so there its curve *falls*
-      from near D onto the plateau; kneedle over that fall would take the corner at its top (at a
-      point mass of the lollipop: 1.16 instead of 0). Exact scores plateau from the smallest t₀,
-      and then the segment starts at the grid's start;
-    * it ends where the curve is farthest from its starting value. A plateau that then falls
-      (the usual shape) runs to the end of the grid; at an isolated low-dimensional point (a point
-      mass, a thin stick beside a disk) the curve first plateaus at the point's small LID and then
-      *rises* while the noise reaches the neighbouring components, before falling again: the
-      segment ends at the top of that bump, which puts the knee where the plateau ends.
-
-    Args:
-      t0s: ``(n,)`` positive times, in any order; n ≥ 3.
-      curve: ``(n,)`` values at those times.
-      window: half-width of the plateau window, in grid points (static); a grid of fewer than
-        ``2·window + 1`` points starts the segment at its smallest t₀.
-      t0_max: largest plateau-window centre searched (see :func:`plateau`).
-
-    Returns:
-      ``(t0_star, value_at_knee)``, two scalars.
-
-    Raises:
-      TypeError: non-float ``t0s`` or ``curve``.
-      ValueError: ``t0s`` or ``curve`` not 1-D, of different shapes, with fewer than 3 points, or
-        ``window`` not an int ≥ 1.
-
-    Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011); FLIPD's knee readout,
-    Kamkari et al. (arXiv 2406.03537).
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from mmh_jax import lid
-      >>> t0s = jnp.geomspace(1e-3, 1.0, 7)
-      >>> t, v = lid.knee(t0s, jnp.array([2.0, 2.0, 2.0, 2.0, 1.0, 0.5, 0.0]))
-      >>> float(v)
-      2.0
-      >>> t, v = lid.knee(t0s, jnp.array([0.0, 0.0, 0.0, 0.0, 1.5, 0.6, 0.1]))  # plateau, bump
-      >>> float(v)
-      0.0
-      >>> t, v = lid.knee(t0s, jnp.array([1.6, 0.9, 0.0, 0.0, 0.0, 1.2, 0.0]), window=1)  # unresolved
-      >>> float(v)
-      0.0
-    """
-    t0s = _checks.float_array("t0s", t0s, ndim=1)
-    curve = _checks.float_array("curve", curve, ndim=1)
-    _checks.same_shape("t0s", t0s, "curve", curve)
-    n = t0s.shape[0]
-    if n < 3:
-        raise ValueError(f"knee needs at least 3 points on the curve, got {n}.")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}.")
-    return _knee(t0s, curve, window, t0_max)
-
-
-@functools.partial(jax.jit, static_argnums=2)  # jitted: called eagerly, its ~40 small ops took seconds
-def _knee(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
-    n = t0s.shape[0]
-    order = jnp.argsort(t0s)
-    t, y = t0s[order], curve[order]
-    idx = jnp.arange(n)
-    if n >= 2 * window + 1:
-        start = jnp.minimum(_flattest(t, y, window, t0_max) - window, n - 3)
-    else:
-        start = jnp.zeros((), idx.dtype)
-    after = idx >= start
-    y0 = y[start]
-    end = jnp.argmax(jnp.where(after, jnp.abs(y - y0), -1.0))
-    end = jnp.maximum(end, start + 2)  # at least 3 points in the segment
-    inside = after & (idx <= end)
-    u = jnp.log(t)
-    tiny = jnp.finfo(jnp.float32).tiny
-    u = (u - u[start]) / jnp.maximum(u[end] - u[start], tiny)
-    y_lo = jnp.min(jnp.where(inside, y, jnp.inf))
-    y_hi = jnp.max(jnp.where(inside, y, -jnp.inf))
-    yn = (y - y_lo) / jnp.maximum(y_hi - y_lo, tiny)
-    chord = yn[start] + (yn[end] - yn[start]) * u
-    i = jnp.argmax(jnp.where(inside, jnp.abs(yn - chord), -1.0))
-    return t[i], y[i]
-
-
-def _flattest(t: Array, y: Array, window: int, t0_max: float) -> Array:
-    """Centre index of the window of ``2·window + 1`` points of least spread (max − min) among the
-    centres with t ≤ ``t0_max`` (all centres if none qualifies); ``t`` sorted ascending."""
-    n = t.shape[0]
-    centres = jnp.arange(window, n - window)
-    wins = y[centres[:, None] + jnp.arange(-window, window + 1)[None, :]]  # (n − 2w, 2w + 1), static
-    spread = jnp.max(wins, axis=1) - jnp.min(wins, axis=1)
-    allowed = t[centres] <= t0_max
-    allowed = jnp.where(jnp.any(allowed), allowed, True)
-    return centres[jnp.argmin(jnp.where(allowed, spread, jnp.inf))]
-
-
-def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
-    """The flattest stretch of a FLIPD curve and its level; jittable.
-
-    For each grid point i (times sorted), the spread of the curve over the window
-    ``curve[i − window : i + window + 1]`` is max − min; the plateau is the window of least spread
-    among centres with t₀ ≤ ``t0_max``, and its value the window's mean.
-
-    Why, beside :func:`knee`: a trained network does not resolve a low-dimensional piece of its
-    manifold at the finest scales, so at tiny t₀ its FLIPD climbs back towards D; and at large t₀
-    every point's curve collapses to 0 (the marginal approaches N(0, I)). The LID is the level in
-    between, where the curve is flat. Kneedle takes the corner of the first drop (or of a bump) for
-    it; the plateau rule reads the level itself. ``t0_max`` keeps the collapse out of the search
-    (on the default VP-SDE, t₀ = 0.5 is σ ≈ 0.99).
-
-    Args:
-      t0s: ``(n,)`` positive times, in any order; n ≥ 2·window + 1.
-      curve: ``(n,)`` values at those times.
-      window: half-width of the window, in grid points (static).
-      t0_max: largest window centre searched; if no centre qualifies, all are searched.
-
-    Returns:
-      ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it.
-
-    Raises:
-      TypeError: non-float ``t0s`` or ``curve``.
-      ValueError: ``t0s``/``curve`` not 1-D or of different shapes, ``window`` not an int ≥ 1, or
-        fewer than 2·window + 1 points.
-
-    Reference: the FLIPD curve of Kamkari et al., arXiv 2406.03537.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from mmh_jax import lid
-      >>> t0s = jnp.geomspace(1e-3, 1.0, 9)
-      >>> curve = jnp.array([1.8, 1.2, 0.1, 0.0, 0.0, 0.1, 1.4, 0.3, 0.0])  # unresolved, plateau, bump, collapse
-      >>> t, v = lid.plateau(t0s, curve, window=1)
-      >>> round(float(v), 3)
-      0.033
-    """
-    t0s = _checks.float_array("t0s", t0s, ndim=1)
-    curve = _checks.float_array("curve", curve, ndim=1)
-    _checks.same_shape("t0s", t0s, "curve", curve)
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}.")
-    n = t0s.shape[0]
-    if n < 2 * window + 1:
-        raise ValueError(f"plateau needs at least 2*window + 1 = {2 * window + 1} points, got {n}.")
-    return _plateau(t0s, curve, window, t0_max)
-
-
-@functools.partial(jax.jit, static_argnums=2)  # jitted for eager callers, as _knee
-def _plateau(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
-    order = jnp.argsort(t0s)
-    t, y = t0s[order], curve[order]
-    c = _flattest(t, y, window, t0_max)
-    return t[c], jnp.mean(lax.dynamic_slice(y, (c - window,), (2 * window + 1,)))
-
-
 def fp_regress(
     score_fn: ScoreFn,
     x,
@@ -356,17 +194,17 @@ def fp_regress(
     between consecutive grid points). LID = D + least-squares slope of log ϱ against δ.
 
     Args:
-      deltas: ``(m,)`` log noise scales δ = log(σ/α) (DESIGN §2), m ≥ 2; default
+      deltas: ``(m,)`` log noise scales δ = log(σ/α), m ≥ 2; default
         ``log(geomspace(0.01, 0.1, 8))``. Each must map to a time in (0, T]: concrete ones that do
         not raise ValueError, traced ones give NaN (as ``jnp.log(-1)`` does).
       num_substeps: quadrature intervals between consecutive deltas.
-      Others as in :func:`flipd`; the probes are shared across all δ.
+      others: as in [`flipd`][mmh_jax.lid.flipd]; the probes are shared across all δ.
 
     Returns:
       float32 scalar; NaN when traced ``deltas`` map to a time outside (0, T].
 
     Raises:
-      TypeError/ValueError: as :func:`flipd`; ``deltas`` not 1-D, with fewer than 2 values, or
+      TypeError/ValueError: as [`flipd`][mmh_jax.lid.flipd]; ``deltas`` not 1-D, with fewer than 2 values, or
         (concrete) mapping to times outside (0, T]; ``num_substeps`` not an int ≥ 1.
 
     Reference: Kamkari et al., arXiv 2406.03537 (FLIPD and FPRegress); Tempczyk et al., "LIDL",

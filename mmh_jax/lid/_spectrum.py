@@ -1,8 +1,8 @@
 """Jacobian-spectrum LID for decoders ``g(z) -> x`` (flows, VAE/GAN decoders, the PF-ODE map).
 
-Expensive artifact, cheap readout (STYLE §4): compute the spectrum once with
-:func:`jacobian_spectrum`, then read LID at many thresholds with :func:`lid_from_spectrum`, which
-broadcasts over ``tau``.
+Expensive artifact, cheap readout: compute the spectrum once with
+[`jacobian_spectrum`][mmh_jax.lid.jacobian_spectrum], then read LID at many thresholds with
+[`lid_from_spectrum`][mmh_jax.lid.lid_from_spectrum], which broadcasts over ``tau``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mmh_jax.lid import _checks
+from mmh_jax import _checks
 
 Array = jax.Array
 
@@ -33,7 +33,8 @@ def jacobian_spectrum(g: Callable[[Array], Array], z) -> Array:
 
     Returns:
       float32 ``(min(D, k),)`` singular values σ₁ ≥ σ₂ ≥ … of the D×k Jacobian (the expensive
-      artifact: read LID at many thresholds from it with :func:`lid_from_spectrum`).
+      artifact: read LID at many thresholds from it with
+        [`lid_from_spectrum`][mmh_jax.lid.lid_from_spectrum]).
 
     Raises:
       TypeError: non-float ``z``.

@@ -16,7 +16,10 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-#: Largest ambient dimension for which ``trace="auto"`` computes the exact trace (DESIGN §3b).
+#: The ``trace`` options of the FLIPD-type estimators: ``"exact"`` (D Jacobian-vector products),
+#: ``"hutchinson"`` (Rademacher probes), or ``"auto"`` (exact up to ``EXACT_TRACE_MAX_DIM``).
+TRACES = ("auto", "exact", "hutchinson")
+#: Largest ambient dimension for which ``trace="auto"`` computes the exact trace.
 EXACT_TRACE_MAX_DIM = 3500
 #: Default number of basis vectors pushed through the network at once by the exact trace.
 DEFAULT_CHUNK = 256

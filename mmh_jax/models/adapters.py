@@ -1,13 +1,14 @@
-"""Turn a network's ``apply`` into the single-example functions the estimators take (DESIGN §5).
+"""Bind a network's single-example ``apply`` to its parameters: the functions the estimators take.
 
-An ε-network ``eps_apply(params, x, t)`` (e.g. ``ScoreMLP().apply``) becomes
+A network's apply on one example, ``apply_fn(params, x, t)`` (e.g. ``ScoreMLP().apply``), becomes
 
-- ``as_eps_fn(eps_apply, params)``:       ``eps_fn(x, t) = ε̂(x, t)``;
-- ``as_score_fn(eps_apply, params, sde)``: ``score_fn(x, t) = −ε̂(x, t)/σ(t)``.
+- ``as_eps_fn(apply_fn, params)``:       ``eps_fn(x, t) = ε̂(x, t)``;
+- ``as_score_fn(apply_fn, params, sde)``: ``score_fn(x, t) = −ε̂(x, t)/σ(t)``
+  ([`mmh_jax.adapters.score_from_eps`][mmh_jax.adapters.score_from_eps]).
 
 The returned functions close over ``params`` but do not jit anything, so ``params`` stay traced
 when the caller jits the whole estimator with ``params`` as an argument — one compile serves every
-parameter value (STYLE §3)::
+parameter value:
 
     model = ScoreMLP()
     vp = VPSDE()
@@ -27,17 +28,20 @@ from typing import Any, Callable
 
 import jax
 
+from mmh_jax.adapters import score_from_eps
+
 Array = jax.Array
-EpsApply = Callable[[Any, Array, Array], Array]
+#: A network's apply on one example: ``apply_fn(params, x, t) -> ε̂`` shaped like ``x``.
+SingleEpsApply = Callable[[Any, Array, Array], Array]
 
 __all__ = ["as_eps_fn", "as_score_fn"]
 
 
-def as_eps_fn(eps_apply: EpsApply, params) -> Callable[[Array, Array], Array]:
-    """``eps_fn(x, t) = eps_apply(params, x, t)``: the network's ε̂ as a single-example function.
+def as_eps_fn(apply_fn: SingleEpsApply, params) -> Callable[[Array, Array], Array]:
+    """``eps_fn(x, t) = apply_fn(params, x, t)``: the network's ε̂ as a single-example function.
 
     Args:
-      eps_apply: the network's apply, ``eps_apply(params, x, t)`` on one example.
+      apply_fn: the network's apply on one example, ``apply_fn(params, x, t)``.
       params: its parameters (closed over: pass them as an argument of your jitted function and
         call ``as_eps_fn`` inside it, so new parameters do not recompile).
 
@@ -52,22 +56,22 @@ def as_eps_fn(eps_apply: EpsApply, params) -> Callable[[Array, Array], Array]:
     """
 
     def eps_fn(x, t):
-        return eps_apply(params, x, t)
+        return apply_fn(params, x, t)
 
     return eps_fn
 
 
-def as_score_fn(eps_apply: EpsApply, params, sde) -> Callable[[Array, Array], Array]:
-    """``score_fn(x, t) = −eps_apply(params, x, t)/σ(t)`` with σ from ``sde.marginal_coefs``.
+def as_score_fn(apply_fn: SingleEpsApply, params, sde) -> Callable[[Array, Array], Array]:
+    """``score_fn(x, t) = −apply_fn(params, x, t)/σ(t)`` with σ from ``sde.marginal_coefs``.
 
-    Single example: ``x`` one example, ``t`` a scalar (DESIGN §2: s = −ε̂/σ).
+    Single example: ``x`` one example, ``t`` a scalar.
 
     Args:
-      eps_apply, params: as in :func:`as_eps_fn`.
-      sde: the :class:`mmh_jax.sde.VPSDE` the network was trained with.
+      apply_fn, params: as in [`as_eps_fn`][mmh_jax.models.as_eps_fn].
+      sde: the [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE] the network was trained with.
 
     Returns:
-      ``score_fn(x, t) -> array like x``, ready for any :mod:`mmh_jax.lid` estimator.
+      ``score_fn(x, t) -> array like x``, ready for any [`mmh_jax.lid`][mmh_jax.lid] estimator.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -78,10 +82,4 @@ def as_score_fn(eps_apply: EpsApply, params, sde) -> Callable[[Array, Array], Ar
       >>> bool(jnp.allclose(score_fn(jnp.ones(3), 0.5), -1.0 / sigma))
       True
     """
-
-    def score_fn(x, t):
-        sigma = sde.marginal_coefs(t)[1]
-        eps = eps_apply(params, x, t)
-        return -eps / sigma.astype(eps.dtype)
-
-    return score_fn
+    return score_from_eps(as_eps_fn(apply_fn, params), sde)

@@ -22,7 +22,7 @@ so one architecture serves data of any scale), then ``num_coupling`` blocks of
 All methods take a single example ``(D,)`` or any batch ``(..., D)``. Everything is float32 and
 runs under ``jax_numpy_rank_promotion="raise"``.
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp
   >>> flow = Flow(dim=2, num_coupling=2, hidden=16)
   >>> params = flow.init(jax.random.key(0), jnp.zeros(2), method=Flow.log_prob)
@@ -85,7 +85,7 @@ def rq_spline(x, raw_widths, raw_heights, raw_derivatives, *, bound: float, inve
     Returns:
       ``(y, log|dy/dx|)``, both of ``x``'s shape (for ``inverse``, the log-derivative of the inverse).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> y, ld = rq_spline(jnp.array([0.5, 7.0]), jnp.zeros((2, 4)), jnp.zeros((2, 4)),
       ...                   jnp.zeros((2, 3)), bound=3.0)
@@ -162,8 +162,10 @@ class Flow(nn.Module):
       bound: spline interval [−bound, bound] in standardised units (identity outside).
       shift, scale: the fixed standardisation u = (x − shift)/scale, length D each (empty: 0 and 1).
 
-    Methods (call with ``flow.apply(params, ..., method=Flow.<name>)``): :meth:`inverse`,
-    :meth:`forward`, :meth:`log_prob`, :meth:`sample`; calling the module is ``log_prob``.
+    Methods (call with ``flow.apply(params, ..., method=Flow.<name>)``):
+    [`inverse`][mmh_jax.models.Flow.inverse],
+    [`forward`][mmh_jax.models.Flow.forward], [`log_prob`][mmh_jax.models.Flow.log_prob],
+    [`sample`][mmh_jax.models.Flow.sample]; calling the module is ``log_prob``.
 
     log p(x) = log N(z; 0, I_D) + log|det ∂z/∂x|,  z = inverse(x).
 
@@ -288,10 +290,10 @@ def make_nll_loss(flow: Flow):
 
     ``batch["x"]`` is ``(B, D)``; ``batch["delta"]`` (a scalar, default 0) is the noise scale δ of
     LIDL's perturbed data (fresh noise at every call). Pass it to
-    :func:`mmh_jax.train.make_loss_train_step`.
+    [`mmh_jax.train.make_loss_train_step`][mmh_jax.train.make_loss_train_step].
 
     Args:
-      flow: the :class:`Flow` whose ``log_prob`` is trained.
+      flow: the [`Flow`][mmh_jax.models.Flow] whose ``log_prob`` is trained.
 
     Returns:
       ``loss(params, batch, key) -> float32 scalar``, with ``params`` the flow's parameters,

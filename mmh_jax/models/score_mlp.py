@@ -1,9 +1,9 @@
-"""ε-prediction MLP (DESIGN §2, §4): ``ScoreMLP`` and its sinusoidal time embedding.
+"""ε-prediction MLP: ``ScoreMLP`` and its sinusoidal time embedding.
 
 The network sees ``x`` of shape ``(..., D)`` (or ``(..., *event)`` with ``event_ndim`` event axes,
 e.g. small images ``(..., H, W, C)``, flattened inside) and a time ``t`` of shape ``()`` or
 ``(...)`` and returns ε̂(x, t[, label]) of the shape of ``x``. It is single-example first (``x`` of shape ``(D,)``,
-``t`` scalar — what the estimators in :mod:`mmh_jax.lid` call), and the same parameters also serve
+``t`` scalar — what the estimators in [`mmh_jax.lid`][mmh_jax.lid] call), and the same parameters also serve
 a batch ``(B, D)`` with times ``(B,)`` or one shared scalar time. No implicit rank promotion is
 used, so it runs under ``jax_numpy_rank_promotion="raise"``.
 """
@@ -100,7 +100,7 @@ class ScoreMLP(nn.Module):
     (∅), a shared integer or one per example; returns an array of the shape of ``x``, in the float
     dtype of ``x``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16)
       >>> params = model.init(jax.random.key(0), jnp.zeros(5), 0.5)

@@ -1,8 +1,8 @@
-"""A small U-Net ε-prediction network for images (DESIGN §2, §4): ``UNet``, optionally class-conditional.
+"""A small U-Net ε-prediction network for images: ``UNet``, optionally class-conditional.
 
 The network maps an image ``x`` of shape ``(H, W, C)`` — or a batch ``(..., H, W, C)`` — and a
 diffusion time ``t`` to ε̂(x, t) of the shape of ``x``. It is single-example first, as the
-estimators in :mod:`mmh_jax.lid` call it (``score_fn(x, t)`` with ``x`` one image and ``t`` a
+estimators in [`mmh_jax.lid`][mmh_jax.lid] call it (``score_fn(x, t)`` with ``x`` one image and ``t`` a
 scalar), and the same parameters serve batches. Every normalisation is per example, so an image
 gives the same output alone and inside any batch. No implicit rank promotion is used, so it runs
 under ``jax_numpy_rank_promotion="raise"``.
@@ -43,11 +43,8 @@ class _Conv(nn.Module):
     The same function and the same parameter names and shapes as ``nn.Conv(features, kernel_size,
     strides)`` (``kernel`` (kh, kw, C_in, C_out) in HWIO order, ``bias`` (C_out,)), but written as
     ``patches @ kernel.reshape(kh·kw·C_in, C_out)``. Reason: on XLA:CPU the gradients of
-    ``lax.conv_general_dilated`` inside a ``while`` loop (the ``lax.scan`` that runs several train
-    steps per dispatch) fall off the fast path: measured 55 ms vs 1.0 ms for the kernel gradient of
-    a 3×3, 16→16 conv over 128 8×8 images, which made a U-Net train step ~10× slower inside the scan
-    than outside it. Matmul gradients have no such problem, and for the small images this network
-    is for, the kh·kw-fold patch tensor is cheap.
+    ``lax.conv_general_dilated`` inside a ``lax.scan`` loop fall off the fast path; matmul gradients
+    do not, and for small images the patch tensor is cheap.
     """
 
     features: int
@@ -170,8 +167,9 @@ class UNet(nn.Module):
       2^(levels − 1), widths not divisible by ``num_groups``, mis-shaped ``t`` or ``label``,
       a label on an unconditional network, a non-integer label.
 
-    Example (shapes via ``jax.eval_shape``, which keeps the doctest free of XLA compiles; real use
-    passes arrays to ``model.init`` / ``model.apply`` the same way):
+    Examples:
+      Shapes via ``jax.eval_shape``, which keeps the doctest free of XLA compiles; real use
+      passes arrays to ``model.init`` / ``model.apply`` the same way:
       >>> import jax, jax.numpy as jnp
       >>> model = UNet(channels=8, num_groups=4, num_classes=10)
       >>> image = jax.ShapeDtypeStruct((8, 8, 1), jnp.float32)

@@ -1,17 +1,18 @@
 """What the experiments of ``mmh-jax run`` share: the run context, cached training, batched LID_θ.
 
-Models are trained into ``<out>/models/<name>/`` with :func:`mmh_jax.experiments.train_cmd.run`
+Models are trained into ``<out>/models/<name>/`` with `mmh_jax.experiments.training.train_or_resume`
 and ``resume=True``: a rerun (or a second experiment that needs the same model, e.g. ``images``
 and ``conditional`` share the class-conditional digits U-Net) continues or reuses the checkpoint
 instead of training again, and a config that differs from the saved one is a clear error. An
 interrupted training (Ctrl-C, SIGTERM) saves its checkpoint and stops the run with
 ``KeyboardInterrupt`` rather than going on with a half-trained model. Under the CLI a signal is
-honoured at the safe points here: every logged stage, every network pass (:func:`map_model`).
+honoured at the safe points here: every logged stage, every network pass (`map_model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -63,13 +64,13 @@ class Context:
 
 
 def train_model(ctx: Context, name: str, config) -> Any:
-    """Train (or reuse) ``config`` (a :class:`~mmh_jax.experiments.train_cmd.TrainConfig`) in
-    ``<out>/models/<name>`` and return the loaded :class:`~mmh_jax.trained.TrainedModel`."""
-    from mmh_jax.experiments import train_cmd
+    """Train (or reuse) ``config`` (a `TrainConfig`) in
+    ``<out>/models/<name>`` and return the loaded [`TrainedModel`][mmh_jax.trained.TrainedModel]."""
+    from mmh_jax.experiments import training
     from mmh_jax.trained import load
 
     run_dir = ctx.path("models", name, "")
-    done = train_cmd.newest_step(os.path.join(run_dir, "checkpoints"))
+    done = training.newest_step(os.path.join(run_dir, "checkpoints"))
     with ctx.timed(f"train_{name}"):
         if done is None:
             ctx.log(f"[{name}] training {config.model} for {config.steps} steps on {config.data} -> {run_dir}")
@@ -78,7 +79,7 @@ def train_model(ctx: Context, name: str, config) -> Any:
                     f"{config.steps}")
         else:
             ctx.log(f"[{name}] reusing the model trained earlier in {run_dir} (step {done})")
-        result = train_cmd.run(config, run_dir, resume=done is not None, progress=ctx.progress)
+        result = training.train_or_resume(config, run_dir, resume=done is not None, progress=ctx.progress)
     if result["interrupted"]:  # its checkpoint is saved; stop the run (a rerun continues from it)
         raise _interrupt.Interrupted(_interrupt.requested() or signal.SIGINT)
     return load(run_dir)
@@ -87,16 +88,16 @@ def train_model(ctx: Context, name: str, config) -> Any:
 def lid_theta(model, x: np.ndarray, key, *, estimator: str = "flipd", progress: bool = False,
               **options: Any) -> dict[str, np.ndarray]:
     """LID_θ of ``model`` at the points ``x`` (N, *event), one jitted pass (see
-    :func:`mmh_jax.experiments.model_lid.estimate`); ``options`` are ``ModelLidConfig`` fields
+    `mmh_jax.experiments.model_estimators.estimate`); ``options`` are ``ModelLidConfig`` fields
     (``t0``, ``t0_grid``, ``trace``, ``t``, ``num_samples``, ``batch_size``). Keys are split per point.
     Returns ``{"lid": (N,)}`` plus, for FLIPD, ``curves``, ``lid_knee``, ``t0_knee`` and ``t0s``."""
     import jax
 
-    from mmh_jax.experiments import model_lid
+    from mmh_jax.experiments import model_estimators
 
-    cfg = model_lid.ModelLidConfig(checkpoint="", estimator=estimator, **options)
+    cfg = model_estimators.ModelLidConfig(checkpoint="", estimator=estimator, **options)
     keys = jax.random.split(key, x.shape[0])
-    res, _, _ = model_lid.estimate(cfg, model, np.asarray(x, np.float32), keys, progress=progress)
+    res, _, _ = model_estimators.estimate(cfg, model, np.asarray(x, np.float32), keys, progress=progress)
     if estimator == "flipd":
         res["t0s"] = cfg.t0s
     return res
@@ -116,31 +117,35 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
     ``point_fn`` receives ``score_for(label)`` (a function giving the single-example score with
     class ``label``; ``None`` or the null class = unconditional) and one row of each array. The
     parameters stay traced (one compile per shape, whatever the checkpoint), and rows are mapped
-    with :func:`mmh_jax.parallel.map_points` ``batch_size`` at a time.
+    with [`mmh_jax.parallel.map_points`][mmh_jax.parallel.map_points] ``batch_size`` at a time.
     """
+    import jax
+
+    fn = _mapped_model_fn(point_fn, batch_size)
+    _interrupt.check()
+    out = jax.device_get(fn(model, *arrays))  # the model is a pytree: its parameters are traced
+    _interrupt.check()
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _mapped_model_fn(point_fn, batch_size: int):
+    """The jitted ``run(model, *arrays)`` of `map_model`; jit caches a program per model's static part."""
     import jax
 
     from mmh_jax import parallel
     from mmh_jax._compile import compiler_options
 
-    cache = model._cache.setdefault("map_model", {})
-    fn = cache.get((point_fn, batch_size))
-    if fn is None:
-        # One device: with several emulated CPU devices, the normal bundle's SVDs inside the sharded
-        # map hung XLA:CPU (observed with 4 devices on 2 cores, U-Net digits model; see the closing
-        # note of this session). The experiments are sized for one device anyway.
-        mesh = parallel.make_mesh(jax.devices()[:1])
+    # One device: batched SVDs inside a sharded map can hang XLA:CPU (docs/performance.md); the
+    # experiments are sized for one device anyway.
+    mesh = parallel.make_mesh(jax.devices()[:1])
 
-        def run(params, *arrs):
-            score_for = lambda label: model.score_fn_for(label, params=params)  # noqa: E731
-            return parallel.map_points(lambda *row: point_fn(score_for, *row), *arrs, batch_size=batch_size,
-                                       mesh=mesh)
+    def run(model, *arrs):
+        score_for = lambda label: model.score_fn_for(label)  # noqa: E731
+        return parallel.map_points(lambda *row: point_fn(score_for, *row), *arrs, batch_size=batch_size,
+                                   mesh=mesh)
 
-        fn = cache[(point_fn, batch_size)] = jax.jit(run, compiler_options=compiler_options())
-    _interrupt.check()
-    out = jax.device_get(fn(model.params, *arrays))
-    _interrupt.check()
-    return out
+    return jax.jit(run, compiler_options=compiler_options())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +197,7 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     - every other image is stored once with its digit.
     """
     from mmh_jax.data import images
-    from mmh_jax.experiments import train_cmd
+    from mmh_jax.experiments import training
 
     d = images.digits()
     rng = np.random.default_rng(ctx.seed)
@@ -215,7 +220,7 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
     repeats = np.repeat(np.where(own & ~dup, cfg.copies, 1), stored).astype(np.int32)
     path = ctx.path("data", "digits_train.npz")
     np.savez(path, x=train_x, labels=row_labels, repeats=repeats)
-    train_cfg = train_cmd.TrainConfig(
+    train_cfg = training.TrainConfig(
         data=os.path.abspath(path), model=cfg.model, model_kwargs=_digits_model_kwargs(cfg), steps=cfg.steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, class_conditional=True,
         checkpoint_every=max(cfg.steps // 4, 1), seed=ctx.seed, time_sampling=cfg.time_sampling,
@@ -229,13 +234,13 @@ def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = N
     """A user's own model (``mmh-jax train`` run directory) and training data (any path that
     ``mmh-jax train`` reads), for the detection experiment. Duplicated training points are found as
     exact repeats in the data; there is no held-out set."""
-    from mmh_jax.experiments import train_cmd
+    from mmh_jax.experiments import training
     from mmh_jax.trained import load
 
     model = load(checkpoint, step=step)
-    cfg = train_cmd.TrainConfig(data=data, model=model.config["model"],
+    cfg = training.TrainConfig(data=data, model=model.config["model"],
                                 model_kwargs=dict(model.config.get("model_kwargs") or {}))
-    x, labels = train_cmd.load_training_data(cfg, expand=False)  # the data as stored: repeats are not copies
+    x, labels = training.load_training_data(cfg, expand=False)  # the data as stored: repeats are not copies
     if tuple(x.shape[1:]) != tuple(model.event_shape):
         raise ValueError(f"data {data!r} has points of shape {x.shape[1:]}, but the model at {checkpoint!r} was "
                          f"trained on shape {tuple(model.event_shape)}; pass the data it was trained on.")
@@ -257,7 +262,8 @@ def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = N
 class LabelCalibration:
     """The memorization threshold and the false-positive rate it gives on real digits never trained on.
 
-    ``threshold`` is set on all ``n_heldout`` held-out digits (:func:`mmh_jax.memorization.calibrate_threshold`
+    ``threshold`` is set on all ``n_heldout`` held-out digits
+    ([`mmh_jax.memorization.calibrate_threshold`][mmh_jax.memorization.calibrate_threshold]
     at ``target_fpr``), so ``in_sample_fpr`` ≤ ``target_fpr`` by construction. ``fpr`` is the honest
     estimate: two-fold cross-fitting (a threshold set the same way on one half labels the other
     half), with its 95 % Wilson interval; ``worst_digit`` and ``worst_digit_fpr`` the digit class
@@ -288,7 +294,7 @@ class LabelCalibration:
 
 
 def label_calibration(setup: DigitsSetup, cfg, ctx: Context) -> LabelCalibration:
-    """The run's :class:`LabelCalibration` (computed once per run and shared by the experiments)."""
+    """The run's `LabelCalibration` (computed once per run and shared by the experiments)."""
     from mmh_jax import memorization, verdicts
 
     key = ("label_calibration", cfg.calibration_n, cfg.label_fpr, cfg.threshold, setup.heldout_x.shape[0])

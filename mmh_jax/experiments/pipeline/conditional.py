@@ -6,18 +6,18 @@ prediction far from the unconditional one. Ross et al. (arXiv 2411.00113, §3.3)
 LID: conditioning never raises the model's LID, LID_θ(x | c) ≤ LID_θ(x), and such a prompt
 collapses it. Ten digit classes cannot test that claim: a digit label covers ~30 distinct training
 images, none of which it pins down, so a memorized sample there is not caused by its label. The
-digits model of :func:`.common.digits_setup` therefore also gives some images a *label of their
-own* (the analogue of a caption naming one picture). On the guided samples of :mod:`.guided`
+digits model of `common.digits_setup` therefore also gives some images a *label of their
+own* (the analogue of a caption naming one picture). On the guided samples of `guided`
 (digit classes and per-image labels, CFG scale w):
 
 1. detectors of the memorized samples (calibrated ℓ2 with the held-out-calibrated threshold,
-   :func:`.common.label_calibration`) among all guided samples: +CFG norm (Wen et al.: mean over the
+   `common.label_calibration`) among all guided samples: +CFG norm (Wen et al.: mean over the
    sample's own DDIM trajectory), −FLIPD(x | c) and −FLIPD(x) (exact trace, ``t0``);
 2. the same with the per-image labels alone, and with the digit classes alone — the negative
    control, which is expected to be near chance for the CFG norm for the reason above;
 3. the fraction of samples with FLIPD(x | c) ≤ FLIPD(x).
 
-Each is a finding with n, a bootstrap 95 % interval and a verdict (:mod:`mmh_jax.verdicts`).
+Each is a finding with n, a bootstrap 95 % interval and a verdict ([`mmh_jax.verdicts`][mmh_jax.verdicts]).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ _SETS = {"all": "all guided samples", "own": "per-image labels", "digit": "digit
 
 
 def findings(scores: dict[str, np.ndarray], mem: np.ndarray, kind: np.ndarray, seed: int = 0) -> list:
-    """The findings (:class:`mmh_jax.verdicts.Finding`) from per-sample scores, labels and kinds
-    (index into :data:`~.guided.KINDS`); pure, for tests."""
+    """The findings ([`mmh_jax.verdicts.Finding`][mmh_jax.verdicts.Finding]) from per-sample scores, labels
+    and kinds (index into `KINDS`); pure, for tests."""
     from mmh_jax import verdicts as V
 
     mem, kind = np.asarray(mem, bool), np.asarray(kind)

@@ -22,12 +22,13 @@ class ToyConfig:
 
     Few training points, so the sparse side of the circle holds isolated points that the model
     overfits (OD-Mem), while the point mass is a real zero-dimensional piece of the data (DD-Mem).
-    ``time_sampling`` is how the training draws diffusion times (:func:`mmh_jax.train.sample_times`):
+    ``time_sampling`` is how the training draws diffusion times
+    ([`mmh_jax.train.sample_times`][mmh_jax.train.sample_times]):
     ``log-sigma`` (half the steps at σ < 0.1) gave 25–105 OD-Mem samples of 1000 in 10000 steps on
     seeds 0–3, ``uniform`` none even in 15000 steps (``docs/experiments.md``, "Toy: what makes OD-Mem
     appear"); the steps, and so the training time, are those of before.
     A circle training point is isolated when its nearest other training point lies farther than
-    ``isolation`` · σ(t0)/α(t0) (see :mod:`mmh_jax.experiments.pipeline.toy`).
+    ``isolation`` · σ(t0)/α(t0) (see `mmh_jax.experiments.pipeline.toy`).
     """
 
     n_train: int = 60
@@ -58,7 +59,7 @@ class ImagesConfig:
     own — 10, 11, …: a label that pins down one image, the digits analogue of a caption naming one
     picture — half with their digit); ``own_label_unique`` images are stored once with a label of
     their own and drawn ``copies`` times as often in training (the planted OD-Mem cases: see
-    :func:`.common.digits_setup`); the rest keep their digit class. The digits
+    `common.digits_setup`); the rest keep their digit class. The digits
     not trained on are held out: half set the memorization threshold (held-out false-positive rate
     ``label_fpr``, calibrated ℓ2 with ``calibration_n`` neighbours and Carlini et al.'s α = 0.5), half
     measure the rate it gives; ``heldout_lid`` of them put LID* (lPCA, ``model_free_k`` neighbours
@@ -108,7 +109,7 @@ class ImagesConfig:
 @dataclasses.dataclass(frozen=True)
 class MitigationConfig:
     """Steering towards higher LID_θ, judged with quality: λ·∇ₓFLIPD(x|c) added to the CFG score, and
-    FLIPD-optimised label embeddings (see :mod:`.mitigation`).
+    FLIPD-optimised label embeddings (see `mitigation`).
 
     ``labels`` picks the guided samples' labels (``duplicated``: the per-image labels of the
     duplicated training images, where memorization is frequent; ``own``, ``digit``, ``null``), cycled
@@ -149,11 +150,11 @@ class RunConfig:
 
     ``fast_compile`` compiles every program with XLA's optimisations mostly off (JAX's
     ``jax_disable_most_optimizations``): for runs whose programs are tiny, where optimising them
-    costs more time than running them unoptimised (the ``quick`` preset: 61 s → 41 s wall on 2
-    CPU cores). Results then differ from an optimised build in the last bits only.
+    costs more time than running them unoptimised (the ``quick`` preset). Results then differ from
+    an optimised build in the last bits only.
 
-    ``preset`` names the preset the sizes came from (:func:`preset` sets it; ``quick`` marks a smoke
-    run, see :data:`SMOKE_PRESETS`); it is recorded in ``metrics.json`` and the report.
+    ``preset`` names the preset the sizes came from (`preset` sets it; ``quick`` marks a smoke
+    run, see `SMOKE_PRESETS`); it is recorded in ``metrics.json`` and the report.
     """
 
     experiments: tuple[str, ...] = EXPERIMENTS
@@ -171,7 +172,7 @@ class RunConfig:
 #: Presets whose sizes only exercise the code: their numbers are not findings (the report says so).
 SMOKE_PRESETS = ("quick",)
 
-#: Per preset: overrides of each experiment's config, and under "run" those of :class:`RunConfig`.
+#: Per preset: overrides of each experiment's config, and under "run" those of `RunConfig`.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "run": {"fast_compile": True},
@@ -198,7 +199,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 def preset(name: str, *, experiments=None, seed: int | None = None, checkpoint: str | None = None,
            data: str | None = None, step: int | None = None) -> RunConfig:
-    """The named preset; ``experiments`` (names from :data:`EXPERIMENTS`) selects a subset."""
+    """The named preset; ``experiments`` (names from `EXPERIMENTS`) selects a subset."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}.")
     p = PRESETS[name]

@@ -4,7 +4,7 @@ Two kinds of label guide deterministic DDIM with classifier-free guidance ε̃ =
 
 - ``digit``: the ten digit classes, ``n_samples`` samples balanced over them (each class ⌊n/10⌋ or
   ⌈n/10⌉ times, shuffled with the seed). A digit label covers ~30 distinct training images.
-- ``own``: every label that names one training image (:func:`.common.digits_setup`),
+- ``own``: every label that names one training image (`common.digits_setup`),
   ``per_image_samples`` samples each — the analogue of a caption that pins down one picture.
 
 For each sample: its CFG norm (Wen et al., ICLR 2024: ‖ε_c − ε_∅‖ averaged over the states of its
@@ -31,13 +31,13 @@ KINDS = ("digit", "own")
 def point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...], num_steps: int,
               null_class: int):
     """``(sample_point, flipd_point)``: the single-example functions for one SDE, event shape, step
-    count and null class. Cached so that :func:`.common.map_model` (which caches its jit per point
+    count and null class. Cached so that `common.map_model` (which caches its jit per point
     function) compiles each once; ``label``, ``guidance`` and ``t0`` are traced rows.
     """
     import jax
     import jax.numpy as jnp
 
-    from mmh_jax import lid, sample
+    from mmh_jax import adapters, lid, sample
     from mmh_jax.sde import VPSDE
 
     sde = VPSDE(beta_min=beta_min, beta_max=beta_max, T=T)
@@ -46,13 +46,13 @@ def point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...]
         """(sample, CFG norm along its own DDIM trajectory) for one key and class.
 
         The norm ‖ε_c − ε_∅‖ = σ‖s_c − s_∅‖ of each step comes from the two evaluations that drive
-        that step (``ddim(has_aux=True)``): the same value as :func:`mmh_jax.lid.cfg_norm` on the
-        trajectory's states (tested), at half the network evaluations.
+        that step (``ddim(has_aux=True)``): the same value as [`mmh_jax.lid.cfg_norm`][mmh_jax.lid.cfg_norm]
+        on the trajectory's states (tested), at half the network evaluations.
         """
         classes = with_null_class(label, null_class)
 
         def eps(x, t):  # both classes in one (vmapped) network call: one copy of the network to compile
-            c, u = jax.vmap(lambda k: sample.score_to_eps(score_for(k), sde=sde)(x, t))(classes)
+            c, u = jax.vmap(lambda k: adapters.eps_from_score(score_for(k), sde)(x, t))(classes)
             return u + w * (c - u), jnp.sqrt(jnp.sum((c - u).astype(jnp.float32) ** 2))
 
         x, norms = sample.ddim(eps, key, shape, sde=sde, num_steps=num_steps, has_aux=True)
@@ -73,7 +73,7 @@ def guidance(cfg) -> float:
 
 
 def _labels(setup: DigitsSetup, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, kind index into :data:`KINDS`): balanced digit classes, then each own label in turn."""
+    """(labels, kind index into `KINDS`): balanced digit classes, then each own label in turn."""
     rng = np.random.default_rng([seed, 3])
     digit = rng.permutation(np.arange(int(cfg.n_samples)) % setup.digit_classes).astype(np.int32)
     own = np.repeat(np.sort(setup.unique_labels[setup.own_label]).astype(np.int32), int(cfg.per_image_samples))
@@ -81,7 +81,7 @@ def _labels(setup: DigitsSetup, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def guided_samples(setup: DigitsSetup, cfg, ctx: Context) -> dict[str, Any]:
-    """The run's guided samples: ``samples``, ``labels``, ``kind`` (index into :data:`KINDS`),
+    """The run's guided samples: ``samples``, ``labels``, ``kind`` (index into `KINDS`),
     ``cfg_norm``, ``flipd_conditional``, ``flipd_unconditional``, ``key_data`` and ``guidance``."""
     import jax
 

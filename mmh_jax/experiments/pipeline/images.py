@@ -1,12 +1,12 @@
 """Experiment ``images``: memorized digit samples have low LID_θ, and OD-Mem vs DD-Mem on planted cases.
 
-The class-conditional digits model (:func:`.common.digits_setup`: a few images duplicated, a few
+The class-conditional digits model (`common.digits_setup`: a few images duplicated, a few
 with labels of their own) is sampled three ways: unconditionally (null class), guided by the digit
-classes, and guided by the per-image labels (:mod:`.guided`). Samples are labelled memorized by
+classes, and guided by the per-image labels (`guided`). Samples are labelled memorized by
 calibrated ℓ2 against the distinct training images (Carlini et al. 2023, α = 0.5, n = 50) below a
-threshold set on held-out digits (:func:`.common.label_calibration`; its held-out false-positive
+threshold set on held-out digits (`common.label_calibration`; its held-out false-positive
 rate is reported beside every use). Then, each with n, a bootstrap 95 % interval and a verdict
-(:mod:`mmh_jax.verdicts`):
+([`mmh_jax.verdicts`][mmh_jax.verdicts]):
 
 1. **Detection** — AUROC and TPR at 1 % FPR of −LID_θ (FLIPD at ``t0``, exact trace) as a detector of
    the memorized samples among those guided by per-image labels (where both copies and non-copies
@@ -129,7 +129,7 @@ def od_dd(lid_theta, lpca_star, atom, memorized, heldout_flipd, heldout_lpca, *,
 
 
 def planted_table(codes, neither, memorized, truth) -> dict[str, dict[str, int]]:
-    """Confusion of planted cases: for ``truth`` "od_mem" / "dd_mem", the count in each :data:`PLANTED`
+    """Confusion of planted cases: for ``truth`` "od_mem" / "dd_mem", the count in each `PLANTED`
     column. ``truth`` (M,) holds the planted class of each sample ("" for samples not planted)."""
     codes, neither, memorized, truth = (np.asarray(codes), np.asarray(neither, bool), np.asarray(memorized, bool),
                                         np.asarray(truth))
@@ -157,9 +157,10 @@ def _per_label_fraction(hit: np.ndarray, labels: np.ndarray):
 
 
 def findings(d: dict[str, Any], planted, codes_g, labels_g, mem_g, seed: int = 0) -> list:
-    """The experiment's findings (:class:`mmh_jax.verdicts.Finding`) from its arrays; pure, for tests.
+    """The experiment's findings ([`mmh_jax.verdicts.Finding`][mmh_jax.verdicts.Finding]) from its arrays;
+    pure, for tests.
 
-    ``d`` holds the detection arrays (keys as built in :func:`run`: ``own_flipd_c``, ``own_flipd_u``
+    ``d`` holds the detection arrays (keys as built in `run`: ``own_flipd_c``, ``own_flipd_u``
     and ``own_mem`` of the samples guided by per-image labels, ``digit_flipd_c``/``digit_mem`` of the
     digit-guided ones, ``uncond_flipd``/``uncond_mem``, ``knee_value``/``normal_bundle``/``curve_mem``,
     ``train_flipd``/``train_duplicated``); ``planted``,

@@ -9,7 +9,7 @@ must fall *by its interval*, and at a λ where quality has not (yet) fallen.
 samples of the digits model are ~1–3 % memorized (3 of 128 in an earlier default run: too few
 positives for any verdict), and digit-class CFG samples 0 of 80 with the held-out-calibrated label.
 Samples guided (CFG scale ``cfg_guidance``) by the *per-image labels of the duplicated training
-images* (``labels="duplicated"``; labels ≥ 10 of :func:`.common.digits_setup`, each naming one
+images* (``labels="duplicated"``; labels ≥ 10 of `common.digits_setup`, each naming one
 image repeated ``copies`` times) are the analogue of the memorized prompts on which Wen et al. and
 Ross et al. test mitigation: ~78 % of them are memorized at λ = 0 on the default preset (with the
 per-image labels of the unique images too, ``labels="own"``, 30 of 80: those are rarely copied;
@@ -20,7 +20,8 @@ Two interventions on the class-conditional digits U-Net shared with ``images`` a
 
 1. **LID-guided sampling**: deterministic DDIM with ε̃ = ε_cfg − σ·λ_raw·∇ₓF, ε_cfg = ε_∅ +
    w(ε_c − ε_∅) and F = FLIPD(x_t | c) of the *conditional* model at the current state
-   (:func:`mmh_jax.sample.state_flipd`: its time floored at ``t0``, Hutchinson with ``num_probes``
+   ([`mmh_jax.sample.state_flipd`][mmh_jax.sample.state_flipd]: its time floored at ``t0``, Hutchinson with
+   ``num_probes``
    fixed probes per sample, gradient through the network): the conditional LID that the paper ties
    to conditional memorization, at one network pass per gradient rather than CFG's two.
    ``n_samples`` samples for every λ in ``lambdas``, from the same initial noises, labels and
@@ -39,20 +40,21 @@ Two interventions on the class-conditional digits U-Net shared with ``images`` a
    copy of the table). The baseline runs the same code with e = e₀ (identical to plain CFG).
 
 **Measurements.** Memorized: calibrated ℓ2 against the distinct training images below the
-threshold set on held-out digits (:func:`.common.label_calibration`, whose held-out false-positive
+threshold set on held-out digits (`common.label_calibration`, whose held-out false-positive
 rate is stated with every use). For per-image labels also the fraction of samples whose nearest
 training image is the one the label names, and their median distance to it (a sample can leave the
 label's threshold while still being a near-copy; the reading says so). Quality against held-out
 digits (never trained on) of the digit classes the labels ask for, in the same proportions
-(:func:`reference_set`): kNN precision and recall (:func:`mmh_jax.quality.knn_precision_recall`,
-``quality_k``) and the energy distance (:func:`mmh_jax.quality.energy_distance`, unbiased, no
-bandwidth to choose). Each sample's FLIPD(x | c) at ``t0`` (Hutchinson, ``readout_probes``
+(`reference_set`): kNN precision and recall
+([`mmh_jax.quality.knn_precision_recall`][mmh_jax.quality.knn_precision_recall],
+``quality_k``) and the energy distance ([`mmh_jax.quality.energy_distance`][mmh_jax.quality.energy_distance],
+unbiased, no bandwidth to choose). Each sample's FLIPD(x | c) at ``t0`` (Hutchinson, ``readout_probes``
 probes: with 8 they differed from the exact trace by 0.6 rms on the default preset, and the fraction
 above D was identical), and the fraction above the ambient dimension D = 64: FLIPD > D means the smoothed model
 density *falls* around the sample, i.e. the sample lies off the data the model learned — what too
 strong a guidance does.
 
-**Verdict** (:func:`judge`, pure): quality at λ is *within* ``quality_tolerance`` (10 %) of λ = 0
+**Verdict** (`judge`, pure): quality at λ is *within* ``quality_tolerance`` (10 %) of λ = 0
 when, on point estimates, precision ≥ 0.9·precision(0), recall ≥ 0.9·recall(0) and energy distance
 ≤ distance(0) + 0.1·|distance(0)| (point estimates: with ~80 samples an interval on each would
 make the band unreachable; the paired design keeps their noise down). The effect is memorized(λ) −
@@ -64,8 +66,8 @@ p = 0.125). The finding *holds* at λ* = the smallest λ > 0 where memorization 
 within the band (the reading names λ*). With no λ whose quality is within the band it *does not
 hold* (on this grid memorization can only be bought with quality); otherwise the
 quality-preserving λ with the lowest upper bound is reported with
-:func:`mmh_jax.verdicts.decide`'s verdict on its interval (never *holds* without the 10 changed
-samples). Fewer than 10 memorized samples at λ = 0: inconclusive. The embedding optimisation is
+[`mmh_jax.verdicts.decide`][mmh_jax.verdicts.decide]'s verdict on its interval (never *holds* without the 10
+changed samples). Fewer than 10 memorized samples at λ = 0: inconclusive. The embedding optimisation is
 judged by the same rule (before → after).
 """
 
@@ -86,7 +88,7 @@ LABELS = ("duplicated", "own", "digit", "null")
 
 
 def _ddim_scan(step_eps, x, ts, sde):
-    """Deterministic DDIM over the grid ``ts`` (the update of :func:`mmh_jax.sample.ddim`).
+    """Deterministic DDIM over the grid ``ts`` (the update of [`mmh_jax.sample.ddim`][mmh_jax.sample.ddim]).
 
     ``step_eps(x, t) -> (ε, aux)``; returns the last state and the stacked ``aux``. A grid that
     ends at t = 0 (α = 1, σ = 0) makes the last step the Tweedie denoising x₀ = (x − σε)/α.
@@ -144,7 +146,7 @@ def _cfg_eps(model, params, label, w: float):
     labels = with_null_class(label, model.num_classes)
 
     def eps(x, t):
-        out = model.eps_apply(params, jnp.stack([x, x]), jnp.full((2,), t, jnp.float32), labels)
+        out = model.batched_eps_apply(params, jnp.stack([x, x]), jnp.full((2,), t, jnp.float32), labels)
         return out[1] + w * (out[0] - out[1])
 
     return eps
@@ -153,7 +155,7 @@ def _cfg_eps(model, params, label, w: float):
 def _mapped(fn, batch_size: int):
     """A jitted ``(params, *per_point_arrays) -> stacked fn(params, *row)`` (params stay traced).
 
-    On one device, as :func:`~mmh_jax.experiments.pipeline.common.map_model` (several emulated CPU
+    On one device, as `map_model` (several emulated CPU
     devices have hung XLA:CPU). Points are padded (with copies of the first) to a whole number of
     equal chunks of at most ``batch_size``: ``lax.map`` traces a remainder chunk as a second copy of
     ``fn``, which would double the (large) compile time of these programs.
@@ -184,7 +186,7 @@ def _mapped(fn, batch_size: int):
 
 
 def sample_labels(setup, kind: str, n: int, seed: int) -> np.ndarray:
-    """The ``n`` labels of the guided samples of ``kind`` (:data:`LABELS`), each label equally often.
+    """The ``n`` labels of the guided samples of ``kind`` (`LABELS`), each label equally often.
 
     ``duplicated``/``own``: the per-image labels (of the duplicated images / of all images with
     one), sorted and cycled; ``digit``: the digit classes cycled and shuffled with ``seed``;
@@ -270,8 +272,9 @@ def judge(levels: Sequence[str], memorized, quality: Sequence[dict[str, float]],
         across settings (same noise and label).
       quality: per setting ``{"precision", "recall", "distance"}`` against held-out data.
       claim: the finding's claim in words.
-      tolerance: quality band, relative to the reference (:func:`quality_within`).
-      seed, n_boot: of the paired bootstrap (:func:`mmh_jax.verdicts.bootstrap_interval`, one group
+      tolerance: quality band, relative to the reference (`quality_within`).
+      seed, n_boot: of the paired bootstrap
+        ([`mmh_jax.verdicts.bootstrap_interval`][mmh_jax.verdicts.bootstrap_interval], one group
         of (n, 2) rows, so resampling keeps the pairs).
 
     Returns:
@@ -280,10 +283,10 @@ def judge(levels: Sequence[str], memorized, quality: Sequence[dict[str, float]],
       ``changed`` (samples memorized at exactly one of the reference and the setting),
       ``quality_within`` and ``quality_reason`` per setting; ``star`` (index of λ*, the first
       setting after the reference whose interval lies below 0, with at least
-      :data:`~mmh_jax.verdicts.MIN_POSITIVES` changed samples, and quality within the band; None if
+      [`MIN_POSITIVES`][mmh_jax.verdicts.MIN_POSITIVES] changed samples, and quality within the band; None if
       none); ``best`` (among settings with quality within the band, the one with the lowest
       memorized fraction; None if none); ``reported`` (the index the finding is about) and ``finding``
-      (:class:`mmh_jax.verdicts.Finding`).
+      ([`mmh_jax.verdicts.Finding`][mmh_jax.verdicts.Finding]).
 
     Examples:
       >>> mem = np.array([[True] * 20 + [False] * 20, [True] * 5 + [False] * 35])  # 15 stop being memorized
@@ -373,7 +376,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
     ``quality`` (``{precision, recall, distance}``), ``quality_within``, ``mean_flipd`` and
     ``fraction_flipd_above_D``; ``lambda_star`` (None: none); ``embedding`` (the same per setting
     ``before``/``after``, plus ``flipd_late_before/after``, ``late_t``, ``guidance``); ``label``
-    (:class:`.common.LabelCalibration`) and ``label_text``; ``findings``; ``config``; ``figures``;
+    (`common.LabelCalibration`) and ``label_text``; ``findings``; ``config``; ``figures``;
     ``reading``.
     """
     import jax

@@ -1,24 +1,25 @@
 """Run a selection of the experiments and write the report: ``metrics.json``, ``report.html``, PNGs.
 
 ``metrics.json`` is rewritten after every experiment, so an interrupted run keeps what finished; it
-records the seed, the configuration and :func:`mmh_jax.provenance.provenance` (package versions);
-models are cached under ``<out>/models`` (:func:`.common.train_model`), so rerunning into the same
+records the seed, the configuration and [`mmh_jax.provenance.provenance`][mmh_jax.provenance.provenance]
+(package versions);
+models are cached under ``<out>/models`` (`common.train_model`), so rerunning into the same
 directory skips training that is already done and continues training that was interrupted.
 
 Rerunning into the same directory resumes: an experiment whose results are in ``metrics.json``
-from the same configuration (all of :class:`RunConfig` but the experiment selection), seed and
+from the same configuration (all of `RunConfig` but the experiment selection), seed and
 package versions, with its figures still on disk, is not computed again (``recompute=True``
 forces it); the others run. What a user expects after Ctrl-C or SIGTERM, when the experiments are
 deterministic for a seed (``tests/test_determinism.py``).
 
 One ``out`` holds one run: results are combined there only when they come from the same models
-(:func:`identity`: the preset, the seed, and either the preset's own model settings or the
+(`identity`: the preset, the seed, and either the preset's own model settings or the
 ``checkpoint`` and ``data``), so ``mmh-jax run images`` then ``mmh-jax run conditional`` give one
 report, while a run of another model into the same ``out`` is refused before any work
-(:func:`check_out`; ``overwrite=True`` removes the other run's results first). A recomputed
+(`check_out`; ``overwrite=True`` removes the other run's results first). A recomputed
 experiment's figures that its new results no longer list are removed.
 
-The ``quick`` preset (:data:`~.config.SMOKE_PRESETS`) only exercises the code: ``metrics.json``
+The ``quick`` preset (`SMOKE_PRESETS`) only exercises the code: ``metrics.json``
 says ``"smoke_run": true`` with a ``"warning"``, the report shows it as a banner and the terminal
 summary repeats it.
 """
@@ -42,7 +43,7 @@ from mmh_jax.provenance import provenance
 
 __all__ = ["OtherRunError", "SUMMARY", "check_out", "identity", "run", "smoke_warning", "summary_rows"]
 
-#: The columns of the summary: one row per finding of every experiment (:mod:`mmh_jax.verdicts`).
+#: The columns of the summary: one row per finding of every experiment (`mmh_jax.verdicts`).
 SUMMARY = ("experiment", "claim", "effect [95% CI]", "needs", "n", "verdict")
 
 TITLES = {
@@ -54,7 +55,7 @@ TITLES = {
 
 
 def finding_rows(m: Any) -> list[dict[str, Any]]:
-    """One experiment's findings (``m["findings"]``, from :meth:`mmh_jax.verdicts.Finding.asdict`) as table rows."""
+    """One experiment's findings (``m["findings"]``, from `mmh_jax.verdicts.Finding.asdict`) as table rows."""
     from mmh_jax.verdicts import Finding
 
     found = m.get("findings") if isinstance(m, dict) else None
@@ -64,7 +65,7 @@ def finding_rows(m: Any) -> list[dict[str, Any]]:
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every finding of the experiments present in ``metrics``, as rows with the :data:`SUMMARY` columns."""
+    """Every finding of the experiments present in ``metrics``, as rows with the `SUMMARY` columns."""
     return [{"experiment": exp, **row} for exp in EXPERIMENTS if exp in metrics for row in finding_rows(metrics[exp])]
 
 
@@ -78,7 +79,7 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False,
     models their checkpoints, and the interrupt propagates.
 
     Raises:
-      OtherRunError: (a ValueError) ``out`` holds a run of other models (:func:`check_out`), before
+      OtherRunError: (a ValueError) ``out`` holds a run of other models (`check_out`), before
         any work; ``overwrite=True`` removes that run's results instead.
     """
     previous = check_out(config, out, overwrite=overwrite)
@@ -113,7 +114,7 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False,
 
 
 class OtherRunError(ValueError):
-    """``out`` holds the results of a run of other models (:func:`check_out`)."""
+    """``out`` holds the results of a run of other models (`check_out`)."""
 
 
 #: The settings that define the models the preset trains itself (with the seed): ``toy`` trains
@@ -130,7 +131,7 @@ _TRAINED = (os.path.join("models", "toy"), os.path.join("models", "digits_cfg"),
 
 
 def smoke_warning(config) -> str | None:
-    """The warning of a smoke run (a preset in :data:`~.config.SMOKE_PRESETS`), else None.
+    """The warning of a smoke run (a preset in `SMOKE_PRESETS`), else None.
 
     Examples:
       >>> from mmh_jax.experiments.pipeline.config import preset
@@ -150,7 +151,7 @@ def identity(config) -> dict[str, Any]:
 
     The preset and seed, and either the checkpoint (real path) and data (real path of a file, else
     the name as given) of ``--checkpoint`` runs, or the settings of the models the preset trains
-    itself (:data:`_MODEL_SETTINGS`). The experiment selection and the settings that do not change a
+    itself (`_MODEL_SETTINGS`). The experiment selection and the settings that do not change a
     model (sample counts, estimator settings) are not part of it: those results combine or rerun.
 
     Examples:
@@ -177,9 +178,9 @@ def _identity(cfg: dict[str, Any], seed: Any) -> dict[str, Any]:
     return json.loads(json.dumps(ident))  # as metrics.json stores it (tuples become lists)
 
 
-def _kind(previous: dict[str, Any]) -> str:
+def run_kind(previous: dict[str, Any]) -> str:
     """``run`` (metrics.json of this module), ``validation`` (of ``mmh-jax run validation``) or
-    ``other`` (unreadable or unknown: {} from :func:`_previous`)."""
+    ``other`` (unreadable or unknown: {} from `previous_metrics`)."""
     cfg = previous.get("config")
     if isinstance(cfg, dict) and "experiments" in cfg:
         return "run"
@@ -219,7 +220,7 @@ def _describe(ident: dict[str, Any]) -> str:
 def check_out(config, out: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Check, before any work, that ``out`` holds no run of other models than ``config``'s.
 
-    An earlier ``metrics.json`` in ``out`` of the same :func:`identity` is resumed and combined with
+    An earlier ``metrics.json`` in ``out`` of the same `identity` is resumed and combined with
     (another experiment selection, other sample sizes); one of another identity (other preset or
     seed, the preset's own models vs a checkpoint, another checkpoint or data, other model
     settings) or of ``mmh-jax run validation`` is refused, since its results would mix with this
@@ -236,9 +237,9 @@ def check_out(config, out: str, *, overwrite: bool = False) -> dict[str, Any]:
     """
     if not os.path.exists(os.path.join(out, "metrics.json")):
         return {}
-    previous = _previous(out)
+    previous = previous_metrics(out)
     new = identity(config)
-    kind = _kind(previous)
+    kind = run_kind(previous)
     if kind == "run":
         old = _previous_identity(previous)
         diff = _differences(old, new)
@@ -255,7 +256,7 @@ def check_out(config, out: str, *, overwrite: bool = False) -> dict[str, Any]:
     if not overwrite:
         raise OtherRunError(f"--out {out!r} holds {what}; this run is of {_describe(new)}. Both in one report would "
                             "mix their results: choose another --out, or pass --overwrite to replace it.")
-    _remove_run(out, previous, kind, keep=(config.checkpoint, config.data))
+    remove_run(out, previous, kind, keep=(config.checkpoint, config.data))
     return {}
 
 
@@ -275,8 +276,8 @@ def _remove_files(out: str, names) -> None:
             os.remove(path)
 
 
-def _remove_run(out: str, previous: dict[str, Any], kind: str, keep=()) -> None:
-    """Remove what the run of ``previous`` (of ``kind``, see :func:`_kind`) wrote into ``out``, but
+def remove_run(out: str, previous: dict[str, Any], kind: str, keep=()) -> None:
+    """Remove what the run of ``previous`` (of ``kind``, see `run_kind`) wrote into ``out``, but
     never the paths ``keep`` (or what holds them); its ``metrics.json`` last, so an interrupted
     removal is still refused and can be redone."""
     names = ["report.html"]
@@ -386,7 +387,7 @@ def _finished(previous: dict[str, Any], name: str, metrics: dict[str, Any], out:
     return isinstance(figures, list) and all(os.path.exists(os.path.join(out, f)) for f in figures)
 
 
-def _previous(out: str) -> dict[str, Any]:
+def previous_metrics(out: str) -> dict[str, Any]:
     """metrics.json of an earlier run in ``out`` ({} if none or unreadable)."""
     try:
         with open(os.path.join(out, "metrics.json")) as fh:
@@ -398,7 +399,7 @@ def _previous(out: str) -> dict[str, Any]:
 
 def _write_html(metrics: dict[str, Any], config, out: str) -> None:
     """``out/report.html``: the summary table, each experiment's reading and figures; the preset in
-    the title and footer, and for a smoke run (:func:`smoke_warning`) a banner above everything."""
+    the title and footer, and for a smoke run (`smoke_warning`) a banner above everything."""
     sections = [{"title": "Summary: every finding with its 95% bootstrap interval, n and verdict (inconclusive "
                           "when the interval straddles the threshold or fewer than 10 positives)",
                  "rows": summary_rows(metrics),

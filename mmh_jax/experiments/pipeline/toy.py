@@ -6,22 +6,22 @@ trained on them (``time_sampling`` ``log-sigma`` by default: half the steps at l
 ``docs/experiments.md`` for what makes OD-Mem appear), sampled, and LID_θ (FLIPD at a fixed t0, its
 knee, and the normal bundle) is read at every sample. LID* of a sample is the ground truth of the
 nearest piece of the data manifold (0 nearer the atom, 1 nearer the circle). Each sample is
-classified by :func:`mmh_jax.memorization.classify`: ``od_mem`` when LID_θ < LID* − gap, ``dd_mem``
-when LID* ≤ small and LID_θ ≤ small + gap (the atom), else ``generalized``.
+classified by [`mmh_jax.memorization.classify`][mmh_jax.memorization.classify]: ``od_mem`` when LID_θ < LID* −
+gap, ``dd_mem`` when LID* ≤ small and LID_θ ≤ small + gap (the atom), else ``generalized``.
 
 OD-Mem is *defined* by LID_θ, so "OD-Mem samples have LID_θ < 1" is true by construction and is not
 a finding. The claims are about groups defined without LID_θ, from the geometry of the training
 set alone:
 
 - a *near-copy* of a training point lies closer to it than 1/3 of that point's distance to its
-  nearest other distinct training point (:func:`_copy_ratio`);
+  nearest other distinct training point (`_copy_ratio`);
 - a circle training point is *isolated* when its nearest other training point lies farther than
   ``isolation`` · σ(t0)/α(t0), the noise scale FLIPD reads at (0.15 at t0 = 0.02): there the
-  closed-form model of the training set (the perfect memorizer, :func:`mmh_jax.lid.cfdm`) reads
+  closed-form model of the training set (the perfect memorizer, [`mmh_jax.lid.cfdm`][mmh_jax.lid.cfdm]) reads
   LID ≈ 0, so a model that overfits the point is OD-Mem there.
 
-The findings (:func:`findings`), each with n, a bootstrap 95 % interval and a verdict
-(:mod:`mmh_jax.verdicts`; fewer than 10 positives: inconclusive):
+The findings (`findings`), each with n, a bootstrap 95 % interval and a verdict
+([`mmh_jax.verdicts`][mmh_jax.verdicts]; fewer than 10 positives: inconclusive):
 
 1. OD-Mem occurs: the fraction of OD-Mem samples is above 0 (the count, with its interval).
 2. DD-Mem occurs: the fraction of DD-Mem samples is above 0.
@@ -108,7 +108,7 @@ def groups(lid_theta, lid_star, copy_ratio, isolated_nearest, *, gap: float, sma
       lid_star: (N,) 0 (nearer the atom) or 1 (nearer the circle).
       copy_ratio: (N,) distance to the nearest distinct training point over that point's spacing.
       isolated_nearest: (N,) bool, whether that nearest training point is isolated.
-      gap, small: the tolerances of :func:`mmh_jax.memorization.classify`.
+      gap, small: the tolerances of [`mmh_jax.memorization.classify`][mmh_jax.memorization.classify].
 
     Returns:
       ``codes`` (int, into ``CLASSES``) and masks ``od``, ``dd``, ``atom``, ``circle``, ``copy``,
@@ -128,8 +128,8 @@ def groups(lid_theta, lid_star, copy_ratio, isolated_nearest, *, gap: float, sma
 
 def findings(lid_theta, lid_star, copy_ratio, isolated_nearest, *, gap: float, small: float,
              seed: int = 0) -> list:
-    """The toy's findings (:class:`mmh_jax.verdicts.Finding`, see the module docstring) from per-sample
-    arrays (as :func:`groups`); pure, for tests."""
+    """The toy's findings ([`mmh_jax.verdicts.Finding`][mmh_jax.verdicts.Finding], see the module docstring)
+    from per-sample arrays (as `groups`); pure, for tests."""
     from mmh_jax import verdicts as V
 
     lid_t = np.asarray(lid_theta, np.float64)
@@ -164,7 +164,7 @@ def findings(lid_theta, lid_star, copy_ratio, isolated_nearest, *, gap: float, s
 def run(config, ctx: Context) -> dict[str, Any]:
     """Train, sample, estimate, classify; write ``toy_scatter.png`` and ``toy.npz``; return metrics.
 
-    ``config`` is the :class:`~mmh_jax.experiments.pipeline.config.RunConfig`; its ``toy`` section is used.
+    ``config`` is the `RunConfig`; its ``toy`` section is used.
     """
     import jax
     import jax.numpy as jnp
@@ -172,10 +172,10 @@ def run(config, ctx: Context) -> dict[str, Any]:
     from mmh_jax import lid, memorization
     from mmh_jax import verdicts as V
     from mmh_jax.data.synthetic import von_mises_point_mass
-    from mmh_jax.experiments import train_cmd
+    from mmh_jax.experiments import training
 
     cfg = config.toy
-    train_cfg = train_cmd.TrainConfig(
+    train_cfg = training.TrainConfig(
         data="von_mises_point_mass", n=cfg.n_train, model="mlp",
         model_kwargs={"hidden": cfg.hidden, "num_layers": cfg.num_layers}, steps=cfg.steps,
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, checkpoint_every=cfg.steps, seed=ctx.seed,

@@ -1,6 +1,6 @@
 """LIDL: LID from density models of the data perturbed at several noise scales (Tempczyk et al.).
 
-The estimator takes the ensemble as data (STYLE §1): one log-density function
+The estimator takes the ensemble as data: one log-density function
 ``log_prob_fn(params_i, x) -> scalar`` and the members' parameters stacked along a leading axis
 (``params_i = tree_map(lambda a: a[i], params)``), e.g. the flows trained together by
 ``mmh-jax train --model lidl``. The members are evaluated with one ``vmap``, so the whole estimate
@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmh_jax.lid import _checks
+from mmh_jax import _checks
 
 Array = jax.Array
 
-#: Default noise scales of LIDL (DESIGN §3b).
+#: Default noise scales of LIDL.
 DEFAULT_DELTAS = np.geomspace(0.01, 0.1, 8).astype(np.float32)
 
 
@@ -61,10 +61,10 @@ def lidl(log_prob_fn: Callable[[Any, Array], Array], params, x, *, deltas=None) 
     Reference: Tempczyk et al., "LIDL: Local Intrinsic Dimension Estimation Using Approximate
     Likelihood", arXiv 2206.14882.
 
-    Example (the exact density of a line in R² blurred at scale δ: LID 1):
+    Examples:
       >>> import jax.numpy as jnp
       >>> from mmh_jax import lid
-      >>> def log_prob(delta, x):  # N(0, diag(1 + δ², δ²))
+      >>> def log_prob(delta, x):  # a line in R² blurred at scale δ, N(0, diag(1 + δ², δ²)): LID 1
       ...     var = jnp.array([1.0, 0.0]) + delta**2
       ...     return -0.5 * jnp.sum(x**2 / var + jnp.log(2 * jnp.pi * var))
       >>> deltas = jnp.geomspace(0.01, 0.1, 8)

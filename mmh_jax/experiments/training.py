@@ -1,8 +1,10 @@
-"""``mmh-jax train``: train a diffusion model on a synthetic manifold or on images, with checkpoints.
+"""Training a diffusion model (or normalizing flows) on a synthetic manifold or on images, with checkpoints.
 
-Writes into ``out``: ``checkpoints/<step>/`` (orbax, atomic, last ``keep`` kept), ``config.json``,
-``train_log.jsonl`` (one line per dispatch: step, loss, grad norm, steps/s) and ``loss.png``.
-``model`` ``flow``/``lidl`` trains normalizing flows instead (:mod:`mmh_jax.experiments.flow_train`):
+What ``mmh-jax train`` runs and the pipeline trains its models with: `load_training_data`
+reads the data of a `TrainConfig`, `train_or_resume` trains it and writes into ``out``:
+``checkpoints/<step>/`` (orbax, atomic, last ``keep`` kept), ``config.json``, ``train_log.jsonl``
+(one line per dispatch: step, loss, grad norm, steps/s) and ``loss.png``.
+``model`` ``flow``/``lidl`` trains normalizing flows instead (`mmh_jax.train_flow`):
 one flow, or LIDL's ensemble of flows (one per noise scale δ, vmapped: one compile, one loop).
 ``steps`` is the total number of optimisation steps: ``resume=True`` continues from the newest
 checkpoint up to ``steps``. With the ``steps`` of the interrupted run it gives exactly the
@@ -11,9 +13,9 @@ With a larger ``steps`` it *extends* the run: the learning-rate schedule (warm-u
 over ``steps``) is planned anew for the new total, so the learning rate rises again where the run
 resumes (a warm restart) and the result differs from an uninterrupted run of the new length.
 Ctrl-C (SIGTERM too, under the CLI) saves a checkpoint and returns cleanly; a non-finite loss
-stops the run with :class:`TrainingDiverged`, keeping the last good checkpoint.
+stops the run with `TrainingDiverged`, keeping the last good checkpoint.
 
-Example:
+Examples:
   >>> cfg = preset("quick", data="lollipop")
   >>> cfg.model, cfg.steps
   ('mlp', 300)
@@ -34,11 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmh_jax import report
+from mmh_jax.data.files import read_numpy, read_points
 from mmh_jax.experiments._presets import from_preset
 from mmh_jax.provenance import provenance
 from mmh_jax.sde import VPSDE
 
-__all__ = ["TrainConfig", "TrainingDiverged", "PRESETS", "default_model", "load_training_data", "preset", "run"]
+__all__ = ["IDENTITY_KEYS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "default_model",
+           "load_training_data", "newest_step", "preset", "train_or_resume"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
@@ -55,7 +59,7 @@ class TrainConfig:
         path to images (npz/npy, image folder, MNIST IDX, CIFAR-10) or to an ``(N, D)`` array.
       n: points drawn from a synthetic generator (ignored for images).
       model: ``mlp`` (flat data; images are flattened) or ``unet`` (images); ``flow`` / ``lidl``:
-        normalizing flow(s) on flat data (see :mod:`mmh_jax.experiments.flow_train`).
+        normalizing flow(s) on flat data (see `mmh_jax.train_flow`).
       model_kwargs: keyword arguments of the network (e.g. ``{"hidden": 256}``).
       steps: total optimisation steps.
       class_conditional: train with labels (images with labels only), null class for CFG.
@@ -65,7 +69,8 @@ class TrainConfig:
       monitor_every: FLIPD of a fixed probe batch every this many steps (0: off).
       deltas: ``flow``/``lidl`` only: noise scales δ (data units) of the training data x + δ·N(0, I),
         one flow per δ (None: lidl geomspace(0.01, 0.1, 8), flow (0.01,)).
-      time_sampling: diffusion models: how training times are drawn (:func:`mmh_jax.train.sample_times`):
+      time_sampling: diffusion models: how training times are drawn
+        ([`mmh_jax.train.sample_times`][mmh_jax.train.sample_times]):
         ``uniform`` t ~ U(t_min, T) (default), or ``log-sigma``: log σ(t) uniform, which spends half
         the steps at σ < 0.1 (low noise, where a model overfits its training points). Recorded in
         the run's config: a resume with another value is refused.
@@ -121,14 +126,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Defaults of the U-Net (images) that differ from the MLP's. 16 base channels, batch 128: on 8×8
-#: digits a step takes ~70 ms on 2 CPU cores, so the default 4000 steps train in ~5 minutes.
+#: Defaults of the U-Net (images) that differ from the MLP's: 16 base channels, batch 128.
 UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "model_kwargs": {"channels": 16}}
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The named preset with overrides; the U-Net gets image-appropriate defaults (``UNET_DEFAULTS``)."""
-    from mmh_jax.experiments.flow_train import FLOW_PRESETS
+    from mmh_jax.train_flow import FLOW_PRESETS
     from mmh_jax.models import FLOW_MODELS
 
     if overrides.get("model") == "unet":
@@ -181,13 +185,13 @@ def load_training_data(config: TrainConfig, *, expand: bool = True) -> tuple[np.
 
 
 def _repeats(path: str, n: int) -> np.ndarray | None:
-    """The ``repeats`` array of a ``.npz`` (see :func:`load_training_data`), checked; None if absent."""
+    """The ``repeats`` array of a ``.npz`` (see `load_training_data`), checked; None if absent."""
     if not path.endswith(".npz") or not os.path.isfile(path):
         return None
-    with np.load(path) as f:
-        if "repeats" not in f.files:
-            return None
-        r = np.asarray(f["repeats"])
+    stored = read_numpy(path)
+    if not isinstance(stored, dict) or "repeats" not in stored:
+        return None
+    r = np.asarray(stored["repeats"])
     if r.shape != (n,) or not np.issubdtype(r.dtype, np.integer):
         raise ValueError(f"data {path!r}: 'repeats' must be an integer array of shape ({n},) (one count per "
                          f"example), got dtype {r.dtype} and shape {r.shape}.")
@@ -208,19 +212,11 @@ def default_model(data: str) -> str:
 
 def _vector_array(path: str) -> np.ndarray | None:
     """The (N, D) array of a .npy/.npz file (key ``x`` or the only array), None if it is not 2-D."""
-    from mmh_jax.data._npfile import read_numpy
-
     try:
-        loaded = read_numpy(path)
+        arr = read_points(path).x
     except (OSError, ValueError):
-        return None  # missing or unreadable: images.load reports it with a clear message
-    if isinstance(loaded, np.ndarray):
-        arr = loaded
-    else:
-        keys = list(loaded)
-        name = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
-        arr = None if name is None else loaded[name]
-    if arr is None or arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        return None  # missing, unreadable or ambiguous: images.load reports it with a clear message
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         return None  # not a numeric (N, D) array: images.load reads it or says what is wrong
     return arr.astype(np.float32)
 
@@ -235,19 +231,22 @@ def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
         raise ValueError(f"time_sampling={config.time_sampling!r} (diffusion times) applies to --model mlp or unet, "
                          f"not {config.model!r}; drop --time-sampling.")
     if config.model in ("flow", "lidl"):
-        from mmh_jax.experiments import flow_train
+        from mmh_jax import train_flow
 
         if d["num_classes"]:
             raise ValueError(f"model {config.model!r} is unconditional; drop --class-conditional.")
-        d.update(flow_train.config_entries(config.model, config.deltas, x))
+        d.update(train_flow.config_entries(config.model, config.deltas, x))
     elif config.deltas is not None:
         raise ValueError(f"deltas (noise scales of flows) apply to --model flow or lidl, not {config.model!r}; "
                          "drop --deltas.")
+    from mmh_jax.models import kind_of
+
+    d["kind"] = kind_of(config.model)  # what mmh_jax.load builds: "diffusion" or "flow"
     return d
 
 
-def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True) -> dict[str, Any]:
+def train_or_resume(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and return ``{"step", "start", "loss", "interrupted", "out", "saved"}``.
 
     ``start`` is the step this call began from, ``loss`` the last logged loss, ``saved`` the step of
@@ -293,7 +292,7 @@ def run(config: TrainConfig, out: str, *, resume: bool = False, overwrite: bool 
 
 
 def _identity_keys(ckpt_dir: str, existing: int | None, config: TrainConfig) -> tuple[str, ...]:
-    """:data:`IDENTITY_KEYS`, less ``time_sampling`` where the run in ``ckpt_dir`` predates that
+    """`IDENTITY_KEYS`, less ``time_sampling`` where the run in ``ckpt_dir`` predates that
     option (its config does not record it: it was trained with ``uniform``) and this run is ``uniform``."""
     from mmh_jax.checkpoint import Checkpointer, CheckpointError
 
@@ -338,22 +337,22 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
     from mmh_jax import _interrupt, train
     from mmh_jax._compile import compiler_options
     from mmh_jax.checkpoint import NonFiniteError, abstract_like
-    from mmh_jax.trained import make_eps_apply
+    from mmh_jax.trained import make_batched_eps_apply
 
     key = jax.random.key(config.seed)
     k_init, k_probe, k_train = jax.random.split(key, 3)
     optimizer = train.make_optimizer(learning_rate=config.learning_rate, total_steps=config.steps,
                                      warmup_steps=config.warmup_steps)
-    if "flow_stats" in cfg:  # flow / lidl: an ensemble of flows, the step vmapped over its members
-        from mmh_jax.experiments import flow_train
+    if cfg["kind"] == "flow":  # flow / lidl: an ensemble of flows, the step vmapped over its members
+        from mmh_jax import train_flow
 
         if config.monitor_every:
             raise ValueError(f"monitor_every (FLIPD of a probe batch) applies to diffusion models, not to model "
                              f"{config.model!r}; drop --monitor-every.")
-        _, state, step_fn = flow_train.init_state(cfg, optimizer, k_init, ema_decay=config.ema_decay,
+        _, state, step_fn = train_flow.init_state(cfg, optimizer, k_init, ema_decay=config.ema_decay,
                                                   abstract=existing is not None)
     else:
-        module, eps_apply = make_eps_apply(cfg)
+        module, eps_apply = make_batched_eps_apply(cfg)
         init_args = [jnp.zeros((1, *x.shape[1:])), jnp.zeros((1,))]
         if labels is not None:
             init_args.append(jnp.zeros((1,), jnp.int32))
@@ -362,8 +361,7 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
             return train.init_train_state(module.init(k, *init_args), optimizer)
 
         # A fresh run: one jitted init (eagerly, each initializer op of each layer compiles on its own).
-        # A resumed or finished run: its shapes only, restored below; compiling the init would cost
-        # as much as for a fresh run (14 s for the digits U-Net) for values that are thrown away.
+        # A resumed or finished run: its shapes only, restored below (compiling the init is not needed).
         state = jax.eval_shape(init, k_init) if existing is not None else \
             jax.jit(init, compiler_options=compiler_options())(k_init)
         step_fn = train.make_train_step(
@@ -444,7 +442,7 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
     finally:
         bar.close()
     _plot_loss(log_path, os.path.join(out, "loss.png"),
-               "negative log-likelihood" if "flow_stats" in cfg else "denoising loss")
+               "negative log-likelihood" if cfg["kind"] == "flow" else "denoising loss")
     return {"step": int(state.step), "start": start_step, "loss": loss, "interrupted": interrupted, "out": out,
             "saved": saved}
 

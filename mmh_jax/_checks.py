@@ -1,11 +1,12 @@
-"""Trace-time argument checks shared by the estimators.
+"""Trace-time argument checks shared by the library.
 
-Every error names the argument, the value received and what is expected (STYLE §8). Checks on
-values (ranges) run only when the value is concrete, so the estimators still trace under jit/vmap.
+Every error names the argument, the value received and what is expected. Checks on values (ranges,
+finiteness) run only when the value is concrete, so the checked functions still trace under jit/vmap.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import jax
@@ -40,6 +41,14 @@ def float_array(name: str, x: Any, *, min_ndim: int = 0, ndim: int | None = None
     return jnp.asarray(x)
 
 
+def leading_axis(name: str, a: Any) -> int:
+    """The length of ``a``'s leading axis (its number of points); a scalar raises ValueError."""
+    shape = jnp.shape(a)
+    if len(shape) == 0:
+        raise ValueError(f"{name} must have a leading axis of points, got a scalar of shape ().")
+    return shape[0]
+
+
 def scalar_time(name: str, t: Any, sde, *, allow_array: bool = False) -> jax.Array:
     """A diffusion time in (0, T]; range-checked when concrete."""
     t = float_array(name, t)
@@ -55,6 +64,7 @@ def scalar_time(name: str, t: Any, sde, *, allow_array: bool = False) -> jax.Arr
 
 
 def positive_int(name: str, v: Any, *, minimum: int = 1) -> int:
+    """``v`` as an int ``>= minimum``; a bool or a non-integer raises TypeError, a smaller int ValueError."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be a Python int, got {v!r} of type {type(v).__name__}.")
     if v < minimum:
@@ -74,3 +84,25 @@ def same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {jnp.shape(a)} and {jnp.shape(b)}."
         )
+
+
+def points(name: str, x: Any, *, event_shape: tuple[int, ...] | None = None, other: str = "train") -> jax.Array:
+    """``x`` (N, *event) as a float32 (N, D) matrix; checks dtype, rank, event shape, finiteness.
+
+    ``event_shape`` (when given) must equal ``x.shape[1:]``; ``other`` names the set it comes from.
+    """
+    x = float_array(name, x, min_ndim=2)
+    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(
+            f"{name} must have the event shape of {other}, {tuple(event_shape)}, got shape "
+            f"{tuple(x.shape)}; pass {name} of shape (M, {', '.join(map(str, event_shape))})."
+        )
+    if math.prod(x.shape[1:]) == 0:
+        raise ValueError(f"{name} must have a non-empty event shape, got shape {tuple(x.shape)}.")
+    if is_concrete(x):
+        bad = int(jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)))
+        if bad:
+            raise ValueError(
+                f"{name} contains {bad} non-finite value(s) (NaN or inf); remove or impute those examples."
+            )
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])).astype(jnp.float32)

@@ -1,12 +1,13 @@
 """Training normalizing flows with ``mmh-jax train --model flow|lidl``: the flow-specific pieces.
 
-Both models are an ensemble of :class:`mmh_jax.models.Flow` trained as one (``vmap`` over members,
-:func:`mmh_jax.train.make_ensemble_step`): member m maximises the likelihood of the data perturbed
+Both models are an ensemble of [`mmh_jax.models.Flow`][mmh_jax.models.Flow] trained as one (``vmap`` over
+members, [`mmh_jax.train.make_ensemble_step`][mmh_jax.train.make_ensemble_step]): member m maximises the
+likelihood of the data perturbed
 by ``deltas[m]``·N(0, I) (fresh noise at every step), with the same batches as the other members and
 the key ``fold_in(step key, m)``.
 
-- ``lidl``: one flow per noise scale, ``deltas`` default geomspace(0.01, 0.1, 8) (DESIGN §3b);
-  :func:`mmh_jax.lid.lidl` reads LID from the slope of their log-densities.
+- ``lidl``: one flow per noise scale, ``deltas`` default geomspace(0.01, 0.1, 8);
+  [`mmh_jax.lid.lidl`][mmh_jax.lid.lidl] reads LID from the slope of their log-densities.
 - ``flow``: a single flow (an ensemble of one), trained at ``deltas`` default (0.01,): a little
   noise keeps the likelihood bounded on data with point masses and thin pieces, and sets the
   scale below which the Jacobian's singular values count as collapsed directions.
@@ -23,6 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mmh_jax import train
+from mmh_jax.models import Flow, make_model, make_nll_loss
 
 __all__ = ["DEFAULT_DELTAS", "FLOW_PRESETS", "config_entries", "init_params", "init_state", "make_flow",
            "resolve_deltas"]
@@ -74,9 +78,7 @@ def config_entries(model: str, deltas, x: np.ndarray) -> dict[str, Any]:
 
 
 def make_flow(config: dict[str, Any]):
-    """The :class:`~mmh_jax.models.Flow` of a run's config (dim, standardisation, ``model_kwargs``)."""
-    from mmh_jax.models import make_model
-
+    """The [`Flow`][mmh_jax.models.Flow] of a run's config (dim, standardisation, ``model_kwargs``)."""
     stats = config["flow_stats"]
     return make_model(config["model"], dim=int(config["event_shape"][0]), shift=tuple(stats["shift"]),
                       scale=tuple(stats["scale"]), **dict(config.get("model_kwargs", {})))
@@ -84,8 +86,6 @@ def make_flow(config: dict[str, Any]):
 
 def init_params(flow, key, num_members: int):
     """Parameters of ``num_members`` flows stacked on a leading axis (member m from ``split(key)[m]``)."""
-    from mmh_jax.models import Flow
-
     keys = jax.random.split(key, num_members)
     return jax.jit(jax.vmap(lambda k: flow.init(k, jnp.zeros(flow.dim), method=Flow.log_prob)))(keys)  # one compile
 
@@ -96,9 +96,6 @@ def init_state(config: dict[str, Any], optimizer, key, *, ema_decay: float, abst
     ``abstract=True`` gives the state's shapes only (``jax.eval_shape``: nothing is initialised or
     compiled), for a run about to be restored from its checkpoint.
     """
-    from mmh_jax import train
-    from mmh_jax.models import make_nll_loss
-
     flow = make_flow(config)
     deltas = jnp.asarray(config["deltas"], jnp.float32)
 

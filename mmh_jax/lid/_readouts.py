@@ -1,0 +1,171 @@
+"""Readouts of a FLIPD curve (FLIPD over a grid of t₀): its knee and its plateau, both jittable."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mmh_jax import _checks
+
+Array = jax.Array
+
+
+def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
+    """Knee of a FLIPD curve: kneedle on the first excursion after its plateau; jittable.
+
+    Kneedle (Satopää et al.): rescale both axes to [0, 1] (time on a log scale, since grids are
+    geometric) and take the grid point farthest, vertically, from the chord joining the segment's
+    ends. Kneedle assumes the curve starts on its plateau (at LID_θ) and bends off it; the segment
+    is chosen so that it does:
+
+    * it starts at the flattest stretch of the curve ([`plateau`][mmh_jax.lid.plateau]'s window of
+      ``2·window + 1``
+      points with the least spread, centres at t₀ ≤ ``t0_max``). A trained network does not resolve
+      a low-dimensional piece of its manifold at the finest scales, so there its curve *falls*
+      from near D onto the plateau; kneedle over that fall would take the corner at its top, not
+      the plateau. Exact scores plateau from the smallest t₀, and then the segment starts at the
+      grid's start;
+    * it ends where the curve is farthest from its starting value. A plateau that then falls
+      (the usual shape) runs to the end of the grid; at an isolated low-dimensional point (a point
+      mass, a thin stick beside a disk) the curve first plateaus at the point's small LID and then
+      *rises* while the noise reaches the neighbouring components, before falling again: the
+      segment ends at the top of that bump, which puts the knee where the plateau ends.
+
+    Args:
+      t0s: ``(n,)`` positive times, in any order; n ≥ 3.
+      curve: ``(n,)`` values at those times.
+      window: half-width of the plateau window, in grid points (static); a grid of fewer than
+        ``2·window + 1`` points starts the segment at its smallest t₀.
+      t0_max: largest plateau-window centre searched (see [`plateau`][mmh_jax.lid.plateau]).
+
+    Returns:
+      ``(t0_star, value_at_knee)``, two scalars.
+
+    Raises:
+      TypeError: non-float ``t0s`` or ``curve``, ``window`` not an int.
+      ValueError: ``t0s`` or ``curve`` not 1-D, of different shapes, with fewer than 3 points, or
+        ``window`` < 1.
+
+    Reference: Satopää et al., "Finding a 'Kneedle' in a Haystack" (2011); FLIPD's knee readout,
+    Kamkari et al. (arXiv 2406.03537).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import lid
+      >>> t0s = jnp.geomspace(1e-3, 1.0, 7)
+      >>> t, v = lid.knee(t0s, jnp.array([2.0, 2.0, 2.0, 2.0, 1.0, 0.5, 0.0]))
+      >>> float(v)
+      2.0
+      >>> t, v = lid.knee(t0s, jnp.array([0.0, 0.0, 0.0, 0.0, 1.5, 0.6, 0.1]))  # plateau, bump
+      >>> float(v)
+      0.0
+      >>> t, v = lid.knee(t0s, jnp.array([1.6, 0.9, 0.0, 0.0, 0.0, 1.2, 0.0]), window=1)  # unresolved
+      >>> float(v)
+      0.0
+    """
+    t0s = _checks.float_array("t0s", t0s, ndim=1)
+    curve = _checks.float_array("curve", curve, ndim=1)
+    _checks.same_shape("t0s", t0s, "curve", curve)
+    n = t0s.shape[0]
+    if n < 3:
+        raise ValueError(f"knee needs at least 3 points on the curve, got {n}.")
+    window = _checks.positive_int("window", window)
+    return _knee(t0s, curve, window, t0_max)
+
+
+@functools.partial(jax.jit, static_argnums=2)  # jitted: called eagerly, its many small ops would dispatch one by one
+def _knee(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
+    n = t0s.shape[0]
+    order = jnp.argsort(t0s)
+    t, y = t0s[order], curve[order]
+    idx = jnp.arange(n)
+    if n >= 2 * window + 1:
+        start = jnp.minimum(_flattest(t, y, window, t0_max) - window, n - 3)
+    else:
+        start = jnp.zeros((), idx.dtype)
+    after = idx >= start
+    y0 = y[start]
+    end = jnp.argmax(jnp.where(after, jnp.abs(y - y0), -1.0))
+    end = jnp.maximum(end, start + 2)  # at least 3 points in the segment
+    inside = after & (idx <= end)
+    u = jnp.log(t)
+    tiny = jnp.finfo(jnp.float32).tiny
+    u = (u - u[start]) / jnp.maximum(u[end] - u[start], tiny)
+    y_lo = jnp.min(jnp.where(inside, y, jnp.inf))
+    y_hi = jnp.max(jnp.where(inside, y, -jnp.inf))
+    yn = (y - y_lo) / jnp.maximum(y_hi - y_lo, tiny)
+    chord = yn[start] + (yn[end] - yn[start]) * u
+    i = jnp.argmax(jnp.where(inside, jnp.abs(yn - chord), -1.0))
+    return t[i], y[i]
+
+
+def _flattest(t: Array, y: Array, window: int, t0_max: float) -> Array:
+    """Centre index of the window of ``2·window + 1`` points of least spread (max − min) among the
+    centres with t ≤ ``t0_max`` (all centres if none qualifies); ``t`` sorted ascending."""
+    n = t.shape[0]
+    centres = jnp.arange(window, n - window)
+    wins = y[centres[:, None] + jnp.arange(-window, window + 1)[None, :]]  # (n − 2w, 2w + 1), static
+    spread = jnp.max(wins, axis=1) - jnp.min(wins, axis=1)
+    allowed = t[centres] <= t0_max
+    allowed = jnp.where(jnp.any(allowed), allowed, True)
+    return centres[jnp.argmin(jnp.where(allowed, spread, jnp.inf))]
+
+
+def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
+    """The flattest stretch of a FLIPD curve and its level; jittable.
+
+    For each grid point i (times sorted), the spread of the curve over the window
+    ``curve[i − window : i + window + 1]`` is max − min; the plateau is the window of least spread
+    among centres with t₀ ≤ ``t0_max``, and its value the window's mean.
+
+    Why, beside [`knee`][mmh_jax.lid.knee]: a trained network does not resolve a low-dimensional piece of its
+    manifold at the finest scales, so at tiny t₀ its FLIPD climbs back towards D; and at large t₀
+    every point's curve collapses to 0 (the marginal approaches N(0, I)). The LID is the level in
+    between, where the curve is flat. Kneedle takes the corner of the first drop (or of a bump) for
+    it; the plateau rule reads the level itself. ``t0_max`` keeps the collapse out of the search
+    (on the default VP-SDE, t₀ = 0.5 is σ ≈ 0.99).
+
+    Args:
+      t0s: ``(n,)`` positive times, in any order; n ≥ 2·window + 1.
+      curve: ``(n,)`` values at those times.
+      window: half-width of the window, in grid points (static).
+      t0_max: largest window centre searched; if no centre qualifies, all are searched.
+
+    Returns:
+      ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it.
+
+    Raises:
+      TypeError: non-float ``t0s`` or ``curve``, ``window`` not an int.
+      ValueError: ``t0s``/``curve`` not 1-D or of different shapes, ``window`` < 1, or fewer than
+        2·window + 1 points.
+
+    Reference: the FLIPD curve of Kamkari et al., arXiv 2406.03537.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mmh_jax import lid
+      >>> t0s = jnp.geomspace(1e-3, 1.0, 9)
+      >>> curve = jnp.array([1.8, 1.2, 0.1, 0.0, 0.0, 0.1, 1.4, 0.3, 0.0])  # unresolved, plateau, bump, collapse
+      >>> t, v = lid.plateau(t0s, curve, window=1)
+      >>> round(float(v), 3)
+      0.033
+    """
+    t0s = _checks.float_array("t0s", t0s, ndim=1)
+    curve = _checks.float_array("curve", curve, ndim=1)
+    _checks.same_shape("t0s", t0s, "curve", curve)
+    window = _checks.positive_int("window", window)
+    n = t0s.shape[0]
+    if n < 2 * window + 1:
+        raise ValueError(f"plateau needs at least 2*window + 1 = {2 * window + 1} points, got {n}.")
+    return _plateau(t0s, curve, window, t0_max)
+
+
+@functools.partial(jax.jit, static_argnums=2)  # jitted for eager callers, as _knee
+def _plateau(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
+    order = jnp.argsort(t0s)
+    t, y = t0s[order], curve[order]
+    c = _flattest(t, y, window, t0_max)
+    return t[c], jnp.mean(lax.dynamic_slice(y, (c - window,), (2 * window + 1,)))
