@@ -14,7 +14,7 @@ Rows:
 - ``one_by_one``: the same 8 flows trained separately, one after the other: member m runs
   ``--steps`` steps of ``train_step(state_m, {**batch, "delta": delta_m}, fold_in(key, m))`` through
   its own ``make_train_loop`` (the computation the ensemble's member m does, as checked in
-  ``tests/test_lidl.py``). Its loop is compiled once with δ_m and m traced, so it pays one compile,
+  ``tests/lid/test_lidl.py``). Its loop is compiled once with δ_m and m traced, so it pays one compile,
   not eight — the fairest sequential baseline. A timed call is the 8 member runs in a row.
 
 Timing (``bench._common``): compiled first (``compile_s``), warmed up, then the two rows are
@@ -23,7 +23,7 @@ divided by the ensemble's (> 1: the vmapped ensemble is faster); ``*_best`` from
 ``max_param_diff`` compares the parameters after one call (``--steps`` steps from the same state):
 the batched and the single matmuls round differently in float32 and Adam's normalised updates
 amplify such differences over many steps, so expect ~1e-8 after a few steps (``--quick``) and up to
-~lr·steps after 100; exact agreement over 12 steps is what ``tests/test_lidl.py`` checks.
+~lr·steps after 100; exact agreement over 12 steps is what ``tests/lid/test_lidl.py`` checks.
 On a busy machine (load averages are recorded) wall times are noisy; the interleaving keeps the ratio
 fair.
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 __all__ = ["compiler_options"]
 
 
@@ -15,8 +17,6 @@ def compiler_options() -> dict[str, Any] | None:
     ``jax_disable_most_optimizations`` (``fast_compile``: level 0) also None, so that setting is not
     overridden.
     """
-    import jax
-
     if jax.default_backend() != "cpu" or jax.config.values["jax_disable_most_optimizations"]:
         return None
     return {"xla_backend_optimization_level": 1}

@@ -8,6 +8,7 @@ instead and uses these helpers to silence exactly those reports (every other err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -61,8 +62,6 @@ def close_abandoned_reads() -> None:
     inside `leftover_reads_quiet`, the pending tasks of orbax's closed loops are closed (their
     errors dropped) and the errors of the finished ones retrieved, so nothing is left to report.
     Only tasks and futures of closed loops that ran orbax coroutines are touched."""
-    import asyncio
-
     orbax_dir = os.path.dirname(os.path.dirname(os.path.abspath(ocp.__file__)))  # .../orbax
     on_closed = []
     for obj in gc.get_objects():

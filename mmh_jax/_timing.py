@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
+import numpy as np
 
 __all__ = ["Prepared", "block", "env_info", "finish", "markdown_table", "prepare", "print_targets", "time_fn",
            "time_many", "write_results"]
@@ -156,12 +157,7 @@ def env_info(**extra: Any) -> dict[str, Any]:
         "jax_devices": [str(d) for d in jax.devices()],
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     }
-    try:
-        import numpy as np
-
-        info["numpy"] = np.__version__
-    except ImportError:  # pragma: no cover - numpy is a hard dependency
-        pass
+    info["numpy"] = np.__version__
     info.update(extra)
     return info
 

@@ -436,7 +436,7 @@ def map_points_global(
       >>> parallel.map_points_global(lambda x: jnp.sum(x), jnp.ones((3, 2))).tolist()
       [2.0, 2.0, 2.0]
     """
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # multi-host only; parallel is imported by `mmh-jax --help`
 
     arrays = (xs, *keys_or_arrays)
     n = _check_args(xs, keys_or_arrays, batch_size)

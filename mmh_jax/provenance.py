@@ -20,6 +20,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+import jax
+
 from mmh_jax._version import __version__
 
 __all__ = ["PACKAGES", "provenance", "versions"]
@@ -63,8 +65,6 @@ def provenance() -> dict[str, Any]:
       >>> sorted(p)
       ['backend', 'devices', 'platform', 'python', 'versions']
     """
-    import jax
-
     return {
         "versions": versions(),
         "python": sys.version.split()[0],

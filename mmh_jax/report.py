@@ -5,9 +5,12 @@ Pure functions of already-computed results; no estimator runs here.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
 import os
+import secrets
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -104,8 +107,6 @@ def _create_temporary(directory: str) -> tuple[int, str]:
 
     Unlike ``tempfile.mkstemp`` (always 0600, for secrets), the mode is what ``open`` would give.
     """
-    import secrets
-
     for _ in range(100):
         tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}")
         try:
@@ -219,9 +220,6 @@ def html_report(title: str, sections: Sequence[Mapping[str, Any]], *, base_dir: 
       >>> "class='banner'" in html_report("r", [], base_dir=".", banner="smoke run")
       True
     """
-    import base64
-    import html
-
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",

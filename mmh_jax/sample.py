@@ -33,7 +33,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mmh_jax import _checks, adapters
+from mmh_jax import _checks, adapters, lid
 
 __all__ = [
     "SAMPLERS",
@@ -377,8 +377,6 @@ def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: 
       >>> bool(jnp.allclose(f, 3 * alpha**2 + 3 * sigma**2))
       True
     """
-    from mmh_jax import lid  # imported here: mmh_jax.lid must not be needed to import the samplers
-
     t = jnp.asarray(t, jnp.float32)
     tau = jnp.maximum(t, t0_min)
     x_hat = x / sde.marginal_coefs(t)[0]
@@ -417,8 +415,6 @@ def lid_guidance_term(score_fn: Callable, key, *, sde, num_probes: int = 1, t0_m
       >>> bool(jnp.allclose(g(jnp.ones(2), 0.5), 2 * vp.marginal_coefs(0.5)[1] ** 2))   # ∇F = 2σ²x
       True
     """
-    from mmh_jax import lid  # imported here, as in state_flipd
-
     num_probes = _checks.positive_int("num_probes", num_probes)
     _checks.option("trace", trace, lid.TRACES)
 

@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from mmh_jax import _checks, parallel
 
@@ -248,8 +249,6 @@ def sweep(
         results[c] = load(c) if paths[c].exists() else None
         if results[c] is None:
             todo.append(c)
-
-    from tqdm.auto import tqdm
 
     done = n - sum(rows(c)[1] - rows(c)[0] for c in todo)
     with tqdm(total=n, initial=done, unit="pt", desc="sweep", disable=not progress) as bar:

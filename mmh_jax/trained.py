@@ -6,9 +6,9 @@ Usage (after ``mmh-jax train --out runs/lollipop``):
     lid.flipd(model.score_fn, x, key, t0=0.05, sde=model.sde)
     xs = model.sample(jax.random.key(0), 64)
 
-(exercised by ``tests/test_train.py``). A run of ``mmh-jax train --model flow|lidl`` loads as a
+(exercised by ``tests/experiments/test_training.py``). A run of ``mmh-jax train --model flow|lidl`` loads as a
 [`TrainedFlow`][mmh_jax.trained.TrainedFlow] instead: ``.log_prob``, ``.decoder``, ``.encoder``, ``.sample``
-and ``.lidl`` (``tests/test_flow_cli.py``). The run's ``kind`` (``"diffusion"`` or ``"flow"``, saved in
+and ``.lidl`` (``tests/cli/test_flow_cli.py``). The run's ``kind`` (``"diffusion"`` or ``"flow"``, saved in
 its config) decides which.
 
 Both types are immutable JAX pytrees: the parameters (and a flow's ``deltas``) are the leaves; the

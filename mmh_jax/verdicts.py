@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -121,8 +122,6 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """
     if n <= 0:
         return float("nan"), float("nan")
-    from statistics import NormalDist
-
     z = NormalDist().inv_cdf(0.5 + level / 2)
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)

@@ -5,8 +5,11 @@ import os
 import shutil
 import tempfile
 
-# Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "")
+# Must happen before JAX initialises its backends. XLA:CPU's backend optimisations off: the tests'
+# programs are small, so compiling them optimised costs more than it saves (docs/performance.md).
+# Child processes inherit the setting; MMH_JAX_TEST_XLA_FLAGS="" runs the suite optimised.
+os.environ.setdefault("XLA_FLAGS", os.environ.get(
+    "MMH_JAX_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"))
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
@@ -77,9 +80,19 @@ def tiny_run(tmp_path_factory):
 SHARED_SESSION_FIXTURES = ("quick_pipeline", "tiny_run")
 
 
+#: Test folders whose every test is end-to-end (the ``e2e`` tier): CLI commands and their child
+#: processes, the pipeline and benchmarks, the docs build and the notebooks. Elsewhere a test that
+#: runs a command or a subprocess carries ``@pytest.mark.e2e`` itself.
+E2E_FOLDERS = ("cli", "experiments", "bench", "docs")
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        folder = os.path.relpath(str(item.path), _TESTS).split(os.sep)[0]
+        if folder in E2E_FOLDERS or item.get_closest_marker("slow"):  # so -m "not e2e" leaves out slow ones too
+            item.add_marker(pytest.mark.e2e)
         for name in SHARED_SESSION_FIXTURES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))

@@ -24,6 +24,8 @@ from mmh_jax.checkpoint import (
 )
 from mmh_jax.experiments import training
 
+pytestmark = pytest.mark.e2e  # real training runs, damaged on disk, and child processes
+
 
 @pytest.fixture(scope="module")
 def three_steps(tmp_path_factory):

@@ -20,6 +20,8 @@ import mmh_jax
 from mmh_jax import cli
 from mmh_jax.provenance import PACKAGES
 
+pytestmark = pytest.mark.e2e  # runs `mmh-jax train` and `mmh-jax lid` twice
+
 TRAIN = ["train", "--preset", "quick", "--steps", "3", "--n", "64", "--seed", "7"]
 LID = ["lid", "--estimator", "flipd", "--preset", "quick", "--n", "8", "--t0-grid", "1e-3", "1", "4",
        "--seed", "3"]

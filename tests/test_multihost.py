@@ -21,6 +21,8 @@ from mmh_jax import parallel
 sys.path.insert(0, str(Path(__file__).parent))
 import multihost_worker as worker  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # two processes on 127.0.0.1
+
 WORKER = Path(__file__).with_name("multihost_worker.py")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -79,6 +79,7 @@ def test_bad_backend_and_mesh():
         parallel.make_mesh([])
 
 
+@pytest.mark.e2e  # a child process
 def test_normal_bundle_on_four_devices_with_batch_size_one_does_not_hang():
     """The documented workaround, in a fresh process bounded by a timeout (a hang fails, not stalls)."""
     code = textwrap.dedent(

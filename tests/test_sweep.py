@@ -117,6 +117,7 @@ def test_bad_arguments(tmp_path):
         sweep.sweep(point_fn, xs, keys[:3], workdir=tmp_path)
 
 
+@pytest.mark.e2e  # a child process
 def test_restart_after_kill(tmp_path, uninterrupted):
     """A sweep killed (SIGKILL) after two chunks resumes to the uninterrupted result."""
     code = textwrap.dedent(

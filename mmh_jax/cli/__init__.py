@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from mmh_jax import _interrupt
@@ -107,8 +108,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _signal_name(signum) -> str:
-    import signal
-
     return signal.Signals(signum or _interrupt.requested() or signal.SIGINT).name
 
 

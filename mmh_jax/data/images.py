@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from mmh_jax.data.files import read_numpy
+
 __all__ = ["ImageData", "ImageDataError", "digits", "from_array", "load", "load_cifar10", "load_folder",
            "load_idx", "load_npz"]
 
@@ -252,8 +254,6 @@ def load_npz(path: str, *, layout: str | None = None) -> ImageData:
       >>> d.shape, d.labels.tolist()
       ((6, 6, 1), [0, 1, 2, 3, 4])
     """
-    from mmh_jax.data.files import read_numpy
-
     try:
         f = read_numpy(path)
     except ValueError as e:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 __all__ = ["OutputExistsError", "output_paths", "write_npz"]
 
 #: Endings that mark a file name, not a directory, in ``--out``.
@@ -60,8 +62,6 @@ def output_paths(out: str, names: tuple[str, ...], *, command: str, overwrite: b
 def write_npz(path: str, **arrays) -> None:
     """``np.savez`` atomically (a temporary file beside ``path``, then ``os.replace``), with the mode a
     plain ``open`` gives (0666 less the umask), so colleagues can read it as they can a PNG."""
-    import numpy as np
-
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:

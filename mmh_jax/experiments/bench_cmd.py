@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmh_jax import _timing, lid
+from mmh_jax import _interrupt, _timing, lid
+from mmh_jax.experiments._outputs import output_paths
 from mmh_jax.experiments._presets import from_preset
 from mmh_jax.sde import VPSDE
 
@@ -272,8 +273,6 @@ def run(cfg: BenchConfig, out: str, *, progress: bool = True, overwrite: bool = 
     Returns ``{"rows", "paths"}``."""
     from tqdm.auto import tqdm
 
-    from mmh_jax import _interrupt
-    from mmh_jax.experiments._outputs import output_paths
     from mmh_jax.provenance import provenance
 
     output_paths(out, ("bench.json", "bench.md", "throughput.png"), command="bench", overwrite=overwrite)

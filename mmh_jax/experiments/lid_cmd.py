@@ -23,10 +23,13 @@ import sys
 import time
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
+from mmh_jax import lid as lid_lib
+from mmh_jax.data import synthetic
 from mmh_jax.data.files import read_points
-from mmh_jax.experiments._outputs import write_npz
+from mmh_jax.experiments._outputs import output_paths, write_npz
 from mmh_jax.experiments._presets import from_preset
 
 __all__ = ["DATA_DEFAULTS", "ESTIMATORS", "LidConfig", "PRESETS", "load_array", "out_path", "preset",
@@ -175,8 +178,6 @@ def _is_file(data: str) -> bool:
 
 def _load_data(config: LidConfig):
     """(x, truth, component, description) of the configured data."""
-    from mmh_jax.data import synthetic
-
     if config.data in synthetic.GENERATORS and not os.path.exists(config.data):
         kwargs = dict(DATA_DEFAULTS.get(config.data, {}))
         kwargs.update(dict(config.params))
@@ -258,8 +259,6 @@ def summarize(est: np.ndarray, truth, comp) -> dict[str, Any]:
       ``groups`` one row per component (else per true LID value; empty when neither is known) with
       count, truth, mean, std, mae, non_finite.
     """
-    from mmh_jax import lid as lid_lib
-
     est = np.asarray(est, np.float32)
     overall = _stats(est)
     if truth is not None and np.isfinite(est).any():
@@ -314,8 +313,6 @@ def _warn_non_finite(count: int, total: int) -> None:
 def out_path(out: str, *, overwrite: bool = True) -> str:
     """``out/lid.npz``; with ``overwrite=False`` refused when it exists or ``out`` names a file
     (`mmh_jax.experiments._outputs.output_paths`)."""
-    from mmh_jax.experiments._outputs import output_paths
-
     return output_paths(out, ("lid.npz",), command="lid", overwrite=overwrite)["lid.npz"]
 
 
@@ -334,10 +331,6 @@ def run(config: LidConfig, out: str, *, overwrite: bool = False) -> dict[str, An
     Raises:
       ValueError, FileNotFoundError: bad data/queries file or parameters (the CLI prints these).
     """
-    import jax.numpy as jnp
-
-    from mmh_jax import lid as lid_lib
-
     path = out_path(out, overwrite=overwrite)
     x, truth, comp, description = _load_data(config)
     n_data = len(x)

@@ -44,6 +44,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mmh_jax import _interrupt, lid, parallel
 from mmh_jax.lid import TRACES
@@ -302,8 +303,6 @@ def estimate(config: ModelLidConfig, model, x: np.ndarray, keys, *, progress: bo
     t0s = jnp.asarray(config.t0s)
     params = model.params
     if jax.device_count() > 1:  # map_points splits points over every device: replicate the parameters once
-        from jax.sharding import NamedSharding, PartitionSpec
-
         params = jax.device_put(params, NamedSharding(parallel.make_mesh(), PartitionSpec()))
     tic = time.perf_counter()
     compiled = jax.jit(chunk_fn).lower(params, x[:per_call], keys[:per_call], t0, t0s).compile()

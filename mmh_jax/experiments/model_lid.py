@@ -64,8 +64,10 @@ import os
 import sys
 from typing import Any
 
+import jax
 import numpy as np
 
+from mmh_jax.data import synthetic
 from mmh_jax.data.files import read_points
 from mmh_jax.experiments._outputs import write_npz
 from mmh_jax.experiments._presets import from_preset
@@ -103,7 +105,6 @@ def _subsample(n_all: int, n: int | None, seed: int) -> np.ndarray:
 
 
 def _training_points(model) -> tuple[np.ndarray, Any, Any, str]:
-    from mmh_jax.data import synthetic
     from mmh_jax.experiments import training
 
     saved = model.config
@@ -346,8 +347,6 @@ def run(config: ModelLidConfig, out: str, *, progress: bool = True, overwrite: b
         times outside (0, T], unreadable data.
       mmh_jax.checkpoint.CheckpointError: no readable checkpoint in the directory.
     """
-    import jax
-
     from mmh_jax.checkpoint import CheckpointError, DamagedCheckpointError
     from mmh_jax.trained import load
 

@@ -8,6 +8,10 @@ import os
 import jax
 import numpy as np
 
+from mmh_jax import _interrupt
+from mmh_jax.experiments._outputs import output_paths, write_npz
+from mmh_jax.trained import load
+
 __all__ = ["run", "save_grid"]
 
 
@@ -44,10 +48,6 @@ def run(checkpoint: str, out: str, *, n: int, seed: int = 0, method: str | None 
     ``step`` picks a checkpoint (default: the newest). Existing outputs are refused unless
     ``overwrite`` (see `mmh_jax.experiments._outputs`).
     """
-    from mmh_jax import _interrupt
-    from mmh_jax.experiments._outputs import output_paths, write_npz
-    from mmh_jax.trained import load
-
     paths = output_paths(out, ("samples.npz", "samples.png"), command="sample", overwrite=overwrite)
     model = load(checkpoint, step=step)
     _interrupt.check()

@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -34,12 +36,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from mmh_jax import report
+from mmh_jax import _interrupt, report, train, train_flow
+from mmh_jax._compile import compiler_options
+from mmh_jax.checkpoint import Checkpointer, CheckpointError, NonFiniteError, abstract_like
+from mmh_jax.data import images, synthetic
 from mmh_jax.data.files import read_numpy, read_points
 from mmh_jax.experiments._presets import from_preset
+from mmh_jax.models import FLOW_MODELS, kind_of
 from mmh_jax.provenance import provenance
 from mmh_jax.sde import VPSDE
+from mmh_jax.train import TIME_SAMPLINGS
+from mmh_jax.train_flow import FLOW_PRESETS
+from mmh_jax.trained import make_batched_eps_apply
 
 __all__ = ["IDENTITY_KEYS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "default_model",
            "load_training_data", "newest_step", "preset", "train_or_resume"]
@@ -96,8 +106,6 @@ class TrainConfig:
     time_sampling: str = "uniform"
 
     def __post_init__(self):
-        import math
-
         for name, lo in (("steps", 1), ("n", 1), ("batch_size", 1), ("steps_per_call", 1),
                          ("checkpoint_every", 1), ("keep", 1), ("monitor_every", 0), ("warmup_steps", 0)):
             v = getattr(self, name)
@@ -108,8 +116,6 @@ class TrainConfig:
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got learning_rate={lr!r}.")
-        from mmh_jax.train import TIME_SAMPLINGS
-
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
                              f"time_sampling={self.time_sampling!r}; pass --time-sampling uniform (the default) "
@@ -132,9 +138,6 @@ UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "mode
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The named preset with overrides; the U-Net gets image-appropriate defaults (``UNET_DEFAULTS``)."""
-    from mmh_jax.train_flow import FLOW_PRESETS
-    from mmh_jax.models import FLOW_MODELS
-
     if overrides.get("model") == "unet":
         overrides = {**UNET_DEFAULTS, **overrides}
     if overrides.get("model") in FLOW_MODELS:
@@ -150,8 +153,6 @@ def load_training_data(config: TrainConfig, *, expand: bool = True) -> tuple[np.
     emphasises it (e.g. to make a model overfit chosen examples). With ``expand`` (the default, what
     training sees) the examples come repeated; ``expand=False`` gives the data as stored.
     """
-    from mmh_jax.data import images, synthetic
-
     labels = None
     if config.data in synthetic.GENERATORS:
         x = synthetic.GENERATORS[config.data](config.n, seed=config.seed).x
@@ -203,8 +204,6 @@ def _repeats(path: str, n: int) -> np.ndarray | None:
 
 def default_model(data: str) -> str:
     """``mlp`` for synthetic generators and (N, D) arrays, ``unet`` for images."""
-    from mmh_jax.data import synthetic
-
     if data in synthetic.GENERATORS or (data.endswith((".npy", ".npz")) and _vector_array(data) is not None):
         return "mlp"
     return "unet"
@@ -231,16 +230,12 @@ def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
         raise ValueError(f"time_sampling={config.time_sampling!r} (diffusion times) applies to --model mlp or unet, "
                          f"not {config.model!r}; drop --time-sampling.")
     if config.model in ("flow", "lidl"):
-        from mmh_jax import train_flow
-
         if d["num_classes"]:
             raise ValueError(f"model {config.model!r} is unconditional; drop --class-conditional.")
         d.update(train_flow.config_entries(config.model, config.deltas, x))
     elif config.deltas is not None:
         raise ValueError(f"deltas (noise scales of flows) apply to --model flow or lidl, not {config.model!r}; "
                          "drop --deltas.")
-    from mmh_jax.models import kind_of
-
     d["kind"] = kind_of(config.model)  # what mmh_jax.load builds: "diffusion" or "flow"
     return d
 
@@ -259,9 +254,6 @@ def train_or_resume(config: TrainConfig, out: str, *, resume: bool = False, over
       TrainingDiverged: the loss became non-finite (the last good checkpoint is kept).
       ValueError: unusable data or settings (before anything is written).
     """
-    from mmh_jax import _interrupt
-    from mmh_jax.checkpoint import Checkpointer, CheckpointError
-
     x, labels = load_training_data(config)
     cfg = _config_dict(config, x, labels)
     ckpt_dir = os.path.join(out, "checkpoints")
@@ -294,8 +286,6 @@ def train_or_resume(config: TrainConfig, out: str, *, resume: bool = False, over
 def _identity_keys(ckpt_dir: str, existing: int | None, config: TrainConfig) -> tuple[str, ...]:
     """`IDENTITY_KEYS`, less ``time_sampling`` where the run in ``ckpt_dir`` predates that
     option (its config does not record it: it was trained with ``uniform``) and this run is ``uniform``."""
-    from mmh_jax.checkpoint import Checkpointer, CheckpointError
-
     if existing is None or config.time_sampling != "uniform":
         return IDENTITY_KEYS
     ckpt = Checkpointer(ckpt_dir, read_only=True)
@@ -310,8 +300,6 @@ def _identity_keys(ckpt_dir: str, existing: int | None, config: TrainConfig) -> 
 
 def newest_step(ckpt_dir: str) -> int | None:
     """The newest complete checkpoint step in ``ckpt_dir`` (None if none, or no such folder)."""
-    from mmh_jax.checkpoint import Checkpointer
-
     if not os.path.isdir(ckpt_dir):
         return None
     ckpt = Checkpointer(ckpt_dir, read_only=True)
@@ -323,8 +311,6 @@ def newest_step(ckpt_dir: str) -> int | None:
 
 def _remove_run(out: str) -> None:
     """Delete what ``mmh-jax train`` wrote in ``out`` (``--overwrite``); other files stay."""
-    import shutil
-
     shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
     for name in ("config.json", "train_log.jsonl", "loss.png"):
         with contextlib.suppress(FileNotFoundError):
@@ -332,20 +318,11 @@ def _remove_run(out: str) -> None:
 
 
 def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from mmh_jax import _interrupt, train
-    from mmh_jax._compile import compiler_options
-    from mmh_jax.checkpoint import NonFiniteError, abstract_like
-    from mmh_jax.trained import make_batched_eps_apply
-
     key = jax.random.key(config.seed)
     k_init, k_probe, k_train = jax.random.split(key, 3)
     optimizer = train.make_optimizer(learning_rate=config.learning_rate, total_steps=config.steps,
                                      warmup_steps=config.warmup_steps)
     if cfg["kind"] == "flow":  # flow / lidl: an ensemble of flows, the step vmapped over its members
-        from mmh_jax import train_flow
-
         if config.monitor_every:
             raise ValueError(f"monitor_every (FLIPD of a probe batch) applies to diffusion models, not to model "
                              f"{config.model!r}; drop --monitor-every.")
@@ -451,8 +428,6 @@ def _restore(ckpt, abstract, cfg: dict[str, Any], steps: int, out: str):
     """The newest restorable state of this run and its step. Damaged newer checkpoints are skipped and
     said so (a save of the same step later keeps the damaged one aside as ``<step>.damaged``); a
     checkpoint of another configuration is refused."""
-    from mmh_jax.checkpoint import CheckpointError
-
     state, step, skipped = ckpt.restore_newest_intact(abstract, config=cfg)
     step = int(step)
     if step > steps:

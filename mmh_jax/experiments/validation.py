@@ -33,9 +33,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from mmh_jax import lid, parallel, report
 from mmh_jax.experiments._presets import from_preset
+from mmh_jax.experiments.pipeline import run as pipeline_run
 from mmh_jax.provenance import provenance
 from mmh_jax.data.gaussian import GaussianMixture, random_gaussian_mixture
 from mmh_jax.sde import VPSDE
@@ -186,8 +188,6 @@ def run(config: ValidationConfig, workdir: str, *, progress: bool = True, overwr
         ``mmh-jax run`` experiments report and ``overwrite`` is False (checked before any work; with
         ``overwrite`` that report's files are removed first).
     """
-    from tqdm.auto import tqdm
-
     _check_out(workdir, overwrite)
     os.makedirs(workdir, exist_ok=True)
     vp = VPSDE()
@@ -305,8 +305,6 @@ def _write_html(config: ValidationConfig, metrics: dict[str, Any], workdir: str)
 def _check_out(workdir: str, overwrite: bool) -> None:
     """Refuse (or with ``overwrite`` remove) another command's report in ``workdir``; an earlier
     validation there is replaced as a whole (every file is rewritten)."""
-    from mmh_jax.experiments.pipeline import run as pipeline_run
-
     if not os.path.exists(os.path.join(workdir, "metrics.json")):
         return
     previous = pipeline_run.previous_metrics(workdir)

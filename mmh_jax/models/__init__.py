@@ -12,6 +12,7 @@ of them, one per noise scale); [`as_score_fn`][mmh_jax.models.as_score_fn] /
 from mmh_jax.models.adapters import as_eps_fn, as_score_fn
 from mmh_jax.models.flows import Flow, make_nll_loss
 from mmh_jax.models.score_mlp import ScoreMLP, sinusoidal_embedding
+from mmh_jax.models.unet import UNet
 
 __all__ = ["FLOW_MODELS", "KINDS", "MODELS", "Flow", "ScoreMLP", "as_eps_fn", "as_score_fn", "kind_of", "make_model",
            "make_nll_loss", "sinusoidal_embedding"]
@@ -86,8 +87,6 @@ def make_model(name: str, *, num_classes: int | None = None, **kwargs):
     if name == "mlp":
         return ScoreMLP(num_classes=num_classes or None, **kwargs)
     if name == "unet":
-        from mmh_jax.models.unet import UNet
-
         return UNet(num_classes=num_classes, **kwargs)
     if name in FLOW_MODELS:
         if num_classes:

@@ -19,9 +19,15 @@ import sys
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from mmh_jax import _interrupt
+from mmh_jax import _interrupt, memorization, parallel, verdicts
+from mmh_jax._compile import compiler_options
+from mmh_jax.data import images
+from mmh_jax.experiments import model_estimators, training
+from mmh_jax.trained import load
 
 __all__ = ["Context", "lid_theta", "train_model", "with_null_class"]
 
@@ -66,9 +72,6 @@ class Context:
 def train_model(ctx: Context, name: str, config) -> Any:
     """Train (or reuse) ``config`` (a `TrainConfig`) in
     ``<out>/models/<name>`` and return the loaded [`TrainedModel`][mmh_jax.trained.TrainedModel]."""
-    from mmh_jax.experiments import training
-    from mmh_jax.trained import load
-
     run_dir = ctx.path("models", name, "")
     done = training.newest_step(os.path.join(run_dir, "checkpoints"))
     with ctx.timed(f"train_{name}"):
@@ -91,10 +94,6 @@ def lid_theta(model, x: np.ndarray, key, *, estimator: str = "flipd", progress: 
     `mmh_jax.experiments.model_estimators.estimate`); ``options`` are ``ModelLidConfig`` fields
     (``t0``, ``t0_grid``, ``trace``, ``t``, ``num_samples``, ``batch_size``). Keys are split per point.
     Returns ``{"lid": (N,)}`` plus, for FLIPD, ``curves``, ``lid_knee``, ``t0_knee`` and ``t0s``."""
-    import jax
-
-    from mmh_jax.experiments import model_estimators
-
     cfg = model_estimators.ModelLidConfig(checkpoint="", estimator=estimator, **options)
     keys = jax.random.split(key, x.shape[0])
     res, _, _ = model_estimators.estimate(cfg, model, np.asarray(x, np.float32), keys, progress=progress)
@@ -106,8 +105,6 @@ def lid_theta(model, x: np.ndarray, key, *, estimator: str = "flipd", progress: 
 def with_null_class(label, null_class: int):
     """``[label, null_class]`` (int32): a class and the null class ∅ of classifier-free guidance,
     to evaluate both with one vmapped (batched) network call rather than two copies of the network."""
-    import jax.numpy as jnp
-
     return jnp.stack([jnp.asarray(label, jnp.int32), jnp.asarray(null_class, jnp.int32)])
 
 
@@ -119,8 +116,6 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
     parameters stay traced (one compile per shape, whatever the checkpoint), and rows are mapped
     with [`mmh_jax.parallel.map_points`][mmh_jax.parallel.map_points] ``batch_size`` at a time.
     """
-    import jax
-
     fn = _mapped_model_fn(point_fn, batch_size)
     _interrupt.check()
     out = jax.device_get(fn(model, *arrays))  # the model is a pytree: its parameters are traced
@@ -131,11 +126,6 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
 @functools.lru_cache(maxsize=None)
 def _mapped_model_fn(point_fn, batch_size: int):
     """The jitted ``run(model, *arrays)`` of `map_model`; jit caches a program per model's static part."""
-    import jax
-
-    from mmh_jax import parallel
-    from mmh_jax._compile import compiler_options
-
     # One device: batched SVDs inside a sharded map can hang XLA:CPU (docs/performance.md); the
     # experiments are sized for one device anyway.
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -196,9 +186,6 @@ def digits_setup(cfg, ctx: Context) -> DigitsSetup:
       data hold once — the planted OD-Mem cases;
     - every other image is stored once with its digit.
     """
-    from mmh_jax.data import images
-    from mmh_jax.experiments import training
-
     d = images.digits()
     rng = np.random.default_rng(ctx.seed)
     perm = rng.permutation(d.x.shape[0])
@@ -234,9 +221,6 @@ def user_setup(checkpoint: str, data: str, ctx: Context, *, step: int | None = N
     """A user's own model (``mmh-jax train`` run directory) and training data (any path that
     ``mmh-jax train`` reads), for the detection experiment. Duplicated training points are found as
     exact repeats in the data; there is no held-out set."""
-    from mmh_jax.experiments import training
-    from mmh_jax.trained import load
-
     model = load(checkpoint, step=step)
     cfg = training.TrainConfig(data=data, model=model.config["model"],
                                 model_kwargs=dict(model.config.get("model_kwargs") or {}))
@@ -295,8 +279,6 @@ class LabelCalibration:
 
 def label_calibration(setup: DigitsSetup, cfg, ctx: Context) -> LabelCalibration:
     """The run's `LabelCalibration` (computed once per run and shared by the experiments)."""
-    from mmh_jax import memorization, verdicts
-
     key = ("label_calibration", cfg.calibration_n, cfg.label_fpr, cfg.threshold, setup.heldout_x.shape[0])
     if key in ctx.memo:
         return ctx.memo[key]
@@ -329,8 +311,6 @@ def memorization_labels(samples: np.ndarray, setup: DigitsSetup, cfg, threshold:
     Calibrated against the *distinct* training images: with duplicates among the n nearest, the
     mean distance would shrink and a copy of a duplicated image would look less like a copy.
     """
-    from mmh_jax import memorization
-
     n = min(cfg.calibration_n, setup.unique_x.shape[0])
     calib = np.asarray(memorization.calibrated_l2(samples, setup.unique_x, n=n))
     _, idx = memorization.nearest_training(samples, setup.unique_x, k=1)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mmh_jax import verdicts as V
 from mmh_jax.experiments.pipeline.common import Context, digits_setup, label_calibration, memorization_labels
 from mmh_jax.experiments.pipeline.guided import KINDS, guided_samples
 
@@ -41,8 +42,6 @@ _SETS = {"all": "all guided samples", "own": "per-image labels", "digit": "digit
 def findings(scores: dict[str, np.ndarray], mem: np.ndarray, kind: np.ndarray, seed: int = 0) -> list:
     """The findings ([`mmh_jax.verdicts.Finding`][mmh_jax.verdicts.Finding]) from per-sample scores, labels
     and kinds (index into `KINDS`); pure, for tests."""
-    from mmh_jax import verdicts as V
-
     mem, kind = np.asarray(mem, bool), np.asarray(kind)
     out = []
     for subset, sel in (("all", np.ones(mem.size, bool)), ("own", kind == 1), ("digit", kind == 0)):

@@ -17,9 +17,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mmh_jax import adapters, lid, sample
 from mmh_jax.experiments.pipeline.common import Context, DigitsSetup, map_model, with_null_class
+from mmh_jax.sde import VPSDE
 
 __all__ = ["KINDS", "guidance", "guided_samples", "point_fns"]
 
@@ -34,12 +38,6 @@ def point_fns(beta_min: float, beta_max: float, T: float, shape: tuple[int, ...]
     count and null class. Cached so that `common.map_model` (which caches its jit per point
     function) compiles each once; ``label``, ``guidance`` and ``t0`` are traced rows.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax import adapters, lid, sample
-    from mmh_jax.sde import VPSDE
-
     sde = VPSDE(beta_min=beta_min, beta_max=beta_max, T=T)
 
     def sample_point(score_for, key, label, w):
@@ -83,8 +81,6 @@ def _labels(setup: DigitsSetup, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]
 def guided_samples(setup: DigitsSetup, cfg, ctx: Context) -> dict[str, Any]:
     """The run's guided samples: ``samples``, ``labels``, ``kind`` (index into `KINDS`),
     ``cfg_norm``, ``flipd_conditional``, ``flipd_unconditional``, ``key_data`` and ``guidance``."""
-    import jax
-
     key = ("guided", cfg)
     if key in ctx.memo:
         return ctx.memo[key]

@@ -41,10 +41,16 @@ import dataclasses
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mmh_jax import lid, memorization, verdicts
+from mmh_jax import verdicts as V
+from mmh_jax.experiments.pipeline import guided as guided_mod
 from mmh_jax.experiments.pipeline.common import (Context, digits_setup, label_calibration, map_model,
                                                   memorization_labels, user_setup)
+from mmh_jax.sde import VPSDE
 
 __all__ = ["PLANTED", "findings", "od_dd", "planted_table", "run"]
 
@@ -53,19 +59,11 @@ PLANTED = ("od_mem", "dd_mem", "neither", "not_memorized")
 
 
 def _flipd(score_for, x, key, t0):
-    from mmh_jax import lid
-    from mmh_jax.sde import VPSDE
-
     return lid.flipd(score_for(None), x, key, t0=t0, sde=VPSDE(), trace="exact")
 
 
 def _curve_and_bundle(score_for, x, label, key, t0s, *, t, num_samples):
     """FLIPD curve (exact trace) with class ``label``, and the normal bundle LID, at one sample."""
-    import jax
-
-    from mmh_jax import lid
-    from mmh_jax.sde import VPSDE
-
     score = score_for(label)
     curve = lid.flipd_curve(score, x, t0s=t0s, sde=VPSDE(), trace="exact")
     nb = lid.normal_bundle(score, x, key, t=t, sde=VPSDE(), num_samples=num_samples)
@@ -96,8 +94,6 @@ def od_dd(lid_theta, lpca_star, atom, memorized, heldout_flipd, heldout_lpca, *,
       FLIPD's scale, ``gap``, ``small``, ``heldout_od_rate`` (fraction of half B that would be OD)
       and ``n_heldout_b``.
     """
-    from mmh_jax import memorization
-
     lid_theta, lpca_star = np.asarray(lid_theta, np.float64), np.asarray(lpca_star, np.float64)
     atom, memorized = np.asarray(atom, bool), np.asarray(memorized, bool)
     hf, hl = np.asarray(heldout_flipd, np.float64), np.asarray(heldout_lpca, np.float64)
@@ -167,8 +163,6 @@ def findings(d: dict[str, Any], planted, codes_g, labels_g, mem_g, seed: int = 0
     ``codes_g``, ``labels_g`` and ``mem_g`` are per guided sample (planted class or "", MMH code,
     label, memorized).
     """
-    from mmh_jax import verdicts as V
-
     out = []
 
     def detect(claim, stat, score, labels, note=""):
@@ -208,12 +202,6 @@ def findings(d: dict[str, Any], planted, codes_g, labels_g, mem_g, seed: int = 0
 
 def run(config, ctx: Context) -> dict[str, Any]:
     """Sample, label, estimate LID_θ and LID*, score detectors, classify; figures and ``images.npz``."""
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax import lid, memorization, verdicts
-    from mmh_jax.experiments.pipeline import guided as guided_mod
-
     cfg = config.images
     setup = user_setup(config.checkpoint, config.data, ctx, step=config.step) if config.checkpoint else digits_setup(cfg, ctx)
     model = setup.model
@@ -355,8 +343,6 @@ def run(config, ctx: Context) -> dict[str, Any]:
 
 def _check_default_sde(model) -> None:
     """The point functions use ``VPSDE()``; a model trained with another schedule is refused."""
-    from mmh_jax.sde import VPSDE
-
     vp = VPSDE()
     want = {"beta_min": float(vp.beta_min), "beta_max": float(vp.beta_max), "T": float(vp.T)}
     if {k: float(v) for k, v in model.config["sde"].items()} != want:

@@ -76,8 +76,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mmh_jax import lid, parallel, quality, verdicts
+from mmh_jax import sample as sampling
+from mmh_jax._compile import compiler_options
 from mmh_jax.experiments.pipeline.common import Context, digits_setup, label_calibration, memorization_labels
 from mmh_jax.experiments.pipeline.common import with_null_class
 
@@ -93,8 +98,6 @@ def _ddim_scan(step_eps, x, ts, sde):
     ``step_eps(x, t) -> (ε, aux)``; returns the last state and the stacked ``aux``. A grid that
     ends at t = 0 (α = 1, σ = 0) makes the last step the Tweedie denoising x₀ = (x − σε)/α.
     """
-    import jax
-
     def step(x, tt):
         t, s = tt
         a_t, sig_t = sde.marginal_coefs(t)
@@ -106,15 +109,11 @@ def _ddim_scan(step_eps, x, ts, sde):
 
 
 def _with_denoise(ts):
-    import jax.numpy as jnp
-
     return jnp.concatenate([ts, jnp.zeros(1, ts.dtype)])
 
 
 def _embedding_row(params, label):
     """Row ``label`` of the class-embedding table (a one-hot product: no gather on the parameters)."""
-    import jax
-
     table = params["params"]["label_embed"]["embedding"]
     return jax.nn.one_hot(label, table.shape[0], dtype=table.dtype) @ table
 
@@ -127,8 +126,6 @@ def _with_row(params, label, e):
     mesh-consistency check). Other rows are unchanged exactly, and so is the table when ``e`` is
     the row itself.
     """
-    import jax
-
     p = dict(params["params"])
     table = p["label_embed"]["embedding"]
     onehot = jax.nn.one_hot(label, table.shape[0], dtype=table.dtype)
@@ -139,8 +136,6 @@ def _with_row(params, label, e):
 
 def _cfg_eps(model, params, label, w: float):
     """ε_∅ + w(ε_c − ε_∅) with both classes in one network call (a batch of two); w = 1: ε_c alone."""
-    import jax.numpy as jnp
-
     if w == 1.0:  # the plain conditional model: half the network, and a much smaller program to compile
         return model.eps_fn_for(label, params=params)
     labels = with_null_class(label, model.num_classes)
@@ -160,12 +155,6 @@ def _mapped(fn, batch_size: int):
     equal chunks of at most ``batch_size``: ``lax.map`` traces a remainder chunk as a second copy of
     ``fn``, which would double the (large) compile time of these programs.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax import parallel
-    from mmh_jax._compile import compiler_options
-
     mesh = parallel.make_mesh(jax.devices()[:1])
 
     def run(params, *arrays, chunk):
@@ -295,8 +284,6 @@ def judge(levels: Sequence[str], memorized, quality: Sequence[dict[str, float]],
       >>> j["star"], j["finding"].verdict, j["finding"].n_positive, j["finding"].n_negative
       (1, 'holds', 20, 20)
     """
-    from mmh_jax import verdicts
-
     mem = np.asarray(memorized, bool)
     if mem.ndim != 2 or mem.shape[0] != len(levels) or len(quality) != len(levels) or len(levels) < 2:
         raise ValueError(f"need (L, n) memorized with L = len(levels) = len(quality) ≥ 2, got {mem.shape}, "
@@ -379,12 +366,6 @@ def run(config, ctx: Context) -> dict[str, Any]:
     (`common.LabelCalibration`) and ``label_text``; ``findings``; ``config``; ``figures``;
     ``reading``.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax import lid
-    from mmh_jax import sample as sampling
-
     cfg, icfg = config.mitigation, config.images
     setup = digits_setup(icfg, ctx)
     model = setup.model
@@ -598,8 +579,6 @@ def _named_index(setup, labels: np.ndarray) -> np.ndarray | None:
 
 def _training_nn_distance(x: np.ndarray) -> float:
     """Median distance from a distinct training image to its nearest other one (the scale of "a copy")."""
-    from mmh_jax import lid
-
     if x.shape[0] < 2:
         return float("nan")
     d, _ = lid.knn(np.asarray(x, np.float32).reshape(x.shape[0], -1), k=1)
@@ -608,8 +587,6 @@ def _training_nn_distance(x: np.ndarray) -> float:
 
 def _quality(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     """Precision, recall (kNN, ``k``) and energy distance of the finite samples against ``real``."""
-    from mmh_jax import quality
-
     ok = np.all(np.isfinite(fake.reshape(fake.shape[0], -1)), axis=1)
     if ok.sum() <= k:
         return {"precision": float("nan"), "recall": float("nan"), "distance": float("nan")}

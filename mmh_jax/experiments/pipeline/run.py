@@ -36,10 +36,13 @@ import sys
 import time
 from typing import Any
 
+import jax
+
 from mmh_jax import report
 from mmh_jax.experiments.pipeline.common import Context
 from mmh_jax.experiments.pipeline.config import EXPERIMENTS, SMOKE_PRESETS
 from mmh_jax.provenance import provenance
+from mmh_jax.verdicts import Finding
 
 __all__ = ["OtherRunError", "SUMMARY", "check_out", "identity", "run", "smoke_warning", "summary_rows"]
 
@@ -56,8 +59,6 @@ TITLES = {
 
 def finding_rows(m: Any) -> list[dict[str, Any]]:
     """One experiment's findings (``m["findings"]``, from `mmh_jax.verdicts.Finding.asdict`) as table rows."""
-    from mmh_jax.verdicts import Finding
-
     found = m.get("findings") if isinstance(m, dict) else None
     if not isinstance(found, list):
         return []
@@ -83,8 +84,6 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False,
         any work; ``overwrite=True`` removes that run's results instead.
     """
     previous = check_out(config, out, overwrite=overwrite)
-
-    import jax
 
     os.makedirs(out, exist_ok=True)
     ctx = Context(out=out, progress=progress, seed=config.seed)
@@ -321,8 +320,6 @@ def _compile_mode(fast: bool):
     compiled here are cached apart from the optimised ones of the same process (other runs, tests).
     Both settings are restored on exit.
     """
-    import jax
-
     if not fast:
         yield
         return

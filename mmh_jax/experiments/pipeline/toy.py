@@ -41,9 +41,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mmh_jax import lid, memorization
+from mmh_jax import verdicts as V
+from mmh_jax.data.synthetic import von_mises_point_mass
+from mmh_jax.experiments import training
 from mmh_jax.experiments.pipeline.common import Context, lid_theta, train_model
+from mmh_jax.sde import VPSDE
 
 __all__ = ["findings", "groups", "isolated_points", "run"]
 
@@ -60,8 +67,6 @@ def _lid_star(x: np.ndarray, point: np.ndarray) -> np.ndarray:
 
 def _spacing(uniq: np.ndarray) -> np.ndarray:
     """Distance of each distinct training point to its nearest other one."""
-    from mmh_jax import memorization
-
     spacing, _ = memorization.nearest_training(uniq, uniq, k=2)  # column 0 is the point itself
     return np.maximum(np.asarray(spacing)[:, 1], 1e-12)
 
@@ -72,8 +77,6 @@ def _copy_ratio(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.
     ``np.unique(train, axis=0)``. Below 1/3: the sample is a near-copy (it sits much closer to a
     training point than training points sit to each other). Calibrated ℓ2 (mean of the 50 nearest)
     suits high-dimensional images; on a curve in R² it calls almost everything a copy."""
-    from mmh_jax import memorization
-
     uniq = np.unique(train, axis=0)
     d, idx = memorization.nearest_training(samples, uniq, k=1)
     idx = np.asarray(idx)[:, 0]
@@ -92,8 +95,6 @@ def isolated_points(train: np.ndarray, point: np.ndarray, *, t0: float, isolatio
       >>> np.unique(train, axis=0)[iso].round(2).tolist()   # the point at angle 3, alone
       [[-0.99, 0.14]]
     """
-    from mmh_jax.sde import VPSDE
-
     uniq = np.unique(train, axis=0)
     scale = float(np.exp(VPSDE().delta(t0)))
     off_atom = np.linalg.norm(uniq - np.asarray(point)[None], axis=1) > 1e-6
@@ -115,8 +116,6 @@ def groups(lid_theta, lid_star, copy_ratio, isolated_nearest, *, gap: float, sma
       ``isolated_copy`` (near-copies of isolated circle training points), ``novel`` (circle samples
       that copy no training point), ``generalized_circle``.
     """
-    from mmh_jax import memorization
-
     lid_t = np.asarray(lid_theta, np.float32)
     star = np.asarray(lid_star, np.float32)
     codes = np.asarray(memorization.classify(lid_t, star, gap=gap, small=small))
@@ -130,8 +129,6 @@ def findings(lid_theta, lid_star, copy_ratio, isolated_nearest, *, gap: float, s
              seed: int = 0) -> list:
     """The toy's findings ([`mmh_jax.verdicts.Finding`][mmh_jax.verdicts.Finding], see the module docstring)
     from per-sample arrays (as `groups`); pure, for tests."""
-    from mmh_jax import verdicts as V
-
     lid_t = np.asarray(lid_theta, np.float64)
     g = groups(lid_t, lid_star, copy_ratio, isolated_nearest, gap=gap, small=small)
     n = lid_t.size
@@ -166,14 +163,6 @@ def run(config, ctx: Context) -> dict[str, Any]:
 
     ``config`` is the `RunConfig`; its ``toy`` section is used.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax import lid, memorization
-    from mmh_jax import verdicts as V
-    from mmh_jax.data.synthetic import von_mises_point_mass
-    from mmh_jax.experiments import training
-
     cfg = config.toy
     train_cfg = training.TrainConfig(
         data="von_mises_point_mass", n=cfg.n_train, model="mlp",

@@ -160,9 +160,11 @@ def test_jitted_curve_does_not_retrace_for_new_t0s():
 
 
 def test_knee_of_a_synthetic_corner():
-    t0s = jnp.geomspace(1e-3, 1.0, 31)
-    u = jnp.log10(t0s)
-    curve = jnp.where(u < -1.0, 4.0, 4.0 - 4.0 * (u + 1.0))  # flat at 4, then linear drop to 0
+    t0s = jnp.geomspace(1e-3, 1.0, 31)  # log10(t0) = -3 + k/10
+    k = jnp.arange(31)
+    # flat at 4 up to t0 = 0.1 (k = 20), then a linear drop in log10(t0) to 0; built from k, not from
+    # log10(t0s), so the corner's value is exactly 4 whatever the last bit of XLA's log10
+    curve = jnp.where(k <= 20, 4.0, 4.0 - 0.4 * (k - 20))
     t_star, v = jax.jit(lid.knee)(t0s[::-1], curve[::-1])  # order of the grid does not matter
     np.testing.assert_allclose(t_star, 0.1, rtol=1e-5)
     np.testing.assert_allclose(v, 4.0)

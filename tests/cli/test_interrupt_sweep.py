@@ -1,7 +1,7 @@
 """A signal at any moment of `mmh-jax train` and `mmh-jax run` ends the process promptly with 130/143,
 no traceback and a truthful message about what was saved (issue 16).
 
-Each case is a real child process (tests/interrupt_child.py) that signals itself at a named moment, so
+Each case is a real child process (tests/cli/interrupt_child.py) that signals itself at a named moment, so
 the moment is the same on every run whatever the load: during the imports, before the model exists,
 during the first compile (sent from a timer thread while XLA runs), after the first steps, in the
 middle of training, at the start of a save, and between two experiments of `run`. The default tier

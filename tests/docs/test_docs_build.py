@@ -12,7 +12,7 @@ import sys
 import mkdocs  # noqa: F401  (the docs tools are in the test extra: this test never skips)
 import mkdocstrings  # noqa: F401
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: API page (docs/api/<page>.md) -> the modules it documents.
 API_PAGES = {

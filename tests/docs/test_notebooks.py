@@ -16,7 +16,7 @@ import jupytext  # the notebook tools are in the test extra: these tests never s
 import nbformat
 import pytest
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ("01_lid_estimators", "02_memorization_geometry", "03_conditioning_and_mitigation", "04_scale")
 # 02 and 03 train the pipeline's quick models (toy MLP, digits network) inside the notebook: about a
 # minute each on two idle cores, more than the default suite's share, so they run with the slow tests;

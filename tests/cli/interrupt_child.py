@@ -1,4 +1,4 @@
-"""Run ``mmh-jax ARGS`` in this process and signal it at a named moment (tests/test_interrupt_sweep.py).
+"""Run ``mmh-jax ARGS`` in this process and signal it at a named moment (tests/cli/test_interrupt_sweep.py).
 
 Usage: ``python interrupt_child.py POINT SIGNAL ARGS...``. The signal is sent by this process to
 itself at POINT, so the moment is the same on every run (no timing races): the sweep checks what a
