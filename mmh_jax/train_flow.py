@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmh_jax import train
+from mmh_jax import lid, train
 from mmh_jax.models import Flow, make_model, make_nll_loss
 
 __all__ = ["DEFAULT_DELTAS", "FLOW_PRESETS", "config_entries", "init_params", "init_state", "make_flow",
@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_DELTAS", "FLOW_PRESETS", "config_entries", "init_params", "i
 
 #: Noise scales of each model when ``deltas`` is None.
 DEFAULT_DELTAS: dict[str, tuple[float, ...]] = {
-    "lidl": tuple(float(d) for d in np.geomspace(0.01, 0.1, 8)),
+    "lidl": lid.LIDL_DELTAS,
     "flow": (0.01,),
 }
 

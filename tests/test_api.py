@@ -6,6 +6,7 @@ import sys
 import mmh_jax
 from mmh_jax import lid, memorization, parallel, quality, sde, verdicts
 
+LID_CONSTANTS = {"LIDL_DELTAS", "TRACES"}
 LID_NAMES = {
     "cfdm", "cfg_norm", "ess", "evaluate", "fast_flow_lidl", "flipd", "flipd_curve", "fp_regress",
     "jacobian_spectrum", "knee", "knn", "lid_from_spectrum", "lidl", "lpca", "mle", "normal_bundle", "plateau", "twonn",
@@ -13,7 +14,8 @@ LID_NAMES = {
 
 
 def test_public_names_are_pinned():
-    assert set(lid.__all__) == LID_NAMES
+    assert set(lid.__all__) == LID_NAMES | LID_CONSTANTS
+    assert lid.TRACES == ("auto", "exact", "hutchinson") and len(lid.LIDL_DELTAS) == 8
     for name in LID_NAMES:
         assert callable(getattr(lid, name))
     assert {"map_points", "make_mesh"} <= set(parallel.__all__)

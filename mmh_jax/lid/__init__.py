@@ -25,7 +25,12 @@ from mmh_jax.lid._spectrum import fast_flow_lidl, jacobian_spectrum, lid_from_sp
 from mmh_jax.lid._model_free import ess, lpca, mle, twonn
 from mmh_jax.lid._knn import knn
 from mmh_jax.lid._metrics import evaluate
-from mmh_jax.lid import _trace
+from mmh_jax.lid import _lidl, _trace
+
+LIDL_DELTAS = tuple(float(d) for d in _lidl.NOISE_SCALES)
+"""LIDL's default noise scales δ, ``geomspace(0.01, 0.1, 8)``: [`lidl`][mmh_jax.lid.lidl]'s ``deltas``,
+FPRegress's ``log δ`` grid ([`fp_regress`][mmh_jax.lid.fp_regress]) and the flows ``mmh-jax train
+--model lidl`` trains."""
 
 TRACES = _trace.TRACES
 """The ``trace`` options of [`flipd`][mmh_jax.lid.flipd], [`flipd_curve`][mmh_jax.lid.flipd_curve] and
@@ -33,6 +38,8 @@ TRACES = _trace.TRACES
 Jacobian-vector products, ``"hutchinson"`` Rademacher probes, ``"auto"`` the exact trace for D ≤ 3500."""
 
 __all__ = [
+    "LIDL_DELTAS",
+    "TRACES",
     "cfdm",
     "cfg_norm",
     "ess",

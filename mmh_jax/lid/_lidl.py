@@ -19,8 +19,10 @@ from mmh_jax import _checks
 
 Array = jax.Array
 
-#: Default noise scales of LIDL.
-DEFAULT_DELTAS = np.geomspace(0.01, 0.1, 8).astype(np.float32)
+#: LIDL's noise scales δ (float64): the one definition of the default grid, also FPRegress's (as log δ)
+#: and the flows trained by ``mmh-jax train --model lidl``.
+NOISE_SCALES = np.geomspace(0.01, 0.1, 8)
+DEFAULT_DELTAS = NOISE_SCALES.astype(np.float32)
 
 
 def _check_deltas(deltas) -> Array:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmh_jax import _checks
+from mmh_jax.lid._lidl import NOISE_SCALES
 from mmh_jax.lid._trace import TRACES, exact_trace, hutchinson_trace, rademacher_probes, resolve_trace
 
 Array = jax.Array
@@ -219,7 +220,7 @@ def fp_regress(
     x, method, probes = _prepare(x, key, trace, num_probes)
     num_substeps = _checks.positive_int("num_substeps", num_substeps)
     if deltas is None:
-        deltas = np.log(np.geomspace(0.01, 0.1, 8)).astype(np.float32)
+        deltas = np.log(NOISE_SCALES).astype(np.float32)
     deltas = _checks.float_array("deltas", deltas, ndim=1)
     if deltas.shape[0] < 2:
         raise ValueError(f"deltas needs at least 2 log noise scales, got shape {deltas.shape}.")

@@ -58,17 +58,35 @@ def test_hutchinson_within_standard_error_of_exact(D, d):
     assert 0.75 * se <= float(jnp.std(est)) <= 1.25 * se
 
 
-def test_hutchinson_single_probe_path_agrees_with_multi_probe_path(key):
+def _probe_second_moment(key, dim, num_probes, t0):
+    """(1/P) Σ_p v_p v_pᵀ of the probes ``lid.flipd(..., key, trace="hutchinson", num_probes=P)`` draws, read
+    back through flipd: at x = 0 the linear field s(y)_i = y_j gives D + σ²·mean_p v_p,i·v_p,j."""
+    sigma = VP.marginal_coefs(t0)[1]
+
+    def entry(e):  # e = e_i e_jᵀ
+        return lid.flipd(lambda y, t: e @ y, jnp.zeros(dim), key, t0=t0, sde=VP, trace="hutchinson",
+                         num_probes=num_probes)
+
+    return ((jax.vmap(entry)(jnp.eye(dim * dim).reshape(-1, dim, dim)) - dim) / sigma**2).reshape(dim, dim)
+
+
+def test_hutchinson_paths_average_the_quadratic_form_over_their_probes(key):
+    """One probe (a single JVP) and several (linearize + vmap) each give
+    D + σ²·[mean_p v_pᵀ ∇s v_p + ‖s‖²] = D + σ²·[tr(∇s·M) + ‖s‖²], M the probes' second moment."""
     gm = random_gaussian_mixture(0, [3], 6)
     x = _points(gm, 1)[0]
-    probes = jax.random.rademacher(key, (1, 6), jnp.float32)
-    from mmh_jax.lid._trace import hutchinson_trace
-
-    f = lambda y: gm.score(y, 0.1, VP)  # noqa: E731
-    v1, t1 = jax.jit(hutchinson_trace, static_argnums=0)(f, x, probes)
-    v2, t2 = jax.jit(hutchinson_trace, static_argnums=0)(f, x, jnp.concatenate([probes, probes]))
-    np.testing.assert_allclose(t1, t2, rtol=1e-5)
-    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    t0 = 0.1
+    alpha, sigma = VP.marginal_coefs(t0)
+    score = lambda y: gm.score(y, t0, VP)  # noqa: E731
+    jac, s = jax.jacfwd(score)(alpha * x), score(alpha * x)
+    for num_probes in (1, 3):
+        est, m = jax.jit(lambda x: (lid.flipd(gm.score_fn(VP), x, key, t0=t0, sde=VP, trace="hutchinson",
+                                              num_probes=num_probes),
+                                    _probe_second_moment(key, 6, num_probes, t0)))(x)
+        np.testing.assert_allclose(np.diag(m), 1.0, rtol=1e-5)  # Rademacher: v_i² = 1
+        np.testing.assert_allclose(m * num_probes, np.round(m * num_probes), atol=1e-4)
+        want = 6 + sigma**2 * (jnp.sum(jac * m.T) + jnp.sum(s**2))
+        np.testing.assert_allclose(est, want, rtol=1e-5)
 
 
 def test_exact_trace_chunking_is_invariant():
