@@ -17,6 +17,18 @@ def _closed_loop_error():
     raise AssertionError("a closed loop accepted a callback")
 
 
+def _check_closed(exc):
+    """Named like asyncio's check: a report raised here differs from the dropped one only in ``exc``."""
+    raise exc
+
+
+def _raised(exc):
+    try:
+        _check_closed(exc)
+    except Exception as e:  # noqa: BLE001 - whatever was passed
+        return e
+
+
 def test_only_closed_loop_reports_are_dropped(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(("unraisable", u.exc_value)))
@@ -30,10 +42,17 @@ def test_only_closed_loop_reports_are_dropped(monkeypatch):
         raise other
     except RuntimeError:
         other_tb = sys.exc_info()[2]
-    for exc, tb in ((closed, closed.__traceback__), (other, other_tb)):
+    same_text = RuntimeError("Event loop is closed")  # the message, but not raised by asyncio's check
+    try:
+        raise same_text
+    except RuntimeError:
+        same_text_tb = sys.exc_info()[2]
+    not_runtime, other_text = _raised(ValueError("Event loop is closed")), _raised(RuntimeError("Event loop closed"))
+    reports = ((closed, closed.__traceback__), (other, other_tb), (same_text, same_text_tb),
+               (not_runtime, not_runtime.__traceback__), (other_text, other_text.__traceback__), (closed, None))
+    for exc, tb in reports:
         sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=tb,
                                                  err_msg=None, object=None))
         sys.excepthook(type(exc), exc, tb)
-    assert seen == [("unraisable", other), ("except", other)]
-    assert _orbax_quiet._is_closed_loop_error(type(closed), closed, closed.__traceback__)
-    assert not _orbax_quiet._is_closed_loop_error(ValueError, ValueError("Event loop is closed"), None)
+    assert seen == [(hook, exc) for exc in (other, same_text, not_runtime, other_text, closed)
+                    for hook in ("unraisable", "except")]

@@ -2,7 +2,7 @@
 partial results, and the next run resumes from them.
 
 Real `mmh-jax` subprocesses, signalled once their first checkpoint is on disk (polled); every wait has
-a timeout. Exact resume of the training loop itself is tests/test_train.py (in-process); sweep restart
+a timeout. Exact resume of the training loop itself is tests/experiments/test_training.py (in-process); sweep restart
 after SIGKILL is tests/test_sweep.py.
 """
 
@@ -23,6 +23,9 @@ import pytest
 import mmh_jax
 from mmh_jax import cli, train
 from mmh_jax.experiments import training
+from mmh_jax.experiments.pipeline import config as pipeline_config
+from mmh_jax.experiments.pipeline import images, toy
+from mmh_jax.experiments.pipeline import run as pipeline_run
 from mmh_jax.experiments.pipeline.common import Context, train_model
 
 WAIT_S = 300  # generous per-process limit (2 shared, loaded cores); nothing waits without one
@@ -107,7 +110,7 @@ def _check_interrupted_training(proc, reference, part, ref, tmp_path, signum, co
     steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()]
     after = list(range(saved.step + 50, 1501, 50))  # the resumed run logs on from the saved step, not from 0
     assert steps[-len(after):] == after and max(steps[:-len(after)]) <= saved.step, steps
-    if reference is not None:  # the parameters of an uninterrupted run (in-process version: tests/test_train.py)
+    if reference is not None:  # the parameters of an uninterrupted run (in-process version: tests/experiments/test_training.py)
         rc, log = _finish(reference)
         assert rc == 0, log[-3000:]
         for a, b in zip(_leaves(part), _leaves(ref), strict=True):
@@ -207,29 +210,46 @@ def test_sigterm_during_run_keeps_the_model_and_the_rerun_reuses_it(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["toy"] == metrics["toy"]
 
 
-def test_a_rerun_keeps_only_experiments_finished_with_the_same_configuration(tmp_path):
-    """pipeline.run._finished: an earlier metrics.json entry is kept only for the same configuration (but the
-    experiment selection), seed and package versions, with its figures on disk, and never for --checkpoint."""
-    from mmh_jax.experiments.pipeline import config as pipeline_config
-    from mmh_jax.experiments.pipeline.run import _finished
-    from mmh_jax.provenance import provenance
+def test_a_rerun_keeps_only_experiments_finished_with_the_same_configuration(tmp_path, monkeypatch):
+    """pipeline.run.run into the same out keeps an experiment's earlier metrics.json entry only for the same
+    configuration (but the experiment selection), seed and package versions, with its figures on disk, and
+    never for --checkpoint; otherwise it computes the experiment again (here: stand-ins that draw a figure)."""
+    computed = []
 
-    def metrics(experiments=("toy",), seed=0, **over):
-        cfg = pipeline_config.preset("quick", experiments=experiments, seed=seed)
-        return {"seed": seed, "config": {**dataclasses.asdict(cfg), **over}, "provenance": provenance()}
+    def stand_in(name):
+        def run(config, ctx):
+            computed.append(name)
+            Path(ctx.out, f"{name}.png").write_bytes(b"png")
+            return {"figures": [f"{name}.png"]}
+        return run
 
-    (tmp_path / "toy_scatter.png").write_bytes(b"png")
-    previous = json.loads(json.dumps({**metrics(), "toy": {"figures": ["toy_scatter.png"]}}))  # as read back
-    assert _finished(previous, "toy", metrics(), str(tmp_path))
-    assert _finished(previous, "toy", metrics(experiments=("toy", "images")), str(tmp_path))  # selection aside
-    assert not _finished(previous, "images", metrics(), str(tmp_path))  # never ran
-    assert not _finished(previous, "toy", metrics(seed=1), str(tmp_path))
-    changed = metrics()
-    changed["config"]["toy"] = {**changed["config"]["toy"], "steps": 201}
-    assert not _finished(previous, "toy", changed, str(tmp_path))
-    other = metrics()
-    other["provenance"] = {**other["provenance"], "versions": {**other["provenance"]["versions"], "jax": "0.0"}}
-    assert not _finished(previous, "toy", other, str(tmp_path))
-    assert not _finished(previous, "toy", metrics(checkpoint="some/run"), str(tmp_path))
-    (tmp_path / "toy_scatter.png").unlink()
-    assert not _finished(previous, "toy", metrics(), str(tmp_path))
+    monkeypatch.setattr(toy, "run", stand_in("toy"))
+    monkeypatch.setattr(images, "run", stand_in("images"))
+    out = tmp_path / "out"
+
+    def rerun(config, where=out):
+        computed.clear()
+        pipeline_run.run(config, str(where), progress=False)
+        return list(computed)
+
+    def edit_metrics(change):
+        metrics = json.loads((out / "metrics.json").read_text())
+        change(metrics)
+        (out / "metrics.json").write_text(json.dumps(metrics))
+
+    quick = pipeline_config.preset("quick", experiments=["toy"])
+    assert rerun(quick) == ["toy"]
+    assert rerun(quick) == []  # kept
+    assert rerun(pipeline_config.preset("quick", experiments=["toy", "images"])) == ["images"]  # selection aside
+    assert rerun(dataclasses.replace(quick, toy=dataclasses.replace(quick.toy, n_samples=64))) == ["toy"]
+    assert rerun(quick) == ["toy"]  # and back
+    edit_metrics(lambda m: m.update(seed=1))  # the recorded identity still says seed 0
+    assert rerun(quick) == ["toy"]
+    edit_metrics(lambda m: m["provenance"]["versions"].update(jax="0.0"))
+    assert rerun(quick) == ["toy"]
+    assert rerun(quick) == []
+    (out / "toy.png").unlink()
+    assert rerun(quick) == ["toy"]
+    own = pipeline_config.preset("quick", experiments=["images"], checkpoint=str(tmp_path / "run"), data="digits")
+    assert rerun(own, tmp_path / "own") == ["images"]
+    assert rerun(own, tmp_path / "own") == ["images"]  # a user's model may have been retrained since

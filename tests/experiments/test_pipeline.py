@@ -5,13 +5,19 @@ are not findings (the models are barely trained), so only structure, consistency
 checked. The findings are checked on the default preset and stated in the report.
 """
 
+import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mmh_jax import cli
+from mmh_jax._compile import compiler_options
 from mmh_jax.experiments.pipeline import config as pipeline_config
+from mmh_jax.experiments.pipeline import run as pipeline_run
+from mmh_jax.experiments.pipeline import toy
 from mmh_jax.experiments.pipeline.run import summary_rows
 
 # metrics.json keys readers rely on (others may be added): every experiment states its findings.
@@ -115,36 +121,42 @@ def test_detection_on_a_users_checkpoint_and_data(quick_run, tmp_path):
     assert not (user_out / "models").exists()  # nothing trained
 
 
-def test_quick_compiles_with_optimisations_off_and_restores_the_setting(quick_run):
-    import jax
+def _failing_toy(monkeypatch, seen):
+    """The toy experiment replaced by one that records the compile settings it runs under, then fails."""
+    def run(config, ctx):
+        seen.append((jax.config.values["jax_disable_most_optimizations"], jax.config.jax_optimization_level,
+                     compiler_options()))
+        raise RuntimeError("boom")
 
-    from mmh_jax.experiments.pipeline.run import _compile_mode
+    monkeypatch.setattr(toy, "run", run)
 
+
+def test_quick_compiles_with_optimisations_off_and_restores_the_setting(quick_run, tmp_path, monkeypatch):
     _, _, metrics = quick_run
     assert metrics["config"]["fast_compile"] is True
     assert pipeline_config.preset("default").fast_compile is False
     assert jax.config.values["jax_disable_most_optimizations"] is False  # the quick run restored it
-    with pytest.raises(RuntimeError, match="boom"):
-        with _compile_mode(True):
-            assert jax.config.values["jax_disable_most_optimizations"] is True
-            assert jax.config.jax_optimization_level == "O0"  # keys the jit cache apart
-            raise RuntimeError("boom")
+    seen = []
+    _failing_toy(monkeypatch, seen)
+    with pytest.raises(RuntimeError, match="boom"):  # restored after an error too
+        pipeline_run.run(pipeline_config.preset("quick", experiments=["toy"]), str(tmp_path), progress=False)
+    assert seen == [(True, "O0", None)]  # O0 keys the jit cache apart
     assert jax.config.values["jax_disable_most_optimizations"] is False
     assert jax.config.jax_optimization_level == "UNKNOWN"
 
 
-def test_compiler_options_lower_the_llvm_level_on_cpu_outside_fast_compile():
-    import jax
-    import jax.numpy as jnp
-
-    from mmh_jax._compile import compiler_options
-    from mmh_jax.experiments.pipeline.run import _compile_mode
-
+def test_compiler_options_lower_the_llvm_level_on_cpu_outside_fast_compile(tmp_path, monkeypatch):
     assert jax.default_backend() == "cpu"
     opts = compiler_options()
     assert opts == {"xla_backend_optimization_level": 1}
-    with _compile_mode(True):  # the quick preset's own level 0 is left alone
-        assert compiler_options() is None
+    seen = []
+    _failing_toy(monkeypatch, seen)
+    quick = pipeline_config.preset("quick", experiments=["toy"])
+    for config in (quick, dataclasses.replace(quick, fast_compile=False)):
+        with pytest.raises(RuntimeError, match="boom"):
+            pipeline_run.run(config, str(tmp_path), progress=False)
+    # the quick preset's own level 0 is left alone; without fast_compile the settings are untouched
+    assert seen == [(True, "O0", None), (False, "UNKNOWN", opts)]
 
     def f(x):
         return jnp.tanh(x @ x.T).sum(axis=1) * jnp.exp(-x[:, 0])

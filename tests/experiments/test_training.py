@@ -8,7 +8,7 @@ import pytest
 
 import mmh_jax
 from mmh_jax import cli, lid, train
-from mmh_jax.checkpoint import CheckpointError
+from mmh_jax.checkpoint import CheckpointError, Checkpointer
 from mmh_jax.experiments import training
 
 TINY = dict(data="lollipop", n=500, model="mlp", model_kwargs={"hidden": 16, "num_layers": 2}, batch_size=32,
@@ -217,9 +217,14 @@ def test_train_and_sample_cli(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
-def test_identity_check_compares_configs_as_saved():
+def test_identity_check_compares_configs_as_saved(tmp_path):
     """A tuple in the current config equals the list it was saved as (JSON); real differences still count."""
-    from mmh_jax.checkpoint import _diff
-
-    assert _diff({"m": {"mults": [1, 2]}}, {"m": {"mults": (1, 2)}}, ["m"]) == []
-    assert _diff({"m": {"mults": [1, 2]}}, {"m": {"mults": (1, 4)}}, ["m"]) != []
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), identity_keys=("m",))
+    ckpt.save(1, train.init_train_state({"w": np.zeros(2, np.float32)}, train.make_optimizer(total_steps=2)),
+              {"m": {"mults": (1, 2)}, "steps": 1})
+    ckpt.check_compatible({"m": {"mults": (1, 2)}, "steps": 5})  # only identity keys count
+    ckpt.check_compatible({"m": {"mults": [1, 2]}})
+    with pytest.raises(CheckpointError, match=r"m: checkpoint has \{'mults': \[1, 2\]\}, this run has "
+                                              r"\{'mults': \(1, 4\)\}"):
+        ckpt.check_compatible({"m": {"mults": (1, 4)}})
+    ckpt.close()

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from mmh_jax.lid import evaluate
-from mmh_jax.lid._metrics import _strict_inversions
 
 
 def _concordance_oracle(e, t):
@@ -30,11 +29,17 @@ def test_concordance_matches_pairwise_oracle(rng, n, levels):
     assert evaluate(e, t)["concordance"] == pytest.approx(_concordance_oracle(e, t), abs=1e-12)
 
 
-def test_strict_inversions_matches_oracle(rng):
-    for n in (1, 2, 5, 33, 100):
-        r = rng.integers(0, max(1, n // 3), n)
-        want = sum(1 for i, j in itertools.combinations(range(n), 2) if r[i] > r[j])
-        assert _strict_inversions(r) == want
+def test_concordance_counts_every_strict_inversion(rng):
+    """With distinct truths, 1 − concordance is (inversions + ½ ties) / pairs: each strict inversion of
+    the estimates in truth order counts exactly (block sizes that are and are not powers of two)."""
+    for n in (2, 5, 33, 100, 257):
+        r = rng.integers(0, max(1, n // 3), n).astype(float)  # many ties
+        perm = rng.permutation(n)
+        pairs = list(itertools.combinations(range(n), 2))
+        inversions = sum(1 for i, j in pairs if r[i] > r[j])
+        ties = sum(1 for i, j in pairs if r[i] == r[j])
+        want = 1.0 - (inversions + 0.5 * ties) / len(pairs)
+        assert evaluate(r[perm], perm.astype(float))["concordance"] == pytest.approx(want, rel=0, abs=1e-12)
 
 
 def test_errors_bias_and_types():

@@ -322,23 +322,32 @@ def test_skdim_warning_free():
             getattr(lid, name)(x, k=10)
 
 
-def test_fo_count_from_eigenvalues_matches_tridiagonal_path(rng):
-    """The non-CPU branch feeds eigenvalues as a diagonal tridiagonal form; both count alike."""
-    from jax import lax
-
-    from mmh_jax.lid._model_free import _fo_finish
-
-    c = rng.standard_normal((64, 30, 12)) * rng.uniform(0.01, 1.0, (64, 1, 12))
-    s = jnp.asarray(np.einsum("bkd,bke->bde", c, c), jnp.float32)
-    s = s / jnp.max(jnp.diagonal(s, axis1=1, axis2=2), axis=1)[:, None, None]
-    _, d, e, _ = lax.linalg.tridiagonal(s, lower=True)
-    w = jnp.linalg.eigvalsh(s)
-    for alpha in (0.05, 0.3):
-        via_tri = _fo_finish((d, e), jnp.float32(alpha))
-        via_eig = _fo_finish((w, jnp.zeros_like(w[:, 1:])), jnp.float32(alpha))
-        want = np.sum(np.asarray(w) > alpha * np.asarray(w).max(axis=1, keepdims=True), axis=1)
-        np.testing.assert_array_equal(via_tri, want)
-        np.testing.assert_array_equal(via_eig, want)
+def test_lpca_counts_eigenvalues_above_alpha_times_the_largest(rng):
+    """The Fukunaga–Olsen count on neighbourhoods of known spectrum: each query's k nearest points are
+    its own cluster, whose scatter matrix has eigenvalues over four decades and one just above or
+    below each threshold α·λ₁ (relative gap 2·10⁻⁴, well above float32 error). The count runs on the
+    tridiagonal form on CPU and on the eigenvalues elsewhere: on an accelerator this covers that branch."""
+    n_q, k, dim, gap = 64, 30, 12, 2e-4
+    alphas = (0.05, 0.3)
+    lam = 10.0 ** rng.uniform(-4, 0, (n_q, dim))
+    near = [(lam > 0.8 * a) & (lam < 1.25 * a) for a in alphas]
+    for mask in near:
+        lam[mask] *= 0.5  # out of every threshold's ±20 % band
+    lam[:, 0] = 1.0
+    for j, a in enumerate(alphas, start=1):
+        lam[:, j] = a * (1 + gap * rng.choice([-1.0, 1.0], n_q))
+    scale = rng.uniform(0.5, 2.0, (n_q, 1))
+    basis, _ = np.linalg.qr(rng.standard_normal((n_q, dim, dim)))
+    draw = rng.standard_normal((n_q, k, dim))
+    centred, _ = np.linalg.qr(draw - draw.mean(axis=1, keepdims=True))  # orthonormal columns ⟂ 1
+    points = np.einsum("bkd,bd,bed->bke", centred, np.sqrt(lam * scale), basis)  # scatter Q diag(λ·s) Qᵀ
+    centres = 4.0 * rng.standard_normal((n_q, dim))
+    apart = np.linalg.norm(centres[:, None] - centres[None], axis=2) + np.diag(np.full(n_q, np.inf))
+    assert apart.min() > 2 * np.linalg.norm(points, axis=2).max()  # each query's k nearest: its cluster
+    data = (centres[:, None, :] + points).reshape(-1, dim).astype(np.float32)
+    for a in alphas:
+        np.testing.assert_array_equal(lid.lpca(data, k=k, alpha=a, queries=centres.astype(np.float32)),
+                                      np.sum(lam > a, axis=1))
 
 
 def test_empty_queries():
@@ -349,18 +358,46 @@ def test_empty_queries():
         assert getattr(lid, name)(x, k=4, queries=x[:0]).shape == (0,)
 
 
-def test_keep_nearest_is_the_top_k_set_with_its_ties():
-    """The refine's selection of k out of k + m candidates (no order) is lax.top_k's set, ties included."""
-    from jax import lax
+def _fo_counts(nbrs, alphas):
+    """float64 oracle of lPCA: #{λ_i > α·λ₁} of each neighbourhood's scatter, (M, k, D) -> (M, len(alphas))."""
+    c = nbrs - nbrs.mean(axis=1, keepdims=True)
+    w = np.linalg.eigvalsh(np.einsum("bkd,bke->bde", c, c))
+    return np.stack([np.sum(w > a * w[:, -1:], axis=1) for a in alphas], axis=1)
 
-    from mmh_jax.lid._knn import _keep_nearest
 
+ALPHAS = (0.0123, 0.0537, 0.1234, 0.2345, 0.4321, 0.7654)  # α·λ₁ far from every eigenvalue below
+
+
+def test_estimators_keep_the_k_nearest_of_misordered_candidates():
+    """The refine keeps the k exactly nearest of the k + 8 candidates in whatever order the search's
+    ‖q‖² + ‖x‖² − 2q·x put them: queries 10⁴ from the data mean (rounding ≫ the spread of a cluster)
+    whose own cluster of k + 1 … k + 8 points at distinct distances holds their k nearest. lPCA at
+    several α (the neighbourhood's spectrum profile) equals the brute-force neighbourhood's."""
+    rng = np.random.default_rng(1)
+    for dim, k, extra in ((4, 12, 5), (6, 24, 8)):
+        dirs = rng.standard_normal((32, dim))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        centres = 1e4 * np.concatenate([dirs, -dirs])  # mean 0, clusters far apart
+        r = np.sqrt(rng.uniform(0.25, 1.0, (64, k + extra, 1)))
+        u = rng.standard_normal((64, k + extra, dim))
+        x = (centres[:, None, :] + r * u / np.linalg.norm(u, axis=2, keepdims=True)).astype(np.float32)
+        q = centres.astype(np.float32)
+        sq = np.sum((x.astype(np.float64) - q[:, None, :]) ** 2, axis=2)
+        nbrs = np.take_along_axis(x.astype(np.float64), np.argsort(sq, axis=1)[:, :k, None], axis=1)
+        got = np.stack([lid.lpca(x.reshape(-1, dim), k=k, alpha=a, queries=q) for a in ALPHAS], axis=1)
+        np.testing.assert_array_equal(got, _fo_counts(nbrs, ALPHAS))
+
+
+def test_estimators_keep_the_k_nearest_with_ties_to_the_lower_index():
+    """Many candidates tied at the k-th place: symmetric small-integer points (exact float32 distances,
+    mean 0, duplicates too) whose lPCA at several α equals that of the brute-force neighbourhood with
+    ties broken by the lower index; m = min(k + 8, N − 1) − k = 8 and 1 extra candidates."""
     rng = np.random.default_rng(0)
-    # A few shapes (one compile each), many rows each: every row draws its own number of distinct
-    # values (1 to 11), so ties range from none-at-the-cut to all-equal.
-    for k, m in ((1, 1), (1, 9), (5, 8), (13, 3), (24, 9), (24, 1)):
-        levels = rng.integers(1, 12, (256, 1))
-        d = np.floor(rng.random((256, k + m)) * levels).astype(np.float32)
-        got = np.sort(np.asarray(jax.jit(_keep_nearest, static_argnums=1)(jnp.asarray(d), k)), axis=1)
-        want = np.sort(np.asarray(jax.jit(lambda a: lax.top_k(-a, k)[1])(jnp.asarray(d))), axis=1)
-        np.testing.assert_array_equal(got, want)
+    for n, dim, k, top in ((200, 3, 20, 2), (26, 3, 24, 1)):
+        half = rng.integers(-top, top + 1, (n // 2, dim))
+        x = np.concatenate([half, -half]).astype(np.float32)
+        sq = np.sum((x[:, None].astype(np.float64) - x[None]) ** 2, axis=2) + np.diag(np.full(n, np.inf))
+        assert np.mean(np.sort(sq, axis=1)[:, k - 1] == np.sort(sq, axis=1)[:, k]) > 0.25  # ties at the cut
+        nbrs = x[np.argsort(sq, axis=1, kind="stable")[:, :k]].astype(np.float64)
+        got = np.stack([lid.lpca(x, k=k, alpha=a) for a in ALPHAS], axis=1)
+        np.testing.assert_array_equal(got, _fo_counts(nbrs, ALPHAS))
