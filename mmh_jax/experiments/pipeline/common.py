@@ -123,7 +123,7 @@ def map_model(model, point_fn, *arrays, batch_size: int = 64):
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)  # keyed on point_fn: bounded, as callers may pass fresh closures
 def _mapped_model_fn(point_fn, batch_size: int):
     """The jitted ``run(model, *arrays)`` of `map_model`; jit caches a program per model's static part."""
     # One device: batched SVDs inside a sharded map can hang XLA:CPU (docs/performance.md); the
