@@ -76,6 +76,20 @@ def test_no_private_name_crosses_a_module():
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
+#: Private names a test may use, with why: ``_Conv`` is the U-Net's convolution written as a matmul
+#: over patches (see its docstring); its test checks it equals ``nn.Conv``, parameter for parameter.
+TESTS_MAY_USE = {("tests/models/test_unet.py", "from mmh_jax.models.unet import _Conv")}
+
+
+def test_tests_use_the_public_api():
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        found += [f for f in private_name_uses(rel, path.read_text())
+                  if (str(rel), f.split(": ", 1)[1]) not in TESTS_MAY_USE]
+    assert not found, "tests using private names of mmh_jax:\n" + "\n".join(found)
+
+
 def test_the_private_name_check_finds_planted_uses():
     planted = textwrap.dedent("""
         from mmh_jax import parallel

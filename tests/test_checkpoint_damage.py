@@ -330,11 +330,14 @@ def test_load_refuses_non_finite_parameters_of_an_old_checkpoint(run):
     ema = jax.tree.map(lambda x: x, state.ema_params)
     ema["params"]["hidden_1"]["kernel"] = ema["params"]["hidden_1"]["kernel"].at[3, 5].set(jnp.nan)
     bad = train.TrainState(step=state.step, params=state.params, ema_params=ema, opt_state=state.opt_state)
-    ckpt._manager.save(8, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(bad), meta=ocp.args.JsonSave({**meta, "format": FORMAT, "step": 8})), force=True)
-    ckpt._manager.wait_until_finished()
-    assert ckpt.all_steps() == [4, 6, 8]  # three kept
     ckpt.close()
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    keep3 = ocp.CheckpointManagerOptions(max_to_keep=3)  # as the run's own Checkpointer
+    with ocp.CheckpointManager(str(run / "checkpoints"), options=keep3, item_handlers=handlers) as manager:
+        manager.save(8, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(bad), meta=ocp.args.JsonSave({**meta, "format": FORMAT, "step": 8})))
+        manager.wait_until_finished()
+    assert Checkpointer(str(run / "checkpoints"), read_only=True).all_steps() == [4, 6, 8]  # three kept
 
     with pytest.raises(DamagedCheckpointError) as info:
         trained.load(str(run))

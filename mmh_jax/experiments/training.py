@@ -52,7 +52,7 @@ from mmh_jax.train_flow import FLOW_PRESETS
 from mmh_jax.trained import make_batched_eps_apply
 
 __all__ = ["IDENTITY_KEYS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "default_model",
-           "load_training_data", "newest_step", "preset", "train_or_resume"]
+           "load_training_data", "newest_step", "plot_loss", "preset", "run_config", "train_or_resume"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
@@ -220,7 +220,13 @@ def _vector_array(path: str) -> np.ndarray | None:
     return arr.astype(np.float32)
 
 
-def _config_dict(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
+def run_config(config: TrainConfig, x: np.ndarray, labels) -> dict[str, Any]:
+    """The configuration saved with a run (JSON-ready): ``config``'s fields, the data's event shape,
+    the number of classes and the SDE; its `IDENTITY_KEYS` are compared on resume.
+
+    Raises:
+      ValueError: ``time_sampling`` other than uniform for a flow model.
+    """
     d = dataclasses.asdict(config)
     d["event_shape"] = list(x.shape[1:])
     d["num_classes"] = int(labels.max()) + 1 if labels is not None else None
@@ -255,7 +261,7 @@ def train_or_resume(config: TrainConfig, out: str, *, resume: bool = False, over
       ValueError: unusable data or settings (before anything is written).
     """
     x, labels = load_training_data(config)
-    cfg = _config_dict(config, x, labels)
+    cfg = run_config(config, x, labels)
     ckpt_dir = os.path.join(out, "checkpoints")
     existing = newest_step(ckpt_dir)
     if existing is not None and not resume:
@@ -418,7 +424,7 @@ def _train(config, cfg, x, labels, out, ckpt, existing, progress) -> dict[str, A
         print(_interrupted_message(out, step, saved, start_step), file=sys.stderr)
     finally:
         bar.close()
-    _plot_loss(log_path, os.path.join(out, "loss.png"),
+    plot_loss(log_path, os.path.join(out, "loss.png"),
                "negative log-likelihood" if cfg["kind"] == "flow" else "denoising loss")
     return {"step": int(state.step), "start": start_step, "loss": loss, "interrupted": interrupted, "out": out,
             "saved": saved}
@@ -486,7 +492,8 @@ def _interrupted_message(out: str, step: int, saved: int | None, start_step: int
             "with --resume")
 
 
-def _plot_loss(log_path: str, png: str, ylabel: str = "denoising loss") -> None:
+def plot_loss(log_path: str, png: str, ylabel: str = "denoising loss") -> None:
+    """Write ``png``, the loss of each logged step of the JSON-lines log ``log_path`` (nothing if absent)."""
     if not os.path.exists(log_path):
         return
     from mmh_jax._plotting import pyplot

@@ -241,7 +241,7 @@ def test_the_loss_figure_of_a_one_dispatch_run_shows_its_point(tmp_path):
 
     log = tmp_path / "train_log.jsonl"
     log.write_text(json.dumps({"step": 50, "loss": 0.7}) + "\n")
-    training._plot_loss(str(log), str(tmp_path / "loss.png"))
+    training.plot_loss(str(log), str(tmp_path / "loss.png"))
     img = matplotlib.image.imread(tmp_path / "loss.png")[..., :3]
     blue = np.array([0x1F, 0x77, 0xB4]) / 255  # matplotlib's first colour, the loss marker
     assert (np.abs(img - blue).max(axis=-1) < 0.1).sum() > 4

@@ -34,9 +34,9 @@ def test_od_dd_can_come_out_either_way(rng):
 def test_balanced_subset():
     mem = np.array([True, False, True, True, False, False, True])
     idx = np.arange(7)
-    assert images._balanced_subset(idx, mem, 4).tolist() == [0, 2, 1, 4]
-    assert images._balanced_subset(idx, mem, 6).tolist() == [0, 2, 3, 1, 4, 5]
-    assert images._balanced_subset(idx[:2], mem, 6).tolist() == [0, 1]
+    assert images.balanced_subset(idx, mem, 4).tolist() == [0, 2, 1, 4]
+    assert images.balanced_subset(idx, mem, 6).tolist() == [0, 2, 3, 1, 4, 5]
+    assert images.balanced_subset(idx[:2], mem, 6).tolist() == [0, 1]
 
 
 def test_planted_table_and_findings_each_way(rng):

@@ -124,5 +124,5 @@ def test_findings_on_hand_made_scores_come_out_each_way(tmp_path):
     assert control.verdict == "inconclusive" and control.n_positive == 3 and "cannot test" in control.note
     le = get("conditioning lowers LID_θ: FLIPD(x | c) ≤ FLIPD(x)")
     assert le.effect == pytest.approx(0.75) and le.verdict == "holds"
-    conditional._figure(str(tmp_path / "f.png"), scores, mem, kind)
+    conditional.plot_scores(str(tmp_path / "f.png"), scores, mem, kind)
     assert os.path.getsize(tmp_path / "f.png") > 0

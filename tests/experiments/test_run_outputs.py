@@ -79,7 +79,7 @@ def test_a_default_preset_report_records_its_preset_without_a_smoke_banner(tmp_p
     config = pipeline_config.preset("default", experiments=["toy"])
     assert config.preset == "default" and pipeline_run.smoke_warning(config) is None
     metrics = {"preset": "default", "smoke_run": False, "backend": "cpu", "devices": 1, "timing": {"total_s": 1.0}}
-    pipeline_run._write_html(metrics, config, str(tmp_path))
+    pipeline_run.write_html(metrics, config, str(tmp_path))
     page = (tmp_path / "report.html").read_text()
     assert "preset default" in page and "Smoke run" not in page and "class='banner'" not in page
 

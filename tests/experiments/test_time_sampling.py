@@ -99,7 +99,7 @@ def test_unknown_time_sampling_is_refused_with_the_fix():
         train.sample_times(jax.random.key(0), (2,), VPSDE(), time_sampling="edm")
     flow = training.TrainConfig(data="lollipop", model="flow", time_sampling="log-sigma")
     with pytest.raises(ValueError, match=r"time_sampling='log-sigma' .* not 'flow'; drop --time-sampling"):
-        training._config_dict(flow, np.zeros((4, 2), np.float32), None)
+        training.run_config(flow, np.zeros((4, 2), np.float32), None)
 
 
 def test_cli_flag_reaches_the_config(tmp_path, monkeypatch, capsys):
@@ -129,16 +129,16 @@ def test_resume_with_another_time_sampling_is_refused_and_legacy_runs_resume(tmp
     # A run saved before the option existed (no time_sampling in its config) was uniform: it resumes
     # as uniform, and is refused as log-sigma.
     legacy = str(tmp_path / "legacy")
-    real = training._config_dict
+    real = training.run_config
 
     def without(config, x, labels):
         d = real(config, x, labels)
         d.pop("time_sampling")
         return d
 
-    monkeypatch.setattr(training, "_config_dict", without)
+    monkeypatch.setattr(training, "run_config", without)
     training.train_or_resume(training.TrainConfig(steps=5, **TINY), legacy, progress=False)
-    monkeypatch.setattr(training, "_config_dict", real)
+    monkeypatch.setattr(training, "run_config", real)
     with pytest.raises(CheckpointError, match=r"time_sampling: checkpoint has None, this run has 'log-sigma'"):
         training.train_or_resume(training.TrainConfig(steps=10, time_sampling="log-sigma", **TINY), legacy, resume=True,
                       progress=False)

@@ -78,7 +78,7 @@ def test_isolated_points_and_copy_ratio():
     uniq = np.unique(train, axis=0)
     assert iso.sum() == 2 and np.allclose(np.linalg.norm(uniq[iso], axis=1), 1.0)  # the atom is never isolated
     samples = np.array([[np.cos(3.0) + 0.01, np.sin(3.0)], [np.cos(0.01), np.sin(0.01)]], np.float32)
-    ratio, nearest = toy._copy_ratio(samples, train)
+    ratio, nearest = toy.copy_ratio(samples, train)
     assert ratio[0] < 1 / 3 and iso[nearest[0]]
     assert not iso[nearest[1]]
 

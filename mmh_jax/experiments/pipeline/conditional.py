@@ -31,7 +31,7 @@ from mmh_jax import verdicts as V
 from mmh_jax.experiments.pipeline.common import Context, digits_setup, label_calibration, memorization_labels
 from mmh_jax.experiments.pipeline.guided import KINDS, guided_samples
 
-__all__ = ["SCORES", "findings", "run"]
+__all__ = ["SCORES", "findings", "plot_scores", "run"]
 
 #: The scores compared, each with the sign that makes "higher = more likely memorized".
 SCORES = {"cfg_norm": 1.0, "flipd_conditional": -1.0, "flipd_unconditional": -1.0}
@@ -86,7 +86,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
     np.savez(ctx.path("conditional.npz"), samples=g["samples"], labels=g["labels"], kind=kind,
              key_data=g["key_data"], memorized=mem, calibrated_l2=np.asarray(calib), nearest=np.asarray(nearest),
              **scores)
-    _figure(ctx.path("conditional_scores.png"), scores, mem, kind)
+    plot_scores(ctx.path("conditional_scores.png"), scores, mem, kind)
     metrics["figures"] = ["conditional_scores.png"]
     metrics["reading"] = _reading(metrics, found)
     return metrics
@@ -114,7 +114,10 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.2f}"
 
 
-def _figure(path, scores, mem, kind) -> None:
+def plot_scores(path, scores, mem, kind) -> None:
+    """Write the figure at ``path``: conditional vs unconditional FLIPD, and the CFG norm, of the
+    ``scores`` (arrays by `SCORES` name) by the sample's ``kind`` (index into `KINDS`), memorized
+    samples (``mem``) in red."""
     from mmh_jax._plotting import pyplot
 
     plt = pyplot()

@@ -52,7 +52,7 @@ from mmh_jax.experiments.pipeline.common import (Context, digits_setup, label_ca
                                                   memorization_labels, user_setup)
 from mmh_jax.sde import VPSDE
 
-__all__ = ["PLANTED", "findings", "od_dd", "planted_table", "run"]
+__all__ = ["PLANTED", "balanced_subset", "findings", "od_dd", "planted_table", "run"]
 
 #: Columns of the planted-case confusion table.
 PLANTED = ("od_mem", "dd_mem", "neither", "not_memorized")
@@ -138,7 +138,7 @@ def planted_table(codes, neither, memorized, truth) -> dict[str, dict[str, int]]
     return table
 
 
-def _balanced_subset(idx: np.ndarray, mem: np.ndarray, m: int) -> np.ndarray:
+def balanced_subset(idx: np.ndarray, mem: np.ndarray, m: int) -> np.ndarray:
     """Up to ``m`` of ``idx``: memorized ones first up to half (or more when too few are not), then not memorized."""
     pos, neg = idx[mem[idx]], idx[~mem[idx]]
     k_pos = min(pos.size, max(m // 2, m - neg.size))
@@ -241,7 +241,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
 
     # 3. Curves (exact trace) and the normal bundle at per-image-label samples: half memorized, half not.
     own = g["kind"] == 1
-    order = _balanced_subset(np.flatnonzero(own), mem_g, cfg.curve_points)
+    order = balanced_subset(np.flatnonzero(own), mem_g, cfg.curve_points)
     t0s = jnp.asarray(np.geomspace(*cfg.t0_grid[:2], int(cfg.t0_grid[2])), jnp.float32)
     m = order.size
     if m:

@@ -44,7 +44,8 @@ from mmh_jax.experiments.pipeline.config import EXPERIMENTS, SMOKE_PRESETS
 from mmh_jax.provenance import provenance
 from mmh_jax.verdicts import Finding
 
-__all__ = ["OtherRunError", "SUMMARY", "check_out", "identity", "run", "smoke_warning", "summary_rows"]
+__all__ = ["OtherRunError", "SUMMARY", "check_out", "identity", "run", "smoke_warning", "summary_rows",
+           "write_html"]
 
 #: The columns of the summary: one row per finding of every experiment (`mmh_jax.verdicts`).
 SUMMARY = ("experiment", "claim", "effect [95% CI]", "needs", "n", "verdict")
@@ -360,7 +361,7 @@ def _run_experiments(config, ctx: Context, metrics: dict[str, Any], previous: di
         metrics["timing"] = {"total_s": time.perf_counter() - start, **ctx.timings,
                              **{f"{e}_s": metrics[e]["seconds"] for e in EXPERIMENTS if e in metrics}}
         report.write_json(os.path.join(out, "metrics.json"), metrics)
-        _write_html(metrics, config, out)
+        write_html(metrics, config, out)
 
 
 def _finished(previous: dict[str, Any], name: str, metrics: dict[str, Any], out: str) -> bool:
@@ -394,7 +395,7 @@ def previous_metrics(out: str) -> dict[str, Any]:
     return old if isinstance(old, dict) else {}
 
 
-def _write_html(metrics: dict[str, Any], config, out: str) -> None:
+def write_html(metrics: dict[str, Any], config, out: str) -> None:
     """``out/report.html``: the summary table, each experiment's reading and figures; the preset in
     the title and footer, and for a smoke run (`smoke_warning`) a banner above everything."""
     sections = [{"title": "Summary: every finding with its 95% bootstrap interval, n and verdict (inconclusive "

@@ -14,7 +14,7 @@ a finding. The claims are about groups defined without LID_θ, from the geometry
 set alone:
 
 - a *near-copy* of a training point lies closer to it than 1/3 of that point's distance to its
-  nearest other distinct training point (`_copy_ratio`);
+  nearest other distinct training point (`copy_ratio`);
 - a circle training point is *isolated* when its nearest other training point lies farther than
   ``isolation`` · σ(t0)/α(t0), the noise scale FLIPD reads at (0.15 at t0 = 0.02): there the
   closed-form model of the training set (the perfect memorizer, [`mmh_jax.lid.cfdm`][mmh_jax.lid.cfdm]) reads
@@ -52,7 +52,7 @@ from mmh_jax.experiments import training
 from mmh_jax.experiments.pipeline.common import Context, lid_theta, train_model
 from mmh_jax.sde import VPSDE
 
-__all__ = ["findings", "groups", "isolated_points", "run"]
+__all__ = ["copy_ratio", "findings", "groups", "isolated_points", "run"]
 
 #: A sample is a near-copy of a training point closer than this fraction of the point's spacing.
 COPY_RATIO = 1.0 / 3.0
@@ -71,7 +71,7 @@ def _spacing(uniq: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(spacing)[:, 1], 1e-12)
 
 
-def _copy_ratio(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def copy_ratio(samples: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distance of each sample to its nearest distinct training point, over that point's own distance
     to the nearest other distinct training point, and the index of that point in
     ``np.unique(train, axis=0)``. Below 1/3: the sample is a near-copy (it sits much closer to a
@@ -197,7 +197,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
             jnp.asarray(iso_x)), np.float64) if iso_x.size else np.zeros(0)
     lid_star = _lid_star(samples, point)
     lid_t = np.asarray(flipd["lid"])
-    ratio, nearest = _copy_ratio(samples, data.x)
+    ratio, nearest = copy_ratio(samples, data.x)
     g = groups(lid_t, lid_star, ratio, iso[nearest], gap=cfg.gap, small=cfg.small)
     codes = g["codes"]
     found = findings(lid_t, lid_star, ratio, iso[nearest], gap=cfg.gap, small=cfg.small, seed=ctx.seed)
