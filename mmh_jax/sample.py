@@ -32,6 +32,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmh_jax import _checks, adapters, lid
 
@@ -84,6 +85,24 @@ def time_grid(sde, num_steps: int, t_min: float = 1e-3) -> Array:
     if _checks.is_concrete(t_min) and not 0.0 < float(t_min) < float(sde.T):
         raise ValueError(f"t_min must lie in (0, T) = (0, {float(sde.T)}), got {t_min}.")
     return jnp.linspace(sde.T, t_min, num_steps + 1).astype(jnp.float32)
+
+
+def _grid(sde, num_steps, t_min, ts) -> Array:
+    """The sampler's times: ``ts`` as given (checked), else ``time_grid`` with the defaults."""
+    if ts is None:
+        return time_grid(sde, 100 if num_steps is None else num_steps, 1e-3 if t_min is None else t_min)
+    if num_steps is not None or t_min is not None:
+        raise ValueError(f"Give either ts or num_steps/t_min, got ts and num_steps={num_steps}, t_min={t_min}.")
+    ts = _checks.float_array("ts", ts, ndim=1)
+    if ts.shape[0] < 2:
+        raise ValueError(f"ts must hold at least two times (one step), got shape {ts.shape}.")
+    if _checks.is_concrete(ts):
+        t = np.asarray(ts)
+        if not (np.all(t[1:] < t[:-1]) and t[-1] > 0.0 and t[0] <= float(sde.T)):
+            raise ValueError(f"ts must strictly decrease within (0, T] = (0, {float(sde.T)}], got {t.size} times "
+                             f"from {t[0]:g} to {t[-1]:g}{'' if np.all(t[1:] < t[:-1]) else ', not decreasing'}; "
+                             f"build it with sample.time_grid or slice one.")
+    return ts
 
 
 def _finish(score_fn, x, t, sde, denoise: bool):
@@ -175,12 +194,13 @@ def ddim(
     shape,
     *,
     sde,
-    num_steps: int = 100,
-    t_min: float = 1e-3,
+    num_steps: int | None = None,
+    t_min: float | None = None,
     denoise: bool = True,
     return_trajectory: bool = False,
     x_init=None,
     has_aux: bool = False,
+    ts=None,
 ):
     """Deterministic DDIM: x̂₀ = (x − σ_t ε̂)/α_t, then x_s = α_s x̂₀ + σ_s ε̂. From x_T ~ N(0, I)
     drawn from ``key`` (or ``x_init`` when given, making the map x_T ↦ x₀ a decoder).
@@ -190,14 +210,19 @@ def ddim(
       key: PRNG key of the prior draw (unused when ``x_init`` is given).
       shape: event shape of one example.
       sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
-      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]).
-      denoise: finish with x̂₀ at ``t_min``.
+      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]; defaults 100
+        and 1e-3).
+      denoise: finish with x̂₀ at the grid's last time.
       return_trajectory: also return the states and times before each step.
-      x_init: optional starting point x_T of ``shape`` (floating point).
+      x_init: optional starting point of ``shape`` (floating point), at the grid's first time.
       has_aux: ``eps_fn`` returns ``(ε̂, aux)``; the ``aux`` of every step (at the states before
         each step, as the trajectory) is returned stacked along a leading axis of length
         ``num_steps``. E.g. classifier-free guidance's ‖ε_c − ε_∅‖ from the very evaluations that
         drive the sampler, instead of a second pass over the trajectory.
+      ts: an explicit decreasing grid of times in (0, T] instead of ``num_steps`` and ``t_min``,
+        e.g. a slice of [`time_grid`][mmh_jax.sample.time_grid] to run part of a trajectory:
+        ``ts[:j + 1]`` with ``denoise=False`` stops at ``ts[j]``, and ``ts[j:]`` with
+        ``x_init`` at that state finishes it, bit for bit as one run over ``ts``.
 
     Returns:
       float32 array of ``shape``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
@@ -206,7 +231,8 @@ def ddim(
 
     Raises:
       TypeError: non-float ``x_init``; ``num_steps`` not an int.
-      ValueError: as [`time_grid`][mmh_jax.sample.time_grid].
+      ValueError: as [`time_grid`][mmh_jax.sample.time_grid]; ``ts`` together with ``num_steps``
+        or ``t_min``, not 1-D with at least two times, or (when concrete) not decreasing in (0, T].
 
     Reference: Song, Meng and Ermon, "Denoising Diffusion Implicit Models", arXiv 2010.02502.
 
@@ -220,7 +246,7 @@ def ddim(
       >>> bool(jnp.allclose(x, z, atol=0.02))   # N(0, I) maps to itself, up to the discretisation
       True
     """
-    ts = time_grid(sde, num_steps, t_min)
+    ts = _grid(sde, num_steps, t_min, ts)
     x_T = sde.prior_sample(key, shape) if x_init is None else _checks.float_array("x_init", x_init)
 
     def eps_only(x, t):

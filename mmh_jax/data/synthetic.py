@@ -123,14 +123,6 @@ class Dataset:
 # argument checks (errors name the argument, the value, and the fix)
 
 
-def _check_n(n: Any, name: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name} must be a Python int, got {n!r} of type {type(n).__name__}.")
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1 (the number of points), got {name}={n}.")
-    return int(n)
-
-
 def _check_positive(name: str, v: Any) -> float:
     v = float(v)
     if not (v > 0 and math.isfinite(v)):
@@ -190,7 +182,7 @@ def lollipop(
       >>> bool((ds.x[ds.component == 2] == 0).all())
       True
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     w = _weights("weights", weights, 3)
     rng = np.random.default_rng(seed)
     comp = _labels(rng, n, w)
@@ -240,7 +232,7 @@ def torus_circle(
       >>> bool(np.allclose(np.hypot(c[:, 0], c[:, 1]), 10.0) and np.allclose(c[:, 2], 0.0))
       True
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     R = _check_positive("major_radius", major_radius)
     r = _check_positive("minor_radius", minor_radius)
     if r >= R:
@@ -292,7 +284,7 @@ def swiss_roll(n: int, *, seed: int, hole: bool = False) -> Dataset:
     """
     from sklearn.datasets import make_swiss_roll
 
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     x, t = make_swiss_roll(n, noise=0.0, random_state=seed, hole=bool(hole))
     comp = np.zeros(n, np.int32)
     return _finish(x, (2,), comp, t=np.asarray(t, np.float32))
@@ -337,7 +329,7 @@ def von_mises_point_mass(
       >>> bool(np.allclose(np.linalg.norm(circle, axis=1), 1.0, atol=1e-6))
       True
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     kappa = float(kappa)
     if not (kappa >= 0 and math.isfinite(kappa)):
         raise ValueError(f"kappa must be a finite number >= 0, got kappa={kappa}.")
@@ -447,7 +439,7 @@ def gaussian_subspace(
       >>> U.shape, bool(np.abs(resid).max() < 1e-5)
       ((5, 2), True)
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     D = _checks.positive_int("ambient_dim", ambient_dim, minimum=1)
     d = _checks.positive_int("dim", dim, minimum=0)
     if d > D:
@@ -575,7 +567,7 @@ def affine_mixture(
       ...  for i in range(2)]
       [1, 3]
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     dims, D, distribution, separation = _check_mixture_args(dims, ambient_dim, distribution, separation)
     rng = np.random.default_rng(seed)
     x, comp, bases, centres = _affine_parts(rng, n, dims, D, distribution, weights, separation)
@@ -686,7 +678,7 @@ def squiggly_mixture(
       >>> ds.x.shape, sorted(set(ds.lid.tolist()))
       ((100, 4), [1, 2])
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     dims, D, distribution, separation = _check_mixture_args(dims, ambient_dim, distribution, separation)
     omega = _check_positive("frequency", frequency)
     rounds = _checks.positive_int("rounds", rounds, minimum=0)
@@ -796,7 +788,7 @@ def subsample(ds: Dataset, n: int, *, seed: int) -> Dataset:
       >>> len(ds), ds.x.shape
       (10, (10, 2))
     """
-    n = _check_n(n)
+    n = _checks.positive_int("n", n)
     if n > len(ds):
         raise ValueError(
             f"n must be <= len(ds) = {len(ds)} (sampling without replacement), got n={n}; "

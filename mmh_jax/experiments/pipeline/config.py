@@ -1,7 +1,8 @@
 """Configuration of ``mmh-jax run``: one frozen dataclass per experiment, and the presets.
 
-``quick`` (~40 s on 2 CPU cores; tiny sizes, for tests), ``default`` (~7 minutes on 2 CPU
-cores: the paper's findings on embedded data) and ``full`` (larger models and samples, for a GPU).
+``quick`` (tiny sizes, for tests), ``default`` (the paper's findings on embedded data, on a
+laptop's CPU) and ``full`` (larger models and samples, for a GPU); their run times are in
+docs/performance.md.
 """
 
 from __future__ import annotations

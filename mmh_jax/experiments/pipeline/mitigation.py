@@ -6,14 +6,13 @@ small cost in sample quality. That claim has two halves, and both are measured h
 must fall *by its interval*, and at a λ where quality has not (yet) fallen.
 
 **Which samples.** Mitigation can only be tested where memorization is frequent. Unconditional
-samples of the digits model are ~1–3 % memorized (3 of 128 in an earlier default run: too few
-positives for any verdict), and digit-class CFG samples 0 of 80 with the held-out-calibrated label.
-Samples guided (CFG scale ``cfg_guidance``) by the *per-image labels of the duplicated training
+and digit-class CFG samples of the digits model are rarely memorized: too few positives for any
+verdict. Samples guided (CFG scale ``cfg_guidance``) by the *per-image labels of the duplicated training
 images* (``labels="duplicated"``; labels ≥ 10 of `common.digits_setup`, each naming one
 image repeated ``copies`` times) are the analogue of the memorized prompts on which Wen et al. and
-Ross et al. test mitigation: ~78 % of them are memorized at λ = 0 on the default preset (with the
-per-image labels of the unique images too, ``labels="own"``, 30 of 80: those are rarely copied;
-``"digit"`` takes the digit classes, ``"null"`` unconditional samples). The ``n_samples`` samples cycle through those
+Ross et al. test mitigation, and most of them are memorized at λ = 0 (the measured fractions are in
+docs/experiments.md). ``labels="own"`` adds the per-image labels of the unique images (rarely
+copied), ``"digit"`` takes the digit classes, ``"null"`` unconditional samples. The ``n_samples`` samples cycle through those
 labels, so every label gets the same number.
 
 Two interventions on the class-conditional digits U-Net shared with ``images`` and ``conditional``:
@@ -90,26 +89,6 @@ __all__ = ["LABELS", "judge", "quality_within", "reference_set", "run", "sample_
 
 #: The label sets of the guided samples (see the module docstring).
 LABELS = ("duplicated", "own", "digit", "null")
-
-
-def _ddim_scan(step_eps, x, ts, sde):
-    """Deterministic DDIM over the grid ``ts`` (the update of [`mmh_jax.sample.ddim`][mmh_jax.sample.ddim]).
-
-    ``step_eps(x, t) -> (ε, aux)``; returns the last state and the stacked ``aux``. A grid that
-    ends at t = 0 (α = 1, σ = 0) makes the last step the Tweedie denoising x₀ = (x − σε)/α.
-    """
-    def step(x, tt):
-        t, s = tt
-        a_t, sig_t = sde.marginal_coefs(t)
-        a_s, sig_s = sde.marginal_coefs(s)
-        eps, aux = step_eps(x, t)
-        return a_s * (x - sig_t * eps) / a_t + sig_s * eps, aux
-
-    return jax.lax.scan(step, x, (ts[:-1], ts[1:]))
-
-
-def _with_denoise(ts):
-    return jnp.concatenate([ts, jnp.zeros(1, ts.dtype)])
 
 
 def _embedding_row(params, label):
@@ -415,9 +394,9 @@ def run(config, ctx: Context) -> dict[str, Any]:
             ratio = jnp.linalg.norm(e) / sigma / jnp.maximum(jnp.linalg.norm(g), 1e-30)
             return jnp.where(lam == 0, e, e - sigma * lam * g), ratio
 
-        x, ratios = _ddim_scan(step_eps, sde.prior_sample(k_pr, shape), _with_denoise(ts), sde)
+        x, ratios = sampling.ddim(step_eps, k_pr, shape, sde=sde, ts=ts, has_aux=True)
         f = lid.flipd(cond_score, x, k_rd, t0=t0, sde=sde, trace="hutchinson", num_probes=read_probes)
-        return x, ratios[:-1], f  # the last ratio is at the Tweedie step, not a sampling state
+        return x, ratios, f
 
     guided_fn = _mapped(guided_point, batch)
     lambdas = [float(v) for v in cfg.lambdas]
@@ -455,12 +434,11 @@ def run(config, ctx: Context) -> dict[str, Any]:
     j = min(max(j, 1), steps - 1)  # at least one step on either side of the optimisation
     t_late = float(ts[j])
     lr, n_opt = float(cfg.embedding_lr), int(cfg.embedding_steps)
-    no_aux = lambda eps: (lambda x, t: (eps(x, t), None))  # noqa: E731
 
     def embedding_point(params, k_pr, k_pb, label):
         e0 = _embedding_row(params, label)
         eps_with = lambda e: _cfg_eps(model, _with_row(params, label, e), label, guidance)  # noqa: E731
-        x_late, _ = _ddim_scan(no_aux(eps_with(e0)), sde.prior_sample(k_pr, shape), ts[: j + 1], sde)
+        x_late = sampling.ddim(eps_with(e0), k_pr, shape, sde=sde, ts=ts[: j + 1], denoise=False)
 
         def objective(e):
             score = model.score_fn_for(label, params=_with_row(params, label, e))  # FLIPD(x | e)
@@ -474,7 +452,7 @@ def run(config, ctx: Context) -> dict[str, Any]:
             return jnp.where(i < n_opt, e + step, e), f
 
         e_star, fs = jax.lax.scan(ascent, e0, jnp.arange(n_opt + 1))
-        finish = lambda e: _ddim_scan(no_aux(eps_with(e)), x_late, _with_denoise(ts[j:]), sde)[0]  # noqa: E731
+        finish = lambda e: sampling.ddim(eps_with(e), None, shape, sde=sde, ts=ts[j:], x_init=x_late)  # noqa: E731
         out = jax.vmap(finish)(jnp.stack([e0, e_star]))
         return out[0], out[1], fs[0], fs[-1]
 
