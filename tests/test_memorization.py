@@ -26,6 +26,12 @@ def _brute_dists(queries, train):
     return np.sqrt(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1))
 
 
+#: Queries, training examples, neighbours and chunk of the brute-force tests (nearest_training,
+#: calibrated ℓ2, exact copies, the pipeline): the same sizes, so they share one compiled search
+#: (it sees the examples flattened, (M, 24) and (N, 24)).
+M, N, K, CHUNK = 17, 60, 10, 5
+
+
 def _brute_calibrated(queries, train, n):
     d = np.sort(_brute_dists(queries, train), axis=1)[:, :n]
     return d[:, 0] / d.mean(axis=1)
@@ -44,17 +50,17 @@ def test_nearest_training_hand_made():
 
 
 def test_nearest_training_images_against_brute_force(rng):
-    train = rng.standard_normal((70, 4, 3, 2)).astype(np.float32)
-    queries = rng.standard_normal((23, 4, 3, 2)).astype(np.float32)
-    queries[:3] = train[[5, 0, 69]]  # exact copies find themselves at distance 0
+    train = rng.standard_normal((N, 4, 3, 2)).astype(np.float32)
+    queries = rng.standard_normal((M, 4, 3, 2)).astype(np.float32)
+    queries[:3] = train[[5, 0, N - 1]]  # exact copies find themselves at distance 0
     full = _brute_dists(queries, train)
-    order = np.argsort(full, axis=1, kind="stable")[:, :6]
-    for chunk in (None, 4):
-        d, i = mem.nearest_training(queries, train, k=6, chunk_size=chunk)
+    order = np.argsort(full, axis=1, kind="stable")[:, :K]
+    for chunk in (None, CHUNK):  # CHUNK does not divide M: a last, partial chunk
+        d, i = mem.nearest_training(queries, train, k=K, chunk_size=chunk)
         np.testing.assert_array_equal(i, order)
         np.testing.assert_allclose(d, np.take_along_axis(full, order, axis=1), rtol=_rtol(24))
         np.testing.assert_array_equal(d[:3, 0], 0.0)
-        np.testing.assert_array_equal(i[:3, 0], [5, 0, 69])
+        np.testing.assert_array_equal(i[:3, 0], [5, 0, N - 1])
 
 
 def test_nearest_training_errors():
@@ -85,23 +91,23 @@ def test_calibrated_l2_hand_made():
 
 
 def test_calibrated_l2_against_brute_force_images(rng):
-    train = rng.standard_normal((60, 3, 4, 2)).astype(np.float32)
-    queries = rng.standard_normal((17, 3, 4, 2)).astype(np.float32)
+    train = rng.standard_normal((N, 3, 4, 2)).astype(np.float32)
+    queries = rng.standard_normal((M, 3, 4, 2)).astype(np.float32)
     # A near copy: tiny ratio, far below the threshold; the others are ~1.
     queries[0] = train[7] + 1e-3 * rng.standard_normal((3, 4, 2)).astype(np.float32)
-    expected = _brute_calibrated(queries, train, 10)
-    for chunk in (None, 5):
-        got = mem.calibrated_l2(queries, train, n=10, alpha=1.0, chunk_size=chunk)
-        assert got.shape == (17,) and got.dtype == jnp.float32
+    expected = _brute_calibrated(queries, train, K)
+    for chunk in (None, CHUNK):
+        got = mem.calibrated_l2(queries, train, n=K, alpha=1.0, chunk_size=chunk)
+        assert got.shape == (M,) and got.dtype == jnp.float32
         np.testing.assert_allclose(got, expected, rtol=_rtol(24))
-    labels = mem.memorized(mem.calibrated_l2(queries, train, n=10))
+    labels = mem.memorized(mem.calibrated_l2(queries, train, n=K))
     np.testing.assert_array_equal(labels, 2 * expected < 1 / 3)
     assert labels[0] and not labels[1:].any()
 
 
 def test_exact_copies_are_zero_and_memorized(rng):
-    train = rng.standard_normal((30, 5)).astype(np.float32)
-    c = mem.calibrated_l2(train[:6], train, n=10)
+    train = rng.standard_normal((N, 3, 4, 2)).astype(np.float32)
+    c = mem.calibrated_l2(train[:M], train, n=K)
     np.testing.assert_array_equal(c, 0.0)
     assert bool(mem.memorized(c).all())
 
@@ -309,20 +315,20 @@ def test_detection_errors():
 
 def test_memorization_pipeline_end_to_end(rng):
     """Labels from calibrated ℓ2 + a score that ranks the copies first: perfect detection."""
-    # In D = 32 distances concentrate: a fresh sample's nearest training point is about as far as
-    # its 20th (ratio near 1), a near copy's is ~0.
-    train = rng.standard_normal((40, 32)).astype(np.float32)
-    copies = train[:5] + 1e-3 * rng.standard_normal((5, 32)).astype(np.float32)
-    fresh = rng.standard_normal((15, 32)).astype(np.float32)
+    # In D = 24 distances concentrate: a fresh sample's nearest training point is about as far as
+    # its 10th (ratio near 1), a near copy's is ~0. (The sizes of the brute-force tests: one search.)
+    train = rng.standard_normal((N, 24)).astype(np.float32)
+    copies = train[:5] + 1e-3 * rng.standard_normal((5, 24)).astype(np.float32)
+    fresh = rng.standard_normal((M - 5, 24)).astype(np.float32)
     samples = np.concatenate([copies, fresh])
-    c = mem.calibrated_l2(samples, train, n=20, alpha=1.0)
-    np.testing.assert_allclose(c, _brute_calibrated(samples, train, 20), rtol=_rtol(32), atol=1e-6)
+    c = mem.calibrated_l2(samples, train, n=K, alpha=1.0)
+    np.testing.assert_allclose(c, _brute_calibrated(samples, train, K), rtol=_rtol(24), atol=1e-6)
     labels = mem.memorized(c)
-    np.testing.assert_array_equal(labels, np.arange(20) < 5)
+    np.testing.assert_array_equal(labels, np.arange(M) < 5)
     m = mem.detection_metrics(-c, labels)
     assert (m["auroc"], m["tpr_at_1fpr"]) == (1.0, 1.0)
-    codes = mem.classify(jnp.zeros(20), jnp.full(20, 2.0), memorized=labels)
-    assert mem.class_counts(codes) == {"generalized": 15, "od_mem": 5, "dd_mem": 0}
+    codes = mem.classify(jnp.zeros(M), jnp.full(M, 2.0), memorized=labels)
+    assert mem.class_counts(codes) == {"generalized": M - 5, "od_mem": 5, "dd_mem": 0}
 
 
 def test_class_names():

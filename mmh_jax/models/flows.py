@@ -41,6 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmh_jax import _checks
+
 Array = jax.Array
 
 __all__ = ["Flow", "make_nll_loss", "rq_spline"]
@@ -174,9 +176,9 @@ class Flow(nn.Module):
     it), log|det ∂z/∂x| = −Σ log scale.
 
     Raises:
-      ValueError: (at ``init``/``apply``) ``dim`` not an int ≥ 1, ``shift``/``scale`` not of
+      ValueError: (at ``init``/``apply``) ``dim`` < 1, ``shift``/``scale`` not of
         length 0 or ``dim``, a non-positive ``scale``; an input whose last axis is not ``dim``.
-      TypeError: a non-floating-point input.
+      TypeError: ``dim`` not an int; a non-floating-point input.
 
     Reference: Durkan et al., "Neural Spline Flows", arXiv 1906.04032; Dinh et al., "Density
     estimation using Real NVP", arXiv 1605.08803 (coupling layers).
@@ -204,8 +206,7 @@ class Flow(nn.Module):
     scale: Sequence[float] = ()
 
     def setup(self):
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {self.dim!r}.")
+        _checks.positive_int("dim", self.dim)
         for name in ("shift", "scale"):
             v = getattr(self, name)
             if len(v) not in (0, self.dim):

@@ -37,20 +37,31 @@ def _host_params(model, x, seed=0):
             value = std * rng.normal(size=leaf.shape)
         else:
             value = float("scale" in name) + 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, leaf.dtype)
+        return jnp.asarray(np.asarray(value, leaf.dtype))  # cast on the host: no convert compile per shape
 
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def _images(seed, shape):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    """The default configuration on 8×8×1 digits, class-conditional (10 classes)."""
-    model = UNet(num_classes=10)
-    return model, _host_params(model, jnp.zeros((8, 8, 1)))
+    """The default architecture on 8×8×1 digits, class-conditional (10 classes), at the TINY width.
+
+    Two levels (down- and upsampling), attention and the label embedding as in the default; only
+    the width is smaller (compile time does not depend on it). Also returns ``eps``: the network
+    jitted for a scalar time and ``label=None``, shared by the tests below so that they compile it
+    once (``eps(params, x, jnp.float32(t))`` with x of shape (3, 8, 8, 1) in both).
+    """
+    model = UNet(num_classes=10, **TINY)
+    eps = jax.jit(lambda params, x, t: model.apply(params, x, t))
+    return model, _host_params(model, jnp.zeros((8, 8, 1))), eps
+
+
+#: The tests that use ``digits`` run on one xdist worker, which builds the fixture and ``eps`` once.
+shares_digits = pytest.mark.xdist_group("unet_digits")
 
 
 @pytest.mark.parametrize(
@@ -67,31 +78,33 @@ def test_shapes(shape, kwargs):
     assert jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct(shape, jnp.float32), 0.3).shape == shape
 
 
+@shares_digits
 def test_single_vs_batched_and_conditioning(digits):
     """One image alone (``lax.map``: no batch axis at all) and inside a batch: the same ε̂.
 
     Also: the same image and time with classes 0 and 1 give different outputs, and a scalar time
     with ``label=None`` equals per-example times with the null label ``num_classes``.
     """
-    model, params = digits
+    model, params, eps = digits
     x = _images(1, (5, 8, 8, 1))
-    x = x.at[1:3].set(x[0])  # rows 0, 1, 2: one image with classes 0, 1 and the null class
-    t = jnp.asarray([0.3, 0.3, 0.3, 0.05, 1.0])
-    labels = jnp.asarray([0, 1, 10, 9, 2])
+    x[1:3] = x[0]  # rows 0, 1, 2: one image with classes 0, 1 and the null class
+    t = np.asarray([0.3, 0.3, 0.3, 0.05, 1.0], np.float32)
+    labels = np.asarray([0, 1, 10, 9, 2], np.int32)
 
     @jax.jit
-    def outputs(params):
+    def outputs(params, x, t, labels):
         apply = lambda *a: model.apply(params, *a)  # noqa: E731
         single = jax.lax.map(lambda a: apply(*a), (x, t, labels))
-        return apply(x, t, labels), single, apply(x, jnp.float32(0.3))
+        return apply(x, t, labels), single
 
-    batched, single, null = outputs(params)
-    assert bool(jnp.all(jnp.isfinite(batched)))
+    batched, single = (np.asarray(a) for a in outputs(params, x, t, labels))
+    null = np.asarray(eps(params, x[:3], jnp.float32(0.3)))  # scalar t, label None
+    assert np.all(np.isfinite(batched))
     np.testing.assert_allclose(batched, single, atol=1e-5)
     assert model.null_label == 10
     np.testing.assert_allclose(null[2], batched[2], atol=1e-5)  # label None ≡ null label 10
-    assert float(jnp.max(jnp.abs(batched[0] - batched[1]))) > 1e-3  # conditioning changes ε̂
-    assert float(jnp.max(jnp.abs(batched[0] - batched[2]))) > 1e-3
+    assert np.max(np.abs(batched[0] - batched[1])) > 1e-3  # conditioning changes ε̂
+    assert np.max(np.abs(batched[0] - batched[2])) > 1e-3
 
 
 def test_param_count():
@@ -103,8 +116,9 @@ def test_param_count():
     assert conditional["params"]["label_embed"]["embedding"].shape == (11, 4 * model.channels)
 
 
+@shares_digits
 def test_bad_inputs_raise(digits):
-    model, params = digits
+    model, params, _ = digits
     shape = lambda *a, **k: jax.eval_shape(model.apply, params, *a, **k)  # noqa: E731
     with pytest.raises(ValueError, match="divisible by 2"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((7, 7, 1)), 0.5)
@@ -134,8 +148,8 @@ def test_dropout_only_in_training():
         train = model.apply(params, x, 0.3, train=True, rngs={"dropout": jax.random.key(1)})
         return model.apply(params, x, 0.3), train
 
-    det, train = outputs(params)
-    assert float(jnp.max(jnp.abs(train - det))) > 1e-3  # train=False needs no rng and is dropout-free
+    det, train = (np.asarray(a) for a in outputs(params))
+    assert np.max(np.abs(train - det)) > 1e-3  # train=False needs no rng and is dropout-free
 
 
 def _flipd_probe(key, shape, t0, sde):
@@ -151,10 +165,11 @@ def _flipd_probe(key, shape, t0, sde):
     return jnp.sign(jax.vmap(one)(jnp.eye(dim)) - dim).reshape(shape)
 
 
+@shares_digits
 def test_flipd_through_unet(digits):
     """Hutchinson FLIPD (a JVP through the network) under jit is finite and equals its ε-form
     D − σ·vᵀ∇ε̂(y)v + ‖ε̂(y)‖² at y = α x (vᵀ∇ε̂ v by a central finite difference)."""
-    model, params = digits
+    model, params, eps = digits
     vp = VPSDE()
     t0, h = 0.05, 1e-2
 
@@ -162,14 +177,17 @@ def test_flipd_through_unet(digits):
     def estimates(params, x, key):
         score_fn = lambda y, t: -model.apply(params, y, t) / vp.marginal_coefs(t)[1]  # noqa: E731
         hutch = lid.flipd(score_fn, x, key, t0=t0, sde=vp, trace="hutchinson")
-        alpha, sigma = vp.marginal_coefs(t0)
-        v = _flipd_probe(key, x.shape, t0, vp)
-        eps = model.apply(params, jnp.stack([alpha * x, alpha * x + h * v, alpha * x - h * v]), t0)
-        vjv = jnp.vdot(v, eps[1] - eps[2]) / (2 * h)
-        return hutch, x.size - sigma * vjv + jnp.sum(eps[0] ** 2)
+        return hutch, _flipd_probe(key, x.shape, t0, vp), *vp.marginal_coefs(t0)
 
-    hutch, formula = estimates(params, _images(4, (8, 8, 1)), jax.random.key(5))
-    assert bool(jnp.isfinite(hutch))
+    x = _images(4, (8, 8, 1))
+    hutch, v, alpha, sigma = (np.asarray(a) for a in estimates(params, x, jax.random.key(5)))
+    # ε̂ at y = αx and y ± h·v (float32, as the network sees them), by the jitted network shared with
+    # the test above: scalar t, label None (the ∅ class, as in score_fn).
+    ys = np.stack([alpha * x, alpha * x + h * v, alpha * x - h * v]).astype(np.float32)
+    e = np.asarray(eps(params, ys, jnp.float32(t0)), np.float64)
+    vjv = np.vdot(v, e[1] - e[2]) / (2 * h)
+    formula = x.size - sigma * vjv + np.sum(e[0] ** 2)
+    assert np.isfinite(hutch)
     np.testing.assert_allclose(hutch, formula, rtol=1e-3, atol=1e-2)
 
 
@@ -180,10 +198,14 @@ def test_patch_conv_equals_flax_conv(shape, kernel, strides):
     # Private on purpose: the U-Net's public output cannot tell its convolution apart from a reference.
     from mmh_jax.models.unet import _Conv
 
-    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, *shape)).astype(np.float32)
     ours = _Conv(4, kernel, strides)
-    params = ours.init(jax.random.key(0), x)
     ref = nn.Conv(4, kernel, strides, padding="SAME")
-    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
-    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
-    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    abstract = jax.eval_shape(ours.init, jax.random.key(0), x)  # names and shapes, no init compile
+    assert jax.tree.map(jnp.shape, jax.eval_shape(ref.init, jax.random.key(0), x)) == jax.tree.map(jnp.shape, abstract)
+    # A fan-in-scaled random kernel and a nonzero bias, drawn on the host.
+    fill = lambda a: rng.normal(size=a.shape) / math.sqrt(math.prod(a.shape[:-1]))  # noqa: E731
+    params = jax.tree.map(lambda a: jnp.asarray(fill(a).astype(a.dtype)), abstract)
+    got, want = jax.jit(lambda p, x: (ours.apply(p, x), ref.apply(p, x)))(params, x)  # one compile
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
