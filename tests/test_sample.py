@@ -1,4 +1,8 @@
-"""Samplers against closed-form scores: they must reproduce the data distribution."""
+"""Samplers against closed-form scores: they must reproduce the data distribution.
+
+Compiling dominates these tests, so each runs its samplers in one jitted program (an eager
+sampler compiles its scan and then every small op around it on its own).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +26,10 @@ def _eps_fn(gm):
 
 
 def _check_distribution(gm, xs):
-    mu, u = gm.means[0], gm.bases[0]
+    xs, mu, u = np.asarray(xs), np.asarray(gm.means)[0], np.asarray(gm.bases)[0]  # numpy: no ops to compile
     resid = (xs - mu[None]) - ((xs - mu[None]) @ u) @ u.T
-    assert float(jnp.max(jnp.abs(resid))) < 0.05  # on the subspace (Tweedie step projects exactly)
-    coords = np.asarray((xs - mu[None]) @ u)  # should be N(0, 1.5^2 I_2)
+    assert float(np.max(np.abs(resid))) < 0.05  # on the subspace (Tweedie step projects exactly)
+    coords = (xs - mu[None]) @ u  # should be N(0, 1.5^2 I_2)
     se_mean = 1.5 / np.sqrt(N)
     assert np.all(np.abs(coords.mean(0)) < 4 * se_mean)
     se_std = 1.5 / np.sqrt(2 * N)
@@ -50,10 +54,15 @@ def test_samplers_reproduce_a_gaussian_on_a_subspace(name):
 
 def test_trajectory_and_cfg_norm():
     gm = _gm()
-    x, (xs, ts) = sample.ddim(_eps_fn(gm), jax.random.key(0), (4,), sde=VP, num_steps=10, return_trajectory=True)
+
+    @jax.jit
+    def run(key):
+        x, (xs, ts) = sample.ddim(_eps_fn(gm), key, (4,), sde=VP, num_steps=10, return_trajectory=True)
+        return xs, ts, lid.cfg_norm(gm.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP)
+
+    xs, ts, val = run(jax.random.key(0))
     assert xs.shape == (10, 4) and ts.shape == (10,)
     assert float(ts[0]) == pytest.approx(1.0)
-    val = lid.cfg_norm(gm.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP)
     assert float(val) == 0.0
 
 
@@ -62,17 +71,22 @@ def test_ddim_aux_is_read_at_the_trajectory_states():
     is unchanged. Oracle: the aux ‖ε‖ recomputed at the returned trajectory's states."""
     gm = _gm()
     eps = _eps_fn(gm)
-    key = jax.random.key(3)
-    plain, (xs, ts) = sample.ddim(eps, key, (4,), sde=VP, num_steps=12, return_trajectory=True)
-    x_aux, norms = sample.ddim(lambda x, t: (eps(x, t), jnp.linalg.norm(eps(x, t))), key, (4,), sde=VP,
-                               num_steps=12, has_aux=True)
-    x_both, (xs2, _), norms2 = sample.ddim(lambda x, t: (eps(x, t), jnp.linalg.norm(eps(x, t))), key, (4,),
-                                           sde=VP, num_steps=12, has_aux=True, return_trajectory=True)
+
+    @jax.jit  # one program for the three samplers and the oracle
+    def run(key):
+        plain, (xs, ts) = sample.ddim(eps, key, (4,), sde=VP, num_steps=12, return_trajectory=True)
+        x_aux, norms = sample.ddim(lambda x, t: (eps(x, t), jnp.linalg.norm(eps(x, t))), key, (4,), sde=VP,
+                                   num_steps=12, has_aux=True)
+        x_both, (xs2, _), norms2 = sample.ddim(lambda x, t: (eps(x, t), jnp.linalg.norm(eps(x, t))), key, (4,),
+                                               sde=VP, num_steps=12, has_aux=True, return_trajectory=True)
+        expected = jax.vmap(lambda x, t: jnp.linalg.norm(eps(x, t)))(xs, ts)
+        return plain, xs, x_aux, norms, x_both, xs2, norms2, expected
+
+    plain, xs, x_aux, norms, x_both, xs2, norms2, expected = run(jax.random.key(3))
     np.testing.assert_array_equal(x_aux, plain)
     np.testing.assert_array_equal(x_both, plain)
     np.testing.assert_array_equal(xs2, xs)
     assert norms.shape == (12,)
-    expected = jax.vmap(lambda x, t: jnp.linalg.norm(eps(x, t)))(xs, ts)
     np.testing.assert_allclose(norms, expected, rtol=1e-6)
     np.testing.assert_array_equal(norms2, norms)
 
@@ -80,7 +94,7 @@ def test_ddim_aux_is_read_at_the_trajectory_states():
 def test_probability_flow_is_a_decoder_with_spectrum():
     gm = _gm()
     dec = lambda z: sample.probability_flow(gm.score_fn(VP), z, sde=VP, num_steps=40)  # noqa: E731
-    sv = lid.jacobian_spectrum(dec, jnp.ones(4) * 0.3)
+    sv = jax.jit(lambda z: lid.jacobian_spectrum(dec, z))(jnp.ones(4) * 0.3)  # eager: 5x slower
     # The ODE maps R^4 onto the 2-d support: two singular values ~ scale, two collapse.
     assert float(lid.lid_from_spectrum(sv, tau=-3.0)) == 2.0
 
@@ -97,3 +111,36 @@ def test_sampler_bad_input():
         sample.ddim(lambda x, t: x, jax.random.key(0), (2,), sde=VP, num_steps=0)
     with pytest.raises(ValueError, match="t_min"):
         sample.euler_maruyama(lambda x, t: x, jax.random.key(0), (2,), sde=VP, t_min=2.0)
+
+
+def test_ddim_on_an_explicit_grid_splits_a_trajectory_exactly():
+    eps = _eps_fn(_gm())
+    ts = np.asarray(sample.time_grid(VP, 12))  # sliced in numpy, not op by op (checks: test_ddim_rejects_a_bad_grid)
+
+    @jax.jit  # one program for the five samplers
+    def run(key):
+        whole = sample.ddim(eps, key, (4,), sde=VP, num_steps=12)
+        on_grid = sample.ddim(eps, key, (4,), sde=VP, ts=ts)
+        late = sample.ddim(eps, key, (4,), sde=VP, ts=ts[:6], denoise=False)
+        split = sample.ddim(eps, None, (4,), sde=VP, ts=ts[5:], x_init=late)
+        # The aux of an explicit grid is one per step, as with num_steps.
+        return whole, on_grid, split, sample.ddim(lambda x, t: (eps(x, t), t), key, (4,), sde=VP, ts=ts, has_aux=True)
+
+    whole, on_grid, split, (x, aux) = run(jax.random.key(3))
+    np.testing.assert_array_equal(on_grid, whole)
+    np.testing.assert_array_equal(split, whole)
+    np.testing.assert_array_equal(x, whole)
+    np.testing.assert_array_equal(aux, ts[:-1])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ts": jnp.array([1.0, 0.5]), "num_steps": 4}, "either ts or num_steps"),
+    ({"ts": jnp.array([0.5])}, "at least two times"),
+    ({"ts": jnp.array([0.2, 0.5, 0.1])}, "not decreasing"),
+    ({"ts": jnp.array([1.0, 0.0])}, r"\(0, T\]"),
+    ({"ts": jnp.array([1.5, 0.5])}, r"\(0, T\]"),
+    ({"ts": jnp.ones((2, 2))}, "ts must have 1 dimension"),
+])
+def test_ddim_rejects_a_bad_grid(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample.ddim(lambda x, t: x, jax.random.key(0), (2,), sde=VP, **kwargs)

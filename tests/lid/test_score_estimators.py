@@ -1,4 +1,9 @@
-"""Score-based estimators against closed-form oracles (Gaussians on affine subspaces, VP-SDE)."""
+"""Score-based estimators against closed-form oracles (Gaussians on affine subspaces, VP-SDE).
+
+Compiling dominates these tests: each computes its estimates and oracles in one jitted program
+where it can (a t0 closed over as a Python float compiles a program per value; eager ops compile one
+small program per primitive and shape), from points drawn with numpy (`_points`).
+"""
 
 import chex
 import jax
@@ -12,50 +17,61 @@ from mmh_jax.sde import VPSDE
 
 VP = VPSDE()
 
-
-def _jvmap(f):
-    """jit(vmap(f)): compiled once, rather than dispatched op by op as an eager vmap would be."""
-    return jax.jit(jax.vmap(f))
-
 CASES = [(3, 0), (3, 3), (5, 2), (10, 4), (16, 15), (32, 8)]
 
 
 def _points(gm, n, seed=1):
-    return gm.sample(jax.random.key(seed), n)[0]
+    """``n`` clean samples of the mixture, as ``gm.sample`` draws them (a component by weight, then
+    its Gaussian on its subspace) but with numpy: jax's sampling program is larger than most of the
+    estimators under test, and compiling it for every shape cost as much as they do."""
+    rng = np.random.default_rng(seed)
+    weights = np.exp(np.asarray(gm.log_weights, np.float64))
+    comp = rng.choice(weights.size, size=n, p=weights / weights.sum())
+    z = rng.standard_normal((n, gm.bases.shape[2]))
+    bases, means, scales = (np.asarray(a, np.float64) for a in (gm.bases, gm.means, gm.scales))
+    return (means[comp] + scales[comp, None] * np.einsum("ndk,nk->nd", bases[comp], z)).astype(np.float32)
 
 
 @pytest.mark.parametrize("D,d", CASES)
 def test_flipd_exact_matches_closed_form_and_tends_to_d(D, d):
     gm = random_gaussian_mixture(D * 10 + d, [d], D)
-    xs = _points(gm, 8)
-    for t0 in [1e-3, 0.05, 0.5]:
-        est = _jvmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"))(xs)
-        oracle = _jvmap(lambda x: gm.flipd_closed_form(x, t0, VP))(xs)
+    t0s = [1e-3, 0.05, 0.5]  # against the closed form; and 1e-4, against d
+
+    @jax.jit  # one program for every t0 (traced, batched) and the oracle
+    def run(xs, t0s):
+        over = lambda f, t0s: jax.vmap(lambda t0: jax.vmap(lambda x: f(x, t0))(xs))(t0s)  # noqa: E731
+        est = over(lambda x, t0: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"), t0s)
+        return est, over(lambda x, t0: gm.flipd_closed_form(x, t0, VP), t0s[:-1])
+
+    est, oracle = map(np.asarray, run(_points(gm, 8), np.array(t0s + [1e-4], np.float32)))
+    for t0, e, o in zip(t0s, est, oracle):
         # float32: the trace is a sum of D terms of size 1/sigma^2, scaled back by sigma^2.
-        np.testing.assert_allclose(est, oracle, atol=2e-5 * D + 1e-5, rtol=1e-5)
+        np.testing.assert_allclose(e, o, atol=2e-5 * D + 1e-5, rtol=1e-5, err_msg=f"t0={t0}")
     # As t0 -> 0 FLIPD -> d. The closed-form bias is d*sigma^2/(alpha^2 s^2 + sigma^2) + O(sigma^2 |x|^2).
-    est = _jvmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-4, sde=VP))(xs)
-    np.testing.assert_allclose(est, d, atol=0.01 * max(d, 1))
+    np.testing.assert_allclose(est[-1], d, atol=0.01 * max(d, 1))
 
 
 @pytest.mark.parametrize("D,d", [(5, 2), (16, 15), (32, 8)])
 def test_hutchinson_within_standard_error_of_exact(D, d):
     gm = random_gaussian_mixture(7 + D, [d], D)
-    x = _points(gm, 1)[0]
     t0, num_probes, reps = 0.05, 4, 400
-    alpha, sigma = VP.marginal_coefs(t0)
-    exact = jax.jit(lambda x: lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact"))(x)
-    # Rademacher variance of v^T A v: 2 (||A||_F^2 - sum_i A_ii^2) for symmetric A (a score Jacobian).
-    jac = jax.jit(jax.jacfwd(lambda y: gm.score(y, t0, VP)))(alpha * x)
-    var = 2.0 * (jnp.sum(jac**2) - jnp.sum(jnp.diag(jac) ** 2))
-    se = float(sigma**2 * jnp.sqrt(var / num_probes))
-    keys = jax.random.split(jax.random.key(3), reps)
-    est = _jvmap(
-        lambda k: lid.flipd(gm.score_fn(VP), x, k, t0=t0, sde=VP, trace="hutchinson", num_probes=num_probes)
-    )(keys)
-    assert abs(float(jnp.mean(est) - exact)) < 4.0 * se / np.sqrt(reps) + 1e-4
+
+    @jax.jit  # one program: the exact value, the probes' theoretical spread and the estimates
+    def run(x, keys):
+        alpha, sigma = VP.marginal_coefs(t0)
+        exact = lid.flipd(gm.score_fn(VP), x, t0=t0, sde=VP, trace="exact")
+        # Rademacher variance of v^T A v: 2 (||A||_F^2 - sum_i A_ii^2) for symmetric A (a score Jacobian).
+        jac = jax.jacfwd(lambda y: gm.score(y, t0, VP))(alpha * x)
+        var = 2.0 * (jnp.sum(jac**2) - jnp.sum(jnp.diag(jac) ** 2))
+        est = jax.vmap(
+            lambda k: lid.flipd(gm.score_fn(VP), x, k, t0=t0, sde=VP, trace="hutchinson", num_probes=num_probes)
+        )(keys)
+        return exact, sigma**2 * jnp.sqrt(var / num_probes), jnp.mean(est), jnp.std(est)
+
+    exact, se, mean, std = map(float, run(_points(gm, 1)[0], jax.random.split(jax.random.key(3), reps)))
+    assert abs(mean - exact) < 4.0 * se / np.sqrt(reps) + 1e-4
     # the spread of single estimates matches the theory (chi-square band for 400 draws is ~ +-15%)
-    assert 0.75 * se <= float(jnp.std(est)) <= 1.25 * se
+    assert 0.75 * se <= std <= 1.25 * se
 
 
 def _probe_second_moment(key, dim, num_probes, t0):
@@ -74,47 +90,65 @@ def test_hutchinson_paths_average_the_quadratic_form_over_their_probes(key):
     """One probe (a single JVP) and several (linearize + vmap) each give
     D + σ²·[mean_p v_pᵀ ∇s v_p + ‖s‖²] = D + σ²·[tr(∇s·M) + ‖s‖²], M the probes' second moment."""
     gm = random_gaussian_mixture(0, [3], 6)
-    x = _points(gm, 1)[0]
     t0 = 0.1
-    alpha, sigma = VP.marginal_coefs(t0)
     score = lambda y: gm.score(y, t0, VP)  # noqa: E731
-    jac, s = jax.jit(lambda y: (jax.jacfwd(score)(y), score(y)))(alpha * x)  # jitted: eager is slow here
-    for num_probes in (1, 3):
-        est, m = jax.jit(lambda x: (lid.flipd(gm.score_fn(VP), x, key, t0=t0, sde=VP, trace="hutchinson",
-                                              num_probes=num_probes),
-                                    _probe_second_moment(key, 6, num_probes, t0)))(x)
+
+    @jax.jit  # one program for both probe counts: eager is slow here
+    def run(x, key):
+        alpha, sigma = VP.marginal_coefs(t0)
+        jac, s = jax.jacfwd(score)(alpha * x), score(alpha * x)
+        out = {}
+        for num_probes in (1, 3):
+            est = lid.flipd(gm.score_fn(VP), x, key, t0=t0, sde=VP, trace="hutchinson", num_probes=num_probes)
+            m = _probe_second_moment(key, 6, num_probes, t0)
+            out[num_probes] = est, m, 6 + sigma**2 * (jnp.sum(jac * m.T) + jnp.sum(s**2))
+        return out
+
+    for num_probes, (est, m, want) in run(_points(gm, 1)[0], key).items():
+        m = np.asarray(m)
         np.testing.assert_allclose(np.diag(m), 1.0, rtol=1e-5)  # Rademacher: v_i² = 1
         np.testing.assert_allclose(m * num_probes, np.round(m * num_probes), atol=1e-4)
-        want = 6 + sigma**2 * (jnp.sum(jac * m.T) + jnp.sum(s**2))
         np.testing.assert_allclose(est, want, rtol=1e-5)
 
 
 def test_exact_trace_chunking_is_invariant():
     gm = random_gaussian_mixture(1, [5], 23)
-    x = _points(gm, 1)[0]
-    def flipd(chunk):  # jitted: op-by-op dispatch made this test 5x slower
-        return jax.jit(lambda x: lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact", chunk_size=chunk))(x)
+    chunks = [1, 4, 7, 23]
 
-    full = flipd(None)
-    for chunk in [1, 4, 7, 23]:
-        part = flipd(chunk)
-        np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-4)
+    @jax.jit  # one program for every chunk size: op-by-op dispatch made this test 5x slower
+    def run(x):
+        def flipd(chunk):
+            return lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP, trace="exact", chunk_size=chunk)
+
+        return flipd(None), [flipd(chunk) for chunk in chunks]
+
+    full, parts = run(_points(gm, 1)[0])
+    for chunk, part in zip(chunks, parts):
+        np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-4, err_msg=f"chunk_size={chunk}")
 
 
 def test_flipd_on_image_shaped_events():
     D, d = 2 * 3 * 2, 5
     gm = random_gaussian_mixture(2, [d], D)
-    x = _points(gm, 1)[0]
     score_img = lambda y, t: gm.score(y.reshape(-1), t, VP).reshape(y.shape)  # noqa: E731
-    flat = jax.jit(lambda x: lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP))(x)
-    img = jax.jit(lambda y: lid.flipd(score_img, y, t0=0.05, sde=VP))(x.reshape(2, 3, 2))
+
+    @jax.jit
+    def run(x):
+        return lid.flipd(gm.score_fn(VP), x, t0=0.05, sde=VP), lid.flipd(score_img, x.reshape(2, 3, 2), t0=0.05, sde=VP)
+
+    flat, img = run(_points(gm, 1)[0])
     np.testing.assert_allclose(img, flat, rtol=1e-5)
 
 
 def test_mixture_of_dimensions_each_point_near_its_component():
     gm = random_gaussian_mixture(4, [2, 4, 8], 10)
-    xs, comp = gm.sample(jax.random.key(0), 60)
-    est = _jvmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-3, sde=VP))(xs)
+
+    @jax.jit
+    def run(key):
+        xs, comp = gm.sample(key, 60)
+        return jax.vmap(lambda x: lid.flipd(gm.score_fn(VP), x, t0=1e-3, sde=VP))(xs), comp
+
+    est, comp = run(jax.random.key(0))
     truth = gm.dims[comp]
     np.testing.assert_allclose(est, truth, atol=0.1)
     assert set(np.asarray(comp).tolist()) == {0, 1, 2}
@@ -123,27 +157,38 @@ def test_mixture_of_dimensions_each_point_near_its_component():
 @pytest.mark.parametrize("D,d", [(10, 0), (4, 1), (5, 2), (10, 4), (16, 15)])
 def test_normal_bundle_returns_d(D, d, key):
     gm = random_gaussian_mixture(D + d, [d], D)
-    xs = _points(gm, 4)
-    keys = jax.random.split(key, 4)
-    est = _jvmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=0.01, sde=VP))(xs, keys)
+
+    @jax.jit  # one program for both rules
+    def run(xs, keys):
+        def rule(**kw):
+            return jax.vmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, sde=VP, **kw))(xs, keys)
+
+        # The threshold variant must sit above the tangential "drift" of the scores towards the mode,
+        # of relative size ~ sigma(t)*|x - mean|, hence a smaller t than the gap rule needs.
+        return rule(t=0.01), rule(t=1e-3, threshold=0.1)
+
+    est, thr = run(_points(gm, 4), jax.random.split(key, 4))
     np.testing.assert_array_equal(est, d)
-    # The threshold variant must sit above the tangential "drift" of the scores towards the mode,
-    # of relative size ~ sigma(t)*|x - mean|, hence a smaller t than the gap rule needs.
-    thr = _jvmap(lambda x, k: lid.normal_bundle(gm.score_fn(VP), x, k, t=1e-3, sde=VP, threshold=0.1))(xs, keys)
     np.testing.assert_array_equal(thr, d)
 
 
 def test_flipd_curve_knee_reads_the_plateau():
     D, d = 12, 5
     gm = random_gaussian_mixture(5, [d], D)
-    xs = _points(gm, 6)
-    t0s = jnp.geomspace(1e-4, 1.0, 40)
-    curves = _jvmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(xs)
+    t0s = np.geomspace(1e-4, 1.0, 40).astype(np.float32)
+
+    @jax.jit  # one program: the curves and their knees (jittable, batched)
+    def run(key, t0s):
+        # jax's draw, not _points': how far the knee's shoulder rises above d depends on the points
+        xs = gm.sample(key, 6)[0]
+        curves = jax.vmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(xs)
+        return curves, jax.vmap(lid.knee, in_axes=(None, 0))(t0s, curves)
+
+    curves, (t_star, v_star) = run(jax.random.key(1), t0s)
     assert curves.shape == (6, 40)
     # plateau at d for small t0, towards 0 at t0 = T
     np.testing.assert_allclose(curves[:, 0], d, atol=0.05)
     assert np.all(np.asarray(curves[:, -1]) < 0.5 * d)
-    t_star, v_star = jax.vmap(lid.knee, in_axes=(None, 0))(t0s, curves)
     # For points far from the mean the ‖s‖² term lifts the curve above d just before it falls, and
     # the knee sits on that shoulder: within 15% of d.
     np.testing.assert_allclose(v_star, d, rtol=0.15)
@@ -152,11 +197,13 @@ def test_flipd_curve_knee_reads_the_plateau():
 
 def test_flipd_curve_equals_pointwise_flipd_and_reuses_probes(key):
     gm = random_gaussian_mixture(8, [3], 7)
-    x = _points(gm, 1)[0]
-    t0s = jnp.array([0.01, 0.1, 0.3])
-    curve = jax.jit(lambda x: lid.flipd_curve(gm.score_fn(VP), x, key, t0s=t0s, sde=VP, trace="hutchinson"))(x)
-    one = jax.jit(lambda x, t: lid.flipd(gm.score_fn(VP), x, key, t0=t, sde=VP, trace="hutchinson"))
-    single = jnp.stack([one(x, t) for t in t0s])
+
+    @jax.jit  # one program: the curve, and flipd at each of its times on its own (same key)
+    def run(x, t0s):
+        curve = lid.flipd_curve(gm.score_fn(VP), x, key, t0s=t0s, sde=VP, trace="hutchinson")
+        return curve, jax.vmap(lambda t: lid.flipd(gm.score_fn(VP), x, key, t0=t, sde=VP, trace="hutchinson"))(t0s)
+
+    curve, single = run(_points(gm, 1)[0], np.array([0.01, 0.1, 0.3], np.float32))
     np.testing.assert_allclose(curve, single, rtol=1e-5, atol=1e-5)
 
 
@@ -171,28 +218,28 @@ def test_jitted_curve_does_not_retrace_for_new_t0s():
 
     chex.clear_trace_counter()
     key = jax.random.key(0)
-    a = curve(gm, x, key, jnp.geomspace(1e-3, 1.0, 16))
-    b = curve(gm, x, key, jnp.geomspace(2e-3, 0.5, 16))
+    a = curve(gm, x, key, np.geomspace(1e-3, 1.0, 16).astype(np.float32))
+    b = curve(gm, x, key, np.geomspace(2e-3, 0.5, 16).astype(np.float32))
     assert a.shape == b.shape == (16,)
     assert not np.allclose(a, b)
 
 
 def test_knee_of_a_synthetic_corner():
-    t0s = jnp.geomspace(1e-3, 1.0, 31)  # log10(t0) = -3 + k/10
-    k = jnp.arange(31)
+    t0s = np.geomspace(1e-3, 1.0, 31).astype(np.float32)  # log10(t0) = -3 + k/10
+    k = np.arange(31)
     # flat at 4 up to t0 = 0.1 (k = 20), then a linear drop in log10(t0) to 0; built from k, not from
     # log10(t0s), so the corner's value is exactly 4 whatever the last bit of XLA's log10
-    curve = jnp.where(k <= 20, 4.0, 4.0 - 0.4 * (k - 20))
-    t_star, v = jax.jit(lid.knee)(t0s[::-1], curve[::-1])  # order of the grid does not matter
+    curve = np.where(k <= 20, 4.0, 4.0 - 0.4 * (k - 20)).astype(np.float32)
+    t_star, v = lid.knee(t0s[::-1], curve[::-1])  # order of the grid does not matter
     np.testing.assert_allclose(t_star, 0.1, rtol=1e-5)
     np.testing.assert_allclose(v, 4.0)
 
 
-def _tiny_mlp_params(key, D, hidden=16):
-    k1, k2 = jax.random.split(key)
+def _tiny_mlp_params(seed, D, hidden=16):
+    rng = np.random.default_rng(seed)  # numpy: a random initialisation, without compiling jax's sampler
     return {
-        "w1": jax.random.normal(k1, (D + 1, hidden)) / np.sqrt(D + 1),
-        "w2": jax.random.normal(k2, (hidden, D)) / np.sqrt(hidden),
+        "w1": (rng.standard_normal((D + 1, hidden)) / np.sqrt(D + 1)).astype(np.float32),
+        "w2": (rng.standard_normal((hidden, D)) / np.sqrt(hidden)).astype(np.float32),
     }
 
 
@@ -202,52 +249,62 @@ def _tiny_score(params, x, t):
 
 
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
-def test_flipd_is_differentiable_in_x_t0_and_params(trace, key):
+def test_flipd_is_differentiable_in_x_t0_and_params(trace):
     D = 6
-    params = _tiny_mlp_params(key, D)
-    x = jnp.linspace(-1.0, 1.0, D)
+    params = _tiny_mlp_params(0, D)
+    x = np.linspace(-1.0, 1.0, D, dtype=np.float32)
 
     def f(params, x, t0):
         return lid.flipd(lambda y, t: _tiny_score(params, y, t), x, jax.random.key(1), t0=t0, sde=VP, trace=trace)
 
-    gp, gx, gt = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(params, x, jnp.float32(0.05))
+    gp, gx, gt = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(params, x, np.float32(0.05))
     for g in jax.tree_util.tree_leaves((gp, gx, gt)):
         assert np.all(np.isfinite(np.asarray(g)))
-    assert float(jnp.sum(jnp.abs(gx))) > 0
+    assert float(np.sum(np.abs(gx))) > 0
 
 
 @pytest.mark.parametrize("D,d", [(4, 2), (10, 3), (8, 8)])
 def test_fp_regress_recovers_d(D, d, key):
     gm = random_gaussian_mixture(D + 2 * d, [d], D)
-    xs = _points(gm, 4)
-    est = _jvmap(lambda x: lid.fp_regress(gm.score_fn(VP), x, sde=VP))(xs)
+
+    @jax.jit  # one program for both traces
+    def run(xs, key):
+        return (jax.vmap(lambda x: lid.fp_regress(gm.score_fn(VP), x, sde=VP))(xs),
+                lid.fp_regress(gm.score_fn(VP), xs[0], key, sde=VP, trace="hutchinson", num_probes=64))
+
+    est, hut = run(_points(gm, 4), key)
     np.testing.assert_allclose(est, d, atol=0.05 * max(d, 1))
-    hut = jax.jit(lambda x, k: lid.fp_regress(gm.score_fn(VP), x, k, sde=VP, trace="hutchinson", num_probes=64))(
-        xs[0], key)
     assert abs(float(hut) - d) < 1.0
 
 
 def test_cfdm_is_zero_at_training_points():
     gm = random_gaussian_mixture(3, [2], 5)
-    data = _points(gm, 500)
-    d2 = jnp.sum((data[:, None] - data[None]) ** 2, axis=-1) + jnp.diag(jnp.full(500, jnp.inf))
-    nearest = float(jnp.sqrt(jnp.min(d2)))
-    # "small t": a noise scale delta = e^delta(t) ten times below the closest pair of training points
-    t = float(VP.t_from_delta(np.log(nearest / 10)))
-    est = _jvmap(lambda x: lid.cfdm(x, data, t=t, sde=VP))(data[:20])
+
+    @jax.jit  # one program: the closest pair of the data, and both estimates
+    def run(data):
+        d2 = jnp.sum((data[:, None] - data[None]) ** 2, axis=-1) + jnp.diag(jnp.full(500, jnp.inf))
+        nearest = jnp.sqrt(jnp.min(d2))
+        # "small t": a noise scale delta = e^delta(t) ten times below the closest pair of training points
+        t = VP.t_from_delta(jnp.log(nearest / 10))
+        return (t, jax.vmap(lambda x: lid.cfdm(x, data, t=t, sde=VP))(data[:20]),
+                jax.vmap(lambda x: lid.cfdm(x, data, t=t, sde=VP, chunk_size=128))(data[:20]))
+
+    t, est, chunked = run(_points(gm, 500))
+    assert 0.0 < float(t) <= 1.0  # traced, so cfdm could not check it
     np.testing.assert_allclose(est, 0.0, atol=1e-6)
-    chunked = _jvmap(lambda x: lid.cfdm(x, data, t=t, sde=VP, chunk_size=128))(data[:20])
     np.testing.assert_allclose(chunked, est, atol=1e-6)
 
 
 def test_cfdm_plateaus_near_d_at_held_out_points():
     D, d = 6, 2
     gm = random_gaussian_mixture(11, [d], D)
-    data = _points(gm, 20000, seed=1)
-    held_out = _points(gm, 32, seed=2)
-    ts = jnp.geomspace(1e-4, 1.0, 25)
-    curves = _jvmap(lambda x: _jvmap(lambda t: lid.cfdm(x, data, t=t, sde=VP))(ts))(held_out)
-    mean_curve = np.asarray(jnp.mean(curves, axis=0))
+
+    @jax.jit  # one program: the mean curve of the held-out points
+    def run(data, held_out, ts):
+        return jnp.mean(jax.vmap(lambda x: jax.vmap(lambda t: lid.cfdm(x, data, t=t, sde=VP))(ts))(held_out), axis=0)
+
+    mean_curve = np.asarray(run(_points(gm, 20000, seed=1), _points(gm, 32, seed=2),
+                                np.geomspace(1e-4, 1.0, 25).astype(np.float32)))
     near = np.abs(mean_curve - d) < 0.25 * d
     # at least three consecutive grid points (half a decade of t) on the plateau
     runs = np.convolve(near.astype(int), np.ones(3, int), mode="valid")
@@ -260,11 +317,16 @@ def test_cfdm_plateaus_near_d_at_held_out_points():
 def test_cfg_norm_matches_its_definition():
     gm = random_gaussian_mixture(6, [1, 3], 5)
     one = random_gaussian_mixture(6, [1], 5)
-    xs = _points(gm, 4)
-    ts = jnp.array([0.9, 0.5, 0.2, 0.05])
-    val = jax.jit(lambda xs, ts: lid.cfg_norm(one.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP))(xs, ts)
-    term = jax.jit(lambda x, t: VP.marginal_coefs(t)[1] * jnp.linalg.norm(one.score(x, t, VP) - gm.score(x, t, VP)))
-    manual = np.mean([float(term(x, t)) for x, t in zip(xs, ts)])
+
+    def term(x, t):
+        return VP.marginal_coefs(t)[1] * jnp.linalg.norm(one.score(x, t, VP) - gm.score(x, t, VP))
+
+    @jax.jit  # one program: cfg_norm, and the definition's term at each (x, t)
+    def run(xs, ts):
+        return lid.cfg_norm(one.score_fn(VP), gm.score_fn(VP), xs, ts, sde=VP), jax.vmap(term)(xs, ts)
+
+    val, terms = run(_points(gm, 4), np.array([0.9, 0.5, 0.2, 0.05], np.float32))
+    manual = np.mean(np.asarray(terms))
     np.testing.assert_allclose(val, manual, rtol=1e-5)
     assert float(val) > 0
 
@@ -318,22 +380,36 @@ def test_concrete_checks_do_not_break_tracing():
     assert np.isfinite(float(f(0.05)))
 
 
-def test_knee_at_a_point_mass_reads_the_plateau_not_the_bump():
-    """Exact scores of a point mass (d = 0) beside a disk (d = 2): the curve plateaus at 0, rises
-    while the noise reaches the disk, then falls. The knee must sit on the 0 plateau."""
+@pytest.fixture(scope="module")
+def point_mass_beside_disk():
+    """FLIPD curves from exact scores at the centres of a point mass (d = 0) and a disk (d = 2),
+    with their knees and plateaus read in the same jitted, batched program: ``(t0s, curves, (t_knee,
+    v_knee), (t_plateau, v_plateau))``. Shared by the two tests below, which read the same curves."""
     gm = random_gaussian_mixture(3, [0, 2], 2, separation=4.0, weights=[0.2, 0.8])
     t0s = jnp.geomspace(1e-3, 1.0, 24)
-    curves = _jvmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(gm.means)
-    assert float(jnp.max(curves[0])) > 0.5  # the bump is there: plain kneedle would land on it
-    _, v = jax.vmap(lid.knee, in_axes=(None, 0))(t0s, curves)
+
+    @jax.jit
+    def run(t0s):
+        curves = jax.vmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(gm.means)
+        return (curves, jax.vmap(lid.knee, in_axes=(None, 0))(t0s, curves),
+                jax.vmap(lambda c: lid.plateau(t0s, c))(curves))
+
+    return t0s, *run(t0s)
+
+
+def test_knee_at_a_point_mass_reads_the_plateau_not_the_bump(point_mass_beside_disk):
+    """Exact scores of a point mass (d = 0) beside a disk (d = 2): the curve plateaus at 0, rises
+    while the noise reaches the disk, then falls. The knee must sit on the 0 plateau."""
+    _, curves, (_, v), _ = point_mass_beside_disk
+    assert float(np.max(np.asarray(curves)[0])) > 0.5  # the bump is there: plain kneedle would land on it
     np.testing.assert_allclose(v, [0.0, 2.0], atol=0.15)
 
 
 def test_knee_of_a_plateau_then_bump():
-    t0s = jnp.geomspace(1e-3, 1.0, 31)
-    u = jnp.log10(t0s)
-    bump = jnp.where(u < -1.5, 0.0, jnp.where(u < -0.5, 2.0 * (u + 1.5), 2.0 - 4.0 * (u + 0.5)))
-    t_star, v = lid.knee(t0s, jnp.maximum(bump, 0.0))
+    t0s = np.geomspace(1e-3, 1.0, 31).astype(np.float32)  # numpy: the curve is built without compiling ops
+    u = np.log10(t0s)
+    bump = np.where(u < -1.5, 0.0, np.where(u < -0.5, 2.0 * (u + 1.5), 2.0 - 4.0 * (u + 0.5)))
+    t_star, v = lid.knee(t0s, np.maximum(bump, 0.0).astype(np.float32))
     np.testing.assert_allclose(t_star, 10**-1.5, rtol=1e-4)
     np.testing.assert_allclose(v, 0.0, atol=1e-6)
 
@@ -357,11 +433,8 @@ def test_plateau_and_knee_read_the_level_after_an_unresolved_fall():
     assert float(v_short) > 0.5
 
 
-def test_plateau_with_exact_scores_and_errors():
-    gm = random_gaussian_mixture(3, [0, 2], 2, separation=4.0, weights=[0.2, 0.8])
-    t0s = jnp.geomspace(1e-3, 1.0, 24)
-    curves = _jvmap(lambda x: lid.flipd_curve(gm.score_fn(VP), x, t0s=t0s, sde=VP))(gm.means)
-    t, v = jax.jit(jax.vmap(lambda c: lid.plateau(t0s, c)))(curves)
+def test_plateau_with_exact_scores_and_errors(point_mass_beside_disk):
+    t0s, curves, _, (t, v) = point_mass_beside_disk
     np.testing.assert_allclose(v, [0.0, 2.0], atol=0.05)
     assert np.all(np.asarray(t) <= 0.5)
     with pytest.raises(ValueError, match="window"):
