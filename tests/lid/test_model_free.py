@@ -20,6 +20,7 @@ A point whose k-th and (k+1)-th neighbours are at distances equal to within floa
 are left out of the comparisons.
 """
 
+import functools
 import warnings
 
 import jax
@@ -30,8 +31,15 @@ import pytest
 from mmh_jax import lid
 
 import skdim  # noqa: E402  (test extra: a missing reference must fail, not skip)
+from threadpoolctl import threadpool_limits  # scikit-learn's dependency, so skdim's
 
 U = 2.0**-24
+
+#: scikit-dimension's references run small float64 BLAS/LAPACK calls point by point; with OpenBLAS
+#: threads contending for the cores (JAX's threads, xdist's other worker) each call slows down
+#: 5-30 times (lPCA at D = 50: 0.5 s -> 5 s; TwoNN at D = 20: 0.7 s -> 18 s). One thread: the same
+#: float64 reference, as fast as an idle machine.
+_serial = functools.partial(threadpool_limits, limits=1)
 
 
 def _subspace_data(seed, n, dim, d, noise, offset=3.0):
@@ -41,6 +49,24 @@ def _subspace_data(seed, n, dim, d, noise, offset=3.0):
     x = rng.standard_normal((n, d)) @ q.T + noise * rng.standard_normal((n, dim))
     x = x + offset * rng.standard_normal(dim)
     return x.astype(np.float32)
+
+
+#: One data set, k and chunk size for the tests of query semantics, chunking, meshes, warnings and
+#: duplicates (and, at the same shape and k, test_properties.py's model-free tests): an estimator
+#: compiles anew per data shape, k and chunking, so at one (N, D, k) a worker compiles each
+#: estimator's default and chunked programs once for all of these tests. N = 61 is a multiple
+#: neither of the 4 emulated devices nor of the chunk size.
+SHARED_N, SHARED_D, SHARED_K, SHARED_CHUNK = 61, 4, 20, 5
+
+
+def _shared_data():
+    """The shared (SHARED_N, SHARED_D) data set: a 2-D Gaussian plus noise, in general position."""
+    return _subspace_data(14, SHARED_N, SHARED_D, 2, 0.05)
+
+
+def _shared_queries():
+    """23 external queries near (not at) the shared data points."""
+    return _shared_data()[:23] + 0.01
 
 
 def _brute_knn(data, queries=None, k=1):
@@ -110,17 +136,19 @@ def test_lpca_matches_skdim(case):
     seed, n, dim, d, noise, k = case
     x = _subspace_data(seed, n, dim, d, noise)
     ours = np.asarray(lid.lpca(x, k=k))
-    ref = skdim.id.lPCA(ver="FO", alphaFO=0.05).fit_pw(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    with _serial():
+        ref = skdim.id.lPCA(ver="FO", alphaFO=0.05).fit_pw(x.astype(np.float64), n_neighbors=k).dimension_pw_
     assert ours.dtype == np.float32 and ours.shape == (n,)
     assert np.mean(ours == ref) >= 0.99
     assert np.all(ours == np.round(ours))
 
 
 def test_lpca_alpha_is_used():
-    x = _subspace_data(7, 300, 10, 4, 0.05)
+    x = _subspace_data(7, 300, 10, 4, 0.05)  # the shape and k of CASES[1]: one compiled program for both
     for alpha in (0.01, 0.2):
         ours = np.asarray(lid.lpca(x, k=40, alpha=alpha))
-        ref = skdim.id.lPCA(alphaFO=alpha).fit_pw(x.astype(np.float64), n_neighbors=40).dimension_pw_
+        with _serial():
+            ref = skdim.id.lPCA(alphaFO=alpha).fit_pw(x.astype(np.float64), n_neighbors=40).dimension_pw_
         assert np.mean(ours == ref) >= 0.99
 
 
@@ -129,7 +157,8 @@ def test_mle_matches_skdim(case):
     seed, n, dim, d, noise, k = case
     x = _subspace_data(seed, n, dim, d, noise)
     ours = np.asarray(lid.mle(x, k=k))
-    ref = skdim.id.MLE().fit(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    with _serial():
+        ref = skdim.id.MLE().fit(x.astype(np.float64), n_neighbors=k).dimension_pw_
     ok = _well_posed(x, k)
     np.testing.assert_allclose(ours[ok], ref[ok], rtol=4 * (dim + 2) * U * ref.max())
 
@@ -139,26 +168,31 @@ def test_twonn_matches_skdim(case):
     seed, n, dim, d, noise, k = case
     x = _subspace_data(seed, n, dim, d, noise)
     ours = np.asarray(lid.twonn(x, k=k))
-    ref = skdim.id.TwoNN().fit_pw(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    with _serial():
+        ref = skdim.id.TwoNN().fit_pw(x.astype(np.float64), n_neighbors=k).dimension_pw_
     ok = _well_posed(x, k)
     np.testing.assert_allclose(ours[ok], ref[ok], rtol=8 * (dim + 2) * U * ref.max())
 
 
-@pytest.mark.parametrize("case", [(0, 250, 20, 5, 0.01, 40), (2, 200, 50, 8, 0.05, 30), (3, 300, 3, 2, 0.1, 25)])
+# skdim's ESS loops over the points in Python (~10 ms each at k = 30-40): N is small, as the tolerance
+# does not depend on it.
+@pytest.mark.parametrize("case", [(0, 125, 20, 5, 0.01, 40), (2, 125, 50, 8, 0.05, 30), (3, 150, 3, 2, 0.1, 25)])
 def test_ess_matches_skdim(case):
     seed, n, dim, d, noise, k = case
     x = _subspace_data(seed, n, dim, d, noise)
     ours = np.asarray(lid.ess(x, k=k))
-    ref = skdim.id.ESS(ver="a", d=1).fit(x.astype(np.float64), n_neighbors=k).dimension_pw_
+    with _serial():
+        ref = skdim.id.ESS(ver="a", d=1).fit(x.astype(np.float64), n_neighbors=k).dimension_pw_
     ok = _well_posed(x, k)
     np.testing.assert_allclose(ours[ok], ref[ok], rtol=0, atol=16 * (dim + 2) * U * ref.max())
 
 
 def test_ess_nearly_one_dimensional():
     """Near-parallel pairs: vol = √(w² − c²) loses half the float32 digits, |Δ ESS| ≲ √(8(D+2)u)."""
-    x = _subspace_data(5, 200, 5, 1, 1e-3)
+    x = _subspace_data(5, 100, 5, 1, 1e-3)
     ours = np.asarray(lid.ess(x, k=30))
-    ref = skdim.id.ESS().fit(x.astype(np.float64), n_neighbors=30).dimension_pw_
+    with _serial():
+        ref = skdim.id.ESS().fit(x.astype(np.float64), n_neighbors=30).dimension_pw_
     # dimension = 1 + ESS/ESS(2) near 1, ESS(2) = 2/π
     np.testing.assert_allclose(ours, ref, atol=np.sqrt(8 * 7 * U) * np.pi / 2)
 
@@ -170,6 +204,11 @@ def _ref_external(name, x, q, k):
     """skdim on the oracle neighbourhoods of external queries."""
     dist, idx = _brute_knn(x, q, k=k)
     x64 = x.astype(np.float64)
+    with _serial():
+        return _skdim_external(name, x64, dist, idx, k)
+
+
+def _skdim_external(name, x64, dist, idx, k):
     if name == "lpca":
         return skdim.id.lPCA().fit_pw(x64, precomputed_knn=idx, n_neighbors=k).dimension_pw_
     if name == "mle":
@@ -181,26 +220,25 @@ def _ref_external(name, x, q, k):
 
 @pytest.mark.parametrize("name", ["lpca", "mle", "twonn", "ess"])
 def test_external_queries_match_skdim_on_their_neighbourhoods(name):
-    x = _subspace_data(8, 300, 12, 4, 0.02)
-    q = _subspace_data(9, 37, 12, 4, 0.02)
-    ours = np.asarray(getattr(lid, name)(x, k=25, queries=q, chunk_size=8))
-    ref = _ref_external(name, x, q, 25)
-    assert ours.shape == (37,)
+    x, k, q = _shared_data(), SHARED_K, _shared_queries()  # 23 queries in chunks of 5, the last one padded
+    ours = np.asarray(getattr(lid, name)(x, k=k, queries=q, chunk_size=SHARED_CHUNK))
+    ref = _ref_external(name, x, q, k)
+    assert ours.shape == (len(q),)
     if name == "lpca":
         assert np.mean(ours == ref) >= 0.99
-    else:
-        np.testing.assert_allclose(ours, ref, rtol=16 * 14 * U * ref.max())  # loosest bound above (ESS)
+    else:  # loosest bound above (ESS)
+        np.testing.assert_allclose(ours, ref, rtol=16 * (SHARED_D + 2) * U * ref.max())
 
 
 @pytest.mark.parametrize("name", ["lpca", "mle", "twonn", "ess"])
 def test_default_queries_are_leave_one_out(name):
     """queries=None == each point queried against the data without it."""
-    x = _subspace_data(10, 150, 6, 3, 0.05)
+    x, k = _shared_data(), SHARED_K
     fn = getattr(lid, name)
-    full = np.asarray(fn(x, k=20, chunk_size=16))
-    for i in (0, 77, 149):
+    full = np.asarray(fn(x, k=k, chunk_size=SHARED_CHUNK))
+    for i in (0, SHARED_N // 2, SHARED_N - 1):
         rest = np.delete(x, i, axis=0)
-        one = np.asarray(fn(rest, k=20, queries=x[i : i + 1]))
+        one = np.asarray(fn(rest, k=k, queries=x[i : i + 1]))
         np.testing.assert_allclose(one[0], full[i], rtol=1e-5)
 
 
@@ -209,63 +247,71 @@ def test_point_mass_duplicates():
 
     A point with a few twins among its k neighbours has MLE 0 (a log(r_k/0) = ∞ term).
     """
-    x = np.concatenate([np.zeros((30, 3), np.float32) + 2.5, _subspace_data(11, 100, 3, 2, 0.0)])
+    k = SHARED_K  # the shared shape: 30 copies of one point (> k) and 31 points of a plane
+    x = np.concatenate([np.zeros((30, SHARED_D), np.float32) + 2.5,
+                        _subspace_data(11, SHARED_N - 30, SHARED_D, 2, 0.0)])
     x[40] = x[41]
-    assert np.all(np.asarray(lid.lpca(x, k=10))[:30] == 0)
-    mle = np.asarray(lid.mle(x, k=10))
+    assert np.all(np.asarray(lid.lpca(x, k=k))[:30] == 0)
+    mle = np.asarray(lid.mle(x, k=k))
     assert np.all(np.isnan(mle[:30])) and mle[40] == 0 and mle[41] == 0
-    assert np.all(np.isnan(np.asarray(lid.ess(x, k=10))[:30]))
-    assert np.all(np.isnan(np.asarray(lid.twonn(x, k=10))[:30]))
+    assert np.all(np.isnan(np.asarray(lid.ess(x, k=k))[:30]))
+    assert np.all(np.isnan(np.asarray(lid.twonn(x, k=k))[:30]))
 
 
 def test_works_under_jit_and_chunking_is_invisible():
-    x = _subspace_data(12, 120, 5, 2, 0.05)
-    ref = lid.mle(x, k=10)
-    np.testing.assert_allclose(jax.jit(lambda a: lid.mle(a, k=10))(x), ref, rtol=1e-6)
+    x, k = _shared_data(), SHARED_K  # 61 queries in chunks of 5: 13 chunks, the last one padded
+    ref = lid.mle(x, k=k)
+    np.testing.assert_allclose(jax.jit(lambda a: lid.mle(a, k=k))(x), ref, rtol=1e-6)
     for name in ("lpca", "twonn", "ess", "mle"):
         fn = getattr(lid, name)
-        np.testing.assert_allclose(fn(x, k=10, chunk_size=7), fn(x, k=10), rtol=1e-5)
+        np.testing.assert_allclose(fn(x, k=k, chunk_size=SHARED_CHUNK), fn(x, k=k), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["knn", "mle", "twonn", "ess"])
 def test_queries_split_over_a_mesh_match_one_device(name):
-    """conftest emulates 4 CPU devices: 61 queries (not a multiple of 4) split over all of them."""
+    """conftest emulates 4 CPU devices: 61 queries (not a multiple of 4) split over all of them.
+
+    Each split run is compared with the plain one-device run of the same queries: the data's own
+    points (excluded by their global index) in chunks on every device, external queries, and the
+    default chunks inside the user's jit.
+    """
     from mmh_jax import parallel
 
     mesh = parallel.make_mesh(jax.local_devices())
     assert mesh.size > 1
     fn = getattr(lid, name)
-    x = _subspace_data(14, 61, 6, 2, 0.05)
-    q = x[:23] + 0.01
-    for kw in ({}, {"queries": q}, {"chunk_size": 5}):
-        one, split = fn(x, k=9, **kw), fn(x, k=9, mesh=mesh, **kw)
+    x, k, q = _shared_data(), SHARED_K, _shared_queries()
+
+    def check(split, one):
         if name == "knn":  # the same neighbours; distances up to float32 rounding (summation order)
             np.testing.assert_array_equal(split[1], one[1])
             np.testing.assert_allclose(split[0], one[0], rtol=1e-6)
         else:  # other chunk shapes per device: float32 rounding only
             assert split.shape == one.shape
             np.testing.assert_allclose(split, one, rtol=1e-5)
-    jitted = jax.jit(lambda a: fn(a, k=9, mesh=mesh))(x)  # inside the user's jit too
-    np.testing.assert_allclose(jitted[1] if name == "knn" else jitted, one[1] if name == "knn" else fn(x, k=9),
-                               rtol=1e-5)
+
+    whole = fn(x, k=k)
+    check(fn(x, k=k, mesh=mesh, chunk_size=SHARED_CHUNK), whole)
+    check(fn(x, k=k, mesh=mesh, queries=q), fn(x, k=k, queries=q, chunk_size=SHARED_CHUNK))
+    check(jax.jit(lambda a: fn(a, k=k, mesh=mesh))(x), whole)  # inside the user's jit too
 
 
 def test_bad_mesh():
     from jax.sharding import Mesh
 
-    x = _subspace_data(15, 20, 3, 2, 0.1)
+    x, k = _shared_data(), SHARED_K
     devs = np.asarray(jax.local_devices()[:4]).reshape(2, 2)
     with pytest.raises(ValueError, match="mesh must have exactly one axis"):
-        lid.mle(x, k=3, mesh=Mesh(devs, ("a", "b")))
+        lid.mle(x, k=k, mesh=Mesh(devs, ("a", "b")))
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
-        lid.mle(x, k=3, mesh=jax.local_devices())
+        lid.mle(x, k=k, mesh=jax.local_devices())
     # jaxlib's batched LAPACK on several CPU devices at once can deadlock XLA:CPU's pool: refused, not hung
     from mmh_jax import parallel
 
     with pytest.raises(ValueError, match="lpca cannot split its queries over several CPU devices"):
-        lid.lpca(x, k=3, mesh=parallel.make_mesh(jax.local_devices()))
+        lid.lpca(x, k=k, mesh=parallel.make_mesh(jax.local_devices()))
     one = parallel.make_mesh(jax.local_devices()[:1])
-    np.testing.assert_array_equal(lid.lpca(x, k=3, mesh=one), lid.lpca(x, k=3))  # one device is fine
+    np.testing.assert_array_equal(lid.lpca(x, k=k, mesh=one), lid.lpca(x, k=k))  # one device is fine
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -315,11 +361,11 @@ def test_lpca_alpha_range():
 
 def test_skdim_warning_free():
     """Our estimators emit no warnings (pytest turns them into errors anyway)."""
-    x = _subspace_data(16, 50, 4, 2, 0.1)
+    x = _subspace_data(16, SHARED_N, SHARED_D, 2, 0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for name in ("lpca", "mle", "twonn", "ess"):
-            getattr(lid, name)(x, k=10)
+            getattr(lid, name)(x, k=SHARED_K)
 
 
 def test_lpca_counts_eigenvalues_above_alpha_times_the_largest(rng):
