@@ -10,6 +10,10 @@ import tempfile
 # Child processes inherit the setting; MMH_JAX_TEST_XLA_FLAGS="" runs the suite optimised.
 os.environ.setdefault("XLA_FLAGS", os.environ.get(
     "MMH_JAX_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"))
+# BLAS libraries single-threaded (numpy, scipy, scikit-learn, skdim): two xdist workers on two cores
+# each starting a thread per core made the reference computations fight (docs/performance.md).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
