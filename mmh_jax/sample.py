@@ -98,9 +98,10 @@ def _grid(sde, num_steps, t_min, ts) -> Array:
         raise ValueError(f"ts must hold at least two times (one step), got shape {ts.shape}.")
     if _checks.is_concrete(ts):
         t = np.asarray(ts)
-        if not (np.all(t[1:] < t[:-1]) and t[-1] > 0.0 and t[0] <= float(sde.T)):
+        decreasing = bool(np.all(t[1:] < t[:-1]))
+        if not (decreasing and t[-1] > 0.0 and t[0] <= float(sde.T)):
             raise ValueError(f"ts must strictly decrease within (0, T] = (0, {float(sde.T)}], got {t.size} times "
-                             f"from {t[0]:g} to {t[-1]:g}{'' if np.all(t[1:] < t[:-1]) else ', not decreasing'}; "
+                             f"from {t[0]:g} to {t[-1]:g}{'' if decreasing else ', not decreasing'}; "
                              f"build it with sample.time_grid or slice one.")
     return ts
 

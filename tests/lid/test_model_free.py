@@ -35,10 +35,8 @@ from threadpoolctl import threadpool_limits  # scikit-learn's dependency, so skd
 
 U = 2.0**-24
 
-#: scikit-dimension's references run small float64 BLAS/LAPACK calls point by point; with OpenBLAS
-#: threads contending for the cores (JAX's threads, xdist's other worker) each call slows down
-#: 5-30 times (lPCA at D = 50: 0.5 s -> 5 s; TwoNN at D = 20: 0.7 s -> 18 s). One thread: the same
-#: float64 reference, as fast as an idle machine.
+#: scikit-dimension's references run small BLAS calls point by point, which contending threads slow
+#: down many times (docs/performance.md); one thread gives the same float64 reference.
 _serial = functools.partial(threadpool_limits, limits=1)
 
 

@@ -52,7 +52,7 @@ MODEL_FREE = {
 }
 
 
-#: The score at every point at one time, compiled (run eagerly, op by op, it costs ~1.5 s of dispatch).
+#: The score at every point at one time, compiled once (eagerly it dispatches op by op).
 _scores = jax.jit(jax.vmap(SCORE, in_axes=(0, None)))
 
 

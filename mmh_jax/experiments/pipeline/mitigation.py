@@ -7,12 +7,12 @@ must fall *by its interval*, and at a λ where quality has not (yet) fallen.
 
 **Which samples.** Mitigation can only be tested where memorization is frequent. Unconditional
 and digit-class CFG samples of the digits model are rarely memorized: too few positives for any
-verdict. Samples guided (CFG scale ``cfg_guidance``) by the *per-image labels of the duplicated training
-images* (``labels="duplicated"``; labels ≥ 10 of `common.digits_setup`, each naming one
+verdict. Samples guided (CFG scale ``cfg_guidance``) by the *per-image labels of the duplicated
+training images* (``labels="duplicated"``; labels ≥ 10 of `common.digits_setup`, each naming one
 image repeated ``copies`` times) are the analogue of the memorized prompts on which Wen et al. and
-Ross et al. test mitigation, and most of them are memorized at λ = 0 (the measured fractions are in
-docs/experiments.md). ``labels="own"`` adds the per-image labels of the unique images (rarely
-copied), ``"digit"`` takes the digit classes, ``"null"`` unconditional samples. The ``n_samples`` samples cycle through those
+Ross et al. test mitigation: they are memorized often enough at λ = 0 for a verdict.
+``labels="own"`` adds the per-image labels of the unique images (rarely copied), ``"digit"`` takes
+the digit classes, ``"null"`` unconditional samples. The ``n_samples`` samples cycle through those
 labels, so every label gets the same number.
 
 Two interventions on the class-conditional digits U-Net shared with ``images`` and ``conditional``:
