@@ -6,7 +6,7 @@ import sys
 import mmh_jax
 from mmh_jax import lid, memorization, parallel, quality, sde, verdicts
 
-LID_CONSTANTS = {"LIDL_DELTAS", "TRACES"}
+LID_CONSTANTS = {"LIDL_DELTAS", "MAX_SLOPE", "TRACES"}
 LID_NAMES = {
     "cfdm", "cfg_norm", "ess", "evaluate", "fast_flow_lidl", "flipd", "flipd_curve", "fp_regress",
     "jacobian_spectrum", "knee", "knn", "lid_from_spectrum", "lidl", "lpca", "mle", "normal_bundle", "plateau", "twonn",

@@ -156,8 +156,9 @@ def _flipd(model, config: ModelLidConfig):
         both = lid.flipd_curve(score, x, key, t0s=jnp.concatenate([t0[None], t0s]), sde=sde,
                                trace=config.trace, num_probes=config.num_probes)
         curve = both[1:]
-        t_star, v_star = lid.knee(t0s, curve)
-        t_flat, v_flat = lid.plateau(t0s, curve, window=1)
+        dim = x.size  # D: a flat stretch at ≈ D is the unresolved scale, not a plateau
+        t_star, v_star = lid.knee(t0s, curve, ambient_dim=dim)
+        t_flat, v_flat = lid.plateau(t0s, curve, window=1, ambient_dim=dim)
         return {"lid": both[0], "curves": curve, "lid_knee": v_star, "t0_knee": t_star,
                 "lid_plateau": v_flat, "t0_plateau": t_flat}
 
@@ -228,8 +229,10 @@ def _flow_spectrum(model, config: ModelLidConfig):
             both = lid.fast_flow_lidl(g, z, delta=jnp.concatenate([tau[None], taus]))
             curve = both[1:]
             out["lid"] = both[0]
-        # exp(−τ): plateau's ties go to the smallest "time", here the largest τ.
-        t_flat, v_flat = lid.plateau(jnp.exp(-taus_win), curve[mask], window=1, t0_max=float("inf"))
+        # exp(−τ): plateau's ties go to the smallest "time", here the largest τ. The curve is a count
+        # (integer steps), so its flattest window is read whatever its slope (max_slope=None).
+        t_flat, v_flat = lid.plateau(jnp.exp(-taus_win), curve[mask], window=1, t0_max=float("inf"),
+                                     max_slope=None)
         out.update(curves=curve, lid_plateau=v_flat, tau_plateau=-jnp.log(t_flat))
         return out
 

@@ -25,12 +25,17 @@ from mmh_jax.lid._spectrum import fast_flow_lidl, jacobian_spectrum, lid_from_sp
 from mmh_jax.lid._model_free import ess, lpca, mle, twonn
 from mmh_jax.lid._knn import knn
 from mmh_jax.lid._metrics import evaluate
-from mmh_jax.lid import _lidl, _trace
+from mmh_jax.lid import _lidl, _readouts, _trace
 
 LIDL_DELTAS = tuple(float(d) for d in _lidl.NOISE_SCALES)
 """LIDL's default noise scales δ, ``geomspace(0.01, 0.1, 8)``: [`lidl`][mmh_jax.lid.lidl]'s ``deltas``,
 FPRegress's ``log δ`` grid ([`fp_regress`][mmh_jax.lid.fp_regress]) and the flows ``mmh-jax train
 --model lidl`` trains."""
+
+MAX_SLOPE = _readouts.MAX_SLOPE
+"""Default ``max_slope`` of [`knee`][mmh_jax.lid.knee] and [`plateau`][mmh_jax.lid.plateau]: a FLIPD
+curve whose flattest stretch still changes by more than this many dimensions per decade of t₀ has
+no plateau, and both readouts return NaN for it."""
 
 TRACES = _trace.TRACES
 """The ``trace`` options of [`flipd`][mmh_jax.lid.flipd], [`flipd_curve`][mmh_jax.lid.flipd_curve] and
@@ -39,6 +44,7 @@ Jacobian-vector products, ``"hutchinson"`` Rademacher probes, ``"auto"`` the exa
 
 __all__ = [
     "LIDL_DELTAS",
+    "MAX_SLOPE",
     "TRACES",
     "cfdm",
     "cfg_norm",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,17 @@ from mmh_jax import _checks
 
 Array = jax.Array
 
+#: Default of ``max_slope``: the largest change of a FLIPD curve, in units of LID per decade of t₀,
+#: that still counts as a plateau. Why this value: docs/benchmark.md, "Readouts that say when they cannot read".
+MAX_SLOPE = 2.0
 
-def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
+#: With ``ambient_dim`` given, windows whose level is at least ``ambient_dim − UNRESOLVED_MARGIN``
+#: are not plateaus: there the network does not resolve the manifold at all (FLIPD ≈ D).
+UNRESOLVED_MARGIN = 0.5
+
+
+def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: float | None = MAX_SLOPE,
+         ambient_dim: float | None = None) -> tuple[Array, Array]:
     """Knee of a FLIPD curve: kneedle on the first excursion after its plateau; jittable.
 
     Kneedle (Satopää et al.): rescale both axes to [0, 1] (time on a log scale, since grids are
@@ -34,15 +44,23 @@ def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Ar
       *rises* while the noise reaches the neighbouring components, before falling again: the
       segment ends at the top of that bump, which puts the knee where the plateau ends.
 
+    A curve without a plateau cannot be read: when even the flattest window changes by more than
+    ``max_slope`` per decade of t₀ (a trained network that never settles on one dimension), the
+    knee's value is NaN, as is [`plateau`][mmh_jax.lid.plateau]'s.
+
     Args:
       t0s: ``(n,)`` positive times, in any order; n ≥ 3.
       curve: ``(n,)`` values at those times.
       window: half-width of the plateau window, in grid points (static); a grid of fewer than
         ``2·window + 1`` points starts the segment at its smallest t₀.
       t0_max: largest plateau-window centre searched (see [`plateau`][mmh_jax.lid.plateau]).
+      max_slope: see [`plateau`][mmh_jax.lid.plateau]; ``None`` never flags. A grid shorter than
+        ``2·window + 1`` points has no window to judge and is never flagged.
+      ambient_dim: see [`plateau`][mmh_jax.lid.plateau].
 
     Returns:
-      ``(t0_star, value_at_knee)``, two scalars.
+      ``(t0_star, value_at_knee)``, two scalars; ``value_at_knee`` is NaN when the curve has no
+      plateau.
 
     Raises:
       TypeError: non-float ``t0s`` or ``curve``, ``window`` not an int.
@@ -73,19 +91,30 @@ def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Ar
     if n < 3:
         raise ValueError(f"knee needs at least 3 points on the curve, got {n}.")
     window = _checks.positive_int("window", window)
-    return _knee(t0s, curve, window, t0_max)
+    return _knee(t0s, curve, window, t0_max, *_limits(max_slope, ambient_dim))
+
+
+def _limits(max_slope, ambient_dim) -> tuple[Any, Any]:
+    """``max_slope`` (inf for None) and ``ambient_dim`` checked: each None or a number > 0."""
+    for name, v in (("max_slope", max_slope), ("ambient_dim", ambient_dim)):
+        if v is not None and not isinstance(v, jax.Array) and not float(v) > 0:
+            raise ValueError(f"{name} must be None or a number > 0, got {name}={v!r}.")
+    return (jnp.inf if max_slope is None else max_slope), ambient_dim
 
 
 @functools.partial(jax.jit, static_argnums=2)  # jitted: called eagerly, its many small ops would dispatch one by one
-def _knee(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
+def _knee(t0s: Array, curve: Array, window: int, t0_max, max_slope, ambient_dim) -> tuple[Array, Array]:
     n = t0s.shape[0]
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
     idx = jnp.arange(n)
     if n >= 2 * window + 1:
-        start = jnp.minimum(_flattest(t, y, window, t0_max) - window, n - 3)
+        centre, slope = _flattest(t, y, window, t0_max, ambient_dim)
+        start = jnp.minimum(centre - window, n - 3)
+        readable = slope <= max_slope
     else:
         start = jnp.zeros((), idx.dtype)
+        readable = jnp.bool_(True)
     after = idx >= start
     y0 = y[start]
     end = jnp.argmax(jnp.where(after, jnp.abs(y - y0), -1.0))
@@ -99,27 +128,42 @@ def _knee(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
     yn = (y - y_lo) / jnp.maximum(y_hi - y_lo, tiny)
     chord = yn[start] + (yn[end] - yn[start]) * u
     i = jnp.argmax(jnp.where(inside, jnp.abs(yn - chord), -1.0))
-    return t[i], y[i]
+    return t[i], jnp.where(readable, y[i], jnp.nan)
 
 
-def _flattest(t: Array, y: Array, window: int, t0_max: float) -> Array:
-    """Centre index of the window of ``2·window + 1`` points of least spread (max − min) among the
-    centres with t ≤ ``t0_max`` (all centres if none qualifies); ``t`` sorted ascending."""
+def _flattest(t: Array, y: Array, window: int, t0_max, ambient_dim) -> tuple[Array, Array]:
+    """``(centre, slope)``: the window of ``2·window + 1`` points of least change per decade of t
+    ((max − min) / Δlog₁₀ t) among the centres with t ≤ ``t0_max`` whose level (the window's mean)
+    is below ``ambient_dim − UNRESOLVED_MARGIN`` (all centres if none qualifies, with slope inf);
+    ``t`` sorted ascending."""
     n = t.shape[0]
     centres = jnp.arange(window, n - window)
-    wins = y[centres[:, None] + jnp.arange(-window, window + 1)[None, :]]  # (n − 2w, 2w + 1), static
-    spread = jnp.max(wins, axis=1) - jnp.min(wins, axis=1)
+    offsets = jnp.arange(-window, window + 1)
+    wins = y[centres[:, None] + offsets[None, :]]  # (n − 2w, 2w + 1), static
+    decades = jnp.log10(t[centres + window]) - jnp.log10(t[centres - window])
+    slope = (jnp.max(wins, axis=1) - jnp.min(wins, axis=1)) / jnp.maximum(decades, jnp.finfo(t.dtype).tiny)
     allowed = t[centres] <= t0_max
     allowed = jnp.where(jnp.any(allowed), allowed, True)
-    return centres[jnp.argmin(jnp.where(allowed, spread, jnp.inf))]
+    if ambient_dim is not None:
+        allowed = allowed & (jnp.mean(wins, axis=1) < ambient_dim - UNRESOLVED_MARGIN)
+    c = jnp.argmin(jnp.where(allowed, slope, jnp.inf))
+    return centres[c], jnp.where(allowed[c], slope[c], jnp.inf)
 
 
-def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array, Array]:
+def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: float | None = MAX_SLOPE,
+            ambient_dim: float | None = None) -> tuple[Array, Array]:
     """The flattest stretch of a FLIPD curve and its level; jittable.
 
-    For each grid point i (times sorted), the spread of the curve over the window
-    ``curve[i − window : i + window + 1]`` is max − min; the plateau is the window of least spread
-    among centres with t₀ ≤ ``t0_max``, and its value the window's mean.
+    For each grid point i (times sorted), the slope of the curve over the window
+    ``curve[i − window : i + window + 1]`` is its max − min per decade of t₀ spanned; the plateau is
+    the window of least slope among centres with t₀ ≤ ``t0_max``, and its value the window's mean.
+
+    It says when it cannot read: if even that window changes by more than ``max_slope`` per decade,
+    the curve has no plateau and the value is NaN (not a number with a spread of several
+    dimensions). With ``ambient_dim`` = D, windows at level ≥ D − ``UNRESOLVED_MARGIN`` are skipped:
+    a flat stretch at ≈ D at the smallest t₀ is where the network does not resolve the manifold
+    (exact scores of full-dimensional data would be flagged too: there D cannot be told from
+    "unresolved").
 
     Why, beside [`knee`][mmh_jax.lid.knee]: a trained network does not resolve a low-dimensional piece of its
     manifold at the finest scales, so at tiny t₀ its FLIPD climbs back towards D; and at large t₀
@@ -133,9 +177,13 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array,
       curve: ``(n,)`` values at those times.
       window: half-width of the window, in grid points (static).
       t0_max: largest window centre searched; if no centre qualifies, all are searched.
+      max_slope: largest change per decade of t₀ (LID units) of a plateau (default `MAX_SLOPE`);
+        ``None`` never flags.
+      ambient_dim: the data's dimension D, to skip unresolved stretches at ≈ D (None: no skip).
 
     Returns:
-      ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it.
+      ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it; the
+      value is NaN when no window is flat enough (``t0_star`` is then that of the flattest).
 
     Raises:
       TypeError: non-float ``t0s`` or ``curve``, ``window`` not an int.
@@ -160,12 +208,13 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5) -> tuple[Array,
     n = t0s.shape[0]
     if n < 2 * window + 1:
         raise ValueError(f"plateau needs at least 2*window + 1 = {2 * window + 1} points, got {n}.")
-    return _plateau(t0s, curve, window, t0_max)
+    return _plateau(t0s, curve, window, t0_max, *_limits(max_slope, ambient_dim))
 
 
 @functools.partial(jax.jit, static_argnums=2)  # jitted for eager callers, as _knee
-def _plateau(t0s: Array, curve: Array, window: int, t0_max) -> tuple[Array, Array]:
+def _plateau(t0s: Array, curve: Array, window: int, t0_max, max_slope, ambient_dim) -> tuple[Array, Array]:
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
-    c = _flattest(t, y, window, t0_max)
-    return t[c], jnp.mean(lax.dynamic_slice(y, (c - window,), (2 * window + 1,)))
+    c, slope = _flattest(t, y, window, t0_max, ambient_dim)
+    level = jnp.mean(lax.dynamic_slice(y, (c - window,), (2 * window + 1,)))
+    return t[c], jnp.where(slope <= max_slope, level, jnp.nan)

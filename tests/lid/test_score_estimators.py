@@ -441,3 +441,54 @@ def test_plateau_with_exact_scores_and_errors(point_mass_beside_disk):
         lid.plateau(t0s, curves[0], window=0)
     with pytest.raises(ValueError, match="at least"):
         lid.plateau(t0s[:4], curves[0][:4], window=2)
+
+
+def test_readouts_flag_a_curve_without_a_plateau():
+    """A curve falling steadily in log t0 (3 LID per decade everywhere, the shape of a trained network
+    that never settles) has no plateau: knee and plateau say NaN rather than pick a number on it;
+    the same fall with a flat stretch inserted is read at that stretch."""
+    t0s = np.geomspace(1e-3, 1.0, 31).astype(np.float32)  # 10 points per decade
+    u = np.log10(t0s)
+    falling = (10.0 - 3.0 * (u + 3.0)).astype(np.float32)
+    _, v_plateau = lid.plateau(t0s, falling)
+    _, v_knee = lid.knee(t0s, falling)
+    assert np.isnan(float(v_plateau)) and np.isnan(float(v_knee))
+    # a slope just under the limit is a plateau (the flag is the threshold, not "any slope")
+    gentle = (5.0 - 0.9 * lid.MAX_SLOPE * (u + 3.0)).astype(np.float32)
+    assert np.isfinite(float(lid.plateau(t0s, gentle)[1])) and np.isfinite(float(lid.knee(t0s, gentle)[1]))
+    # max_slope=None never flags
+    assert np.isfinite(float(lid.plateau(t0s, falling, max_slope=None)[1]))
+    assert np.isfinite(float(lid.knee(t0s, falling, max_slope=None)[1]))
+    with_flat = np.where(np.abs(u + 1.5) <= 0.3, 5.5, falling).astype(np.float32)  # flat at 5.5 around 0.03
+    t_flat, v_flat = lid.plateau(t0s, with_flat)
+    np.testing.assert_allclose(v_flat, 5.5)
+    assert 10**-1.8 <= float(t_flat) <= 10**-1.2
+
+
+def test_readouts_skip_the_unresolved_stretch_at_the_ambient_dimension():
+    """Flat at D = 10 for the smallest t0 (the network does not resolve the manifold there), then a
+    fall onto a plateau at 3 and a collapse: with ambient_dim the plateau at 3 is read; without it
+    the flat stretch at ≈ D wins. A curve flat at D everywhere cannot be read with ambient_dim."""
+    t0s = np.geomspace(1e-3, 1.0, 31).astype(np.float32)
+    u = np.log10(t0s)
+    curve = np.where(u < -2.2, 10.0, np.where(u < -1.8, 10.0 - 17.5 * (u + 2.2),
+                                             np.where(u < -0.6, 3.0, 3.0 - 5.0 * (u + 0.6))))
+    curve = curve.astype(np.float32)
+    _, v = lid.plateau(t0s, curve, ambient_dim=10)
+    np.testing.assert_allclose(v, 3.0)
+    _, v_knee = lid.knee(t0s, curve, ambient_dim=10)
+    np.testing.assert_allclose(v_knee, 3.0, atol=1e-5)
+    _, v_blind = lid.plateau(t0s, curve)
+    np.testing.assert_allclose(v_blind, 10.0)
+    flat_at_d = np.full(31, 10.2, np.float32)
+    assert np.isnan(float(lid.plateau(t0s, flat_at_d, ambient_dim=10)[1]))
+    np.testing.assert_allclose(lid.plateau(t0s, flat_at_d)[1], 10.2)
+
+
+@pytest.mark.parametrize("kw", [{"max_slope": 0.0}, {"max_slope": -1.0}, {"ambient_dim": 0}])
+def test_readout_limits_must_be_positive(kw):
+    t0s = np.geomspace(1e-3, 1.0, 8).astype(np.float32)
+    name = next(iter(kw))
+    for readout in (lid.plateau, lid.knee):
+        with pytest.raises(ValueError, match=name):
+            readout(t0s, np.ones(8, np.float32), **kw)
