@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
                    "mlp); flow: a normalizing flow (rational-quadratic spline couplings) of vector data; lidl: one "
                    "flow per --deltas noise scale, for `mmh-jax lid --estimator lidl`")
     p.add_argument("--steps", type=int_at_least(1), default=None,
-                   help="total optimisation steps (default: 4000; quick: 300)")
+                   help="total optimisation steps (default: 8000 mlp, 4000 unet and flows; quick: 300)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="batch size (default: 256 mlp, 128 unet)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate, a finite number > 0 (default: 1e-3 mlp, 5e-4 unet)")

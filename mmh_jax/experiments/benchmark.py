@@ -7,7 +7,7 @@ model (`train_config`) and LIDL's ensemble of flows (`flow_config`) on the train
 score every estimator at the test points against their true LID:
 
 - model-based ([`mmh_jax.experiments.model_estimators.estimate`][mmh_jax.experiments.model_estimators.estimate]):
-  ``flipd`` (three rows from one pass: FLIPD at the fixed ``t0``, ``flipd-knee`` and
+  ``flipd`` (four rows from one pass: FLIPD at the fixed ``t0``, at `COARSE_T0` (``flipd-t0=0.1``), ``flipd-knee`` and
   ``flipd-plateau``, the knee and plateau readouts of its curve), ``fp-regress``,
   ``normal-bundle`` on the diffusion model, ``lidl`` on the flows;
 - model-free ([`mmh_jax.lid`][mmh_jax.lid]): ``lpca``, ``mle``, ``twonn``, ``ess``, each test point's
@@ -38,7 +38,7 @@ Examples:
   >>> cfg.datasets, cfg.estimators[:3]
   (('lollipop', 'affine-10'), ('flipd', 'fp-regress', 'normal-bundle'))
   >>> row_names(cfg.estimators)[:3]
-  ['flipd', 'flipd-knee', 'flipd-plateau']
+  ['flipd', 'flipd-t0=0.1', 'flipd-knee']
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ from mmh_jax.experiments.pipeline import run as pipeline_run
 from mmh_jax.provenance import provenance
 from mmh_jax.trained import load
 
-__all__ = ["BenchmarkConfig", "COLUMNS", "DATASETS", "ESTIMATORS", "MODEL_BASED", "MODEL_FREE", "PRESETS", "READOUTS",
-           "ambient_dim", "check_out", "flow_config", "identity", "make_data", "model_free_k", "plot_estimates",
+__all__ = ["BenchmarkConfig", "COARSE_T0", "COLUMNS", "DATASETS", "ESTIMATORS", "MODEL_BASED", "MODEL_FREE", "PRESETS", "READOUTS",
+           "ambient_dim", "check_out", "coarse_index", "flow_config", "identity", "make_data", "model_free_k", "plot_estimates",
            "preset", "row_names", "run", "summarize", "table_markdown", "table_rows", "train_config",
            "write_outputs"]
 
@@ -97,7 +97,11 @@ MODEL_FREE = ("lpca", "mle", "twonn", "ess")
 #: Every estimator a configuration may name.
 ESTIMATORS = MODEL_BASED + MODEL_FREE
 #: Rows of the table per estimator and the output of `estimate` each reads (the others: one row, ``lid``).
-READOUTS = {"flipd": (("flipd", "lid"), ("flipd-knee", "lid_knee"), ("flipd-plateau", "lid_plateau"))}
+READOUTS = {"flipd": (("flipd", "lid"), ("flipd-t0=0.1", "lid_coarse"), ("flipd-knee", "lid_knee"),
+                      ("flipd-plateau", "lid_plateau"))}
+
+#: The coarser fixed time of the ``flipd-t0=0.1`` row, read off the FLIPD curve (a point of ``t0_grid``).
+COARSE_T0 = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +114,7 @@ class BenchmarkConfig:
       n_test_per_component: held-out test points per mixture component, where every estimator is scored
         (balanced, so each component weighs the same in the MAE whatever its mixture weight).
       seed: seed of the generators, the training runs and the estimators' keys.
-      estimators: names of `ESTIMATORS`; ``flipd`` gives three rows (see `READOUTS`).
+      estimators: names of `ESTIMATORS`; ``flipd`` gives four rows (see `READOUTS`).
       diffusion: `TrainConfig` overrides of every data set's diffusion model (see `train_config`).
       flow: `TrainConfig` overrides of every data set's LIDL flows (see `flow_config`).
       t0, t0_grid, normal_bundle_t, num_probes, batch_size: the `ModelLidConfig` options of the
@@ -136,7 +140,7 @@ class BenchmarkConfig:
     diffusion: dict = dataclasses.field(default_factory=dict)
     flow: dict = dataclasses.field(default_factory=dict)
     t0: float = 0.05
-    t0_grid: tuple[float, float, int] = (1e-3, 1.0, 24)
+    t0_grid: tuple[float, float, int] = (1e-3, 1.0, 31)
     normal_bundle_t: float = 0.01
     num_probes: int = 1
     batch_size: int = 64
@@ -172,7 +176,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "diffusion": {"steps": 200, "checkpoint_every": 100, "model_kwargs": {"hidden": 64, "num_layers": 2}},
         "flow": {"steps": 50, "checkpoint_every": 50, "batch_size": 128,
                  "model_kwargs": {"num_coupling": 2, "hidden": 16}},
-        "t0_grid": (1e-3, 1.0, 8), "lpca_k": 50, "knn_k": 50, "fast_compile": True,
+        "t0_grid": (1e-3, 1.0, 7), "lpca_k": 50, "knn_k": 50, "fast_compile": True,
     },
     "default": {},
     "full": {"datasets": tuple(DATASETS)},
@@ -200,7 +204,7 @@ def flow_config(name: str, D: int, config: BenchmarkConfig, data: str) -> traini
 
 
 def row_names(estimators) -> list[str]:
-    """The table's rows of ``estimators``: ``flipd`` becomes its three readouts (`READOUTS`)."""
+    """The table's rows of ``estimators``: ``flipd`` becomes its four readouts (`READOUTS`)."""
     return [row for e in estimators for row, _ in READOUTS.get(e, ((e, "lid"),))]
 
 
@@ -366,7 +370,24 @@ def _model_based(estimator: str, model, run_dir: str, x: np.ndarray, key, D: int
         num_probes=config.num_probes, t=config.normal_bundle_t, batch_size=config.batch_size)
     keys = jax.random.split(key, x.shape[0])
     res, compile_s, run_s = model_estimators.estimate(cfg, model, x, keys, progress=progress)
+    if estimator == "flipd":  # FLIPD at COARSE_T0 is the curve at that grid point
+        res = {**res, "lid_coarse": np.asarray(res["curves"])[:, coarse_index(config)]}
     return {row: res[output] for row, output in READOUTS.get(estimator, ((estimator, "lid"),))}, compile_s, run_s
+
+
+def coarse_index(config: BenchmarkConfig) -> int:
+    """Index of `COARSE_T0` in ``geomspace(*t0_grid)``.
+
+    Raises:
+      ValueError: no grid point within 1 % of `COARSE_T0`.
+    """
+    lo, hi, num = config.t0_grid
+    grid = np.geomspace(lo, hi, int(num))
+    i = int(np.argmin(np.abs(np.log(grid / COARSE_T0))))
+    if abs(grid[i] / COARSE_T0 - 1.0) > 0.01:
+        raise ValueError(f"t0_grid={config.t0_grid!r} has no point within 1% of {COARSE_T0} (the flipd-t0=0.1 row); "
+                         "use a grid such as (1e-3, 1.0, 31), whose points are 10^(k/10).")
+    return i
 
 
 def model_free_k(estimator: str, D: int, config: BenchmarkConfig) -> int:
@@ -669,12 +690,12 @@ def _notes(config: BenchmarkConfig) -> str:
     """What the table's numbers are, in a sentence or three."""
     lo, hi, num = config.t0_grid
     return (f"Estimates at {config.n_test_per_component} held-out test points per component; models trained on "
-            f"{config.n_train} points. flipd: FLIPD at t0 = {config.t0}; flipd-knee and flipd-plateau read the "
+            f"{config.n_train} points. flipd: FLIPD at t0 = {config.t0}; flipd-t0=0.1, flipd-knee and flipd-plateau read the "
             f"same curve ({num} t0 in [{lo:g}, {hi:g}]); exact traces up to D = {config.exact_trace_max_dim}, "
             f"Hutchinson above. Model-free estimators take each test point's neighbours among the training points "
             f"(lpca: k = max({config.lpca_k}, D + 1); mle, twonn, ess: k = {config.knn_k}). MAE, concordance and "
             "component means are over the finite estimates; non-finite counts the others. s/point: seconds per test "
-            "point, training excluded, compilation included (the three flipd rows share one pass and its time).")
+            "point, training excluded, compilation included (the four flipd rows share one pass and its time).")
 
 
 def table_markdown(config: BenchmarkConfig, metrics: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ from mmh_jax.train import TIME_SAMPLINGS
 from mmh_jax.train_flow import FLOW_PRESETS
 from mmh_jax.trained import make_batched_eps_apply
 
-__all__ = ["IDENTITY_KEYS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "default_model",
+__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "default_model",
            "load_training_data", "newest_step", "plot_loss", "preset", "run_config", "train_or_resume"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
@@ -118,7 +118,7 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be a finite number > 0, got learning_rate={lr!r}.")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
-                             f"time_sampling={self.time_sampling!r}; pass --time-sampling uniform (the default) "
+                             f"time_sampling={self.time_sampling!r}; pass --time-sampling uniform "
                              "or log-sigma.")
 
 
@@ -135,14 +135,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Defaults of the U-Net (images) that differ from the MLP's: 16 base channels, batch 128.
 UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "model_kwargs": {"channels": 16}}
 
+#: Defaults of the MLP (vector data) under every preset, beneath the preset's own entries: 8000
+#: steps, with uniform training times (docs/benchmark.md, "Training that fits manifolds", says why).
+MLP_DEFAULTS: dict[str, Any] = {"steps": 8000}
+
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset with overrides; the U-Net gets image-appropriate defaults (``UNET_DEFAULTS``)."""
-    if overrides.get("model") == "unet":
+    """The named preset with overrides; the MLP gets ``MLP_DEFAULTS`` (beneath the preset), the
+    U-Net image-appropriate defaults (``UNET_DEFAULTS``), flows ``FLOW_PRESETS``.
+
+    Examples:
+      >>> preset("full").steps, preset("quick").steps, preset("full", model="unet").steps
+      (8000, 300, 4000)
+    """
+    model = overrides.get("model", TrainConfig.model)
+    if model == "unet":
         overrides = {**UNET_DEFAULTS, **overrides}
-    if overrides.get("model") in FLOW_MODELS:
+    if model in FLOW_MODELS:
         return from_preset(TrainConfig, FLOW_PRESETS, name, overrides)
-    return from_preset(TrainConfig, PRESETS, name, overrides)
+    presets = {k: {**MLP_DEFAULTS, **v} for k, v in PRESETS.items()} if model == "mlp" else PRESETS
+    return from_preset(TrainConfig, presets, name, overrides)
 
 
 def load_training_data(config: TrainConfig, *, expand: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -113,9 +113,13 @@ def test_cli_flag_reaches_the_config(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "r")
     assert cli.main(["train", "--preset", "quick", "--time-sampling", "log-sigma", "--out", out]) == 0
     assert cli.main(["train", "--preset", "quick", "--out", out]) == 0
-    assert [c.time_sampling for c in seen] == ["log-sigma", "uniform"]
+    assert cli.main(["train", "--model", "mlp", "--out", out]) == 0  # full preset: the MLP's own steps
+    assert cli.main(["train", "--model", "unet", "--data", "digits", "--out", out]) == 0
+    assert [c.time_sampling for c in seen] == ["log-sigma", "uniform", "uniform", "uniform"]
+    assert [c.steps for c in seen] == [300, 300, training.MLP_DEFAULTS["steps"], training.TrainConfig.steps]
+    assert training.MLP_DEFAULTS["steps"] != training.TrainConfig.steps  # the MLP's default is its own
     assert cli.main(["train", "--time-sampling", "edm", "--out", out]) == 2
-    assert "invalid choice: 'edm'" in capsys.readouterr().err and len(seen) == 2
+    assert "invalid choice: 'edm'" in capsys.readouterr().err and len(seen) == 4
 
 
 def test_resume_with_another_time_sampling_is_refused_and_legacy_runs_resume(tmp_path, monkeypatch):
