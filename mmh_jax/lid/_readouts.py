@@ -17,8 +17,8 @@ Array = jax.Array
 #: that still counts as a plateau. Why this value: docs/benchmark.md, "Readouts that say when they cannot read".
 MAX_SLOPE = 2.0
 
-#: With ``ambient_dim`` given, windows whose level is at least ``ambient_dim − UNRESOLVED_MARGIN``
-#: are not plateaus: there the network does not resolve the manifold at all (FLIPD ≈ D).
+#: With ``ambient_dim`` given, a window whose level is at least ``ambient_dim − UNRESOLVED_MARGIN``
+#: is read only when no lower window is flat: there the network may not resolve the manifold (FLIPD ≈ D).
 UNRESOLVED_MARGIN = 0.5
 
 
@@ -109,7 +109,7 @@ def _knee(t0s: Array, curve: Array, window: int, t0_max, max_slope, ambient_dim)
     t, y = t0s[order], curve[order]
     idx = jnp.arange(n)
     if n >= 2 * window + 1:
-        centre, slope = _flattest(t, y, window, t0_max, ambient_dim)
+        centre, slope = _flattest(t, y, window, t0_max, ambient_dim, max_slope)
         start = jnp.minimum(centre - window, n - 3)
         readable = slope <= max_slope
     else:
@@ -131,23 +131,25 @@ def _knee(t0s: Array, curve: Array, window: int, t0_max, max_slope, ambient_dim)
     return t[i], jnp.where(readable, y[i], jnp.nan)
 
 
-def _flattest(t: Array, y: Array, window: int, t0_max, ambient_dim) -> tuple[Array, Array]:
-    """``(centre, slope)``: the window of ``2·window + 1`` points of least change per decade of t
-    ((max − min) / Δlog₁₀ t) among the centres with t ≤ ``t0_max`` whose level (the window's mean)
-    is below ``ambient_dim − UNRESOLVED_MARGIN`` (all centres if none qualifies, with slope inf);
+def _flattest(t: Array, y: Array, window: int, t0_max, ambient_dim, max_slope) -> tuple[Array, Array]:
+    """``(centre, slope)`` of the plateau window: of the windows of ``2·window + 1`` points with
+    centres at t ≤ ``t0_max`` (all centres if none qualifies), the one of least change per decade
+    of t ((max − min) / Δlog₁₀ t). With ``ambient_dim``, windows at level (mean) ≥ ``ambient_dim −
+    UNRESOLVED_MARGIN`` are taken only when no window below that level is within ``max_slope``;
     ``t`` sorted ascending."""
     n = t.shape[0]
     centres = jnp.arange(window, n - window)
-    offsets = jnp.arange(-window, window + 1)
-    wins = y[centres[:, None] + offsets[None, :]]  # (n − 2w, 2w + 1), static
+    wins = y[centres[:, None] + jnp.arange(-window, window + 1)[None, :]]  # (n − 2w, 2w + 1), static
     decades = jnp.log10(t[centres + window]) - jnp.log10(t[centres - window])
     slope = (jnp.max(wins, axis=1) - jnp.min(wins, axis=1)) / jnp.maximum(decades, jnp.finfo(t.dtype).tiny)
     allowed = t[centres] <= t0_max
     allowed = jnp.where(jnp.any(allowed), allowed, True)
-    if ambient_dim is not None:
-        allowed = allowed & (jnp.mean(wins, axis=1) < ambient_dim - UNRESOLVED_MARGIN)
     c = jnp.argmin(jnp.where(allowed, slope, jnp.inf))
-    return centres[c], jnp.where(allowed[c], slope[c], jnp.inf)
+    if ambient_dim is not None:
+        below = allowed & (jnp.mean(wins, axis=1) < ambient_dim - UNRESOLVED_MARGIN)
+        c_below = jnp.argmin(jnp.where(below, slope, jnp.inf))
+        c = jnp.where(below[c_below] & (slope[c_below] <= max_slope), c_below, c)
+    return centres[c], slope[c]
 
 
 def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: float | None = MAX_SLOPE,
@@ -160,10 +162,10 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: floa
 
     It says when it cannot read: if even that window changes by more than ``max_slope`` per decade,
     the curve has no plateau and the value is NaN (not a number with a spread of several
-    dimensions). With ``ambient_dim`` = D, windows at level ≥ D − ``UNRESOLVED_MARGIN`` are skipped:
-    a flat stretch at ≈ D at the smallest t₀ is where the network does not resolve the manifold
-    (exact scores of full-dimensional data would be flagged too: there D cannot be told from
-    "unresolved").
+    dimensions). With ``ambient_dim`` = D, a window at level ≥ D − ``UNRESOLVED_MARGIN`` is read
+    only when no window below it is flat (within ``max_slope``): a flat stretch at ≈ D at the
+    smallest t₀ is where a network does not resolve the manifold, and the plateau at the manifold's
+    LID, if any, lies after it; full-dimensional data, flat at D throughout, still read D.
 
     Why, beside [`knee`][mmh_jax.lid.knee]: a trained network does not resolve a low-dimensional piece of its
     manifold at the finest scales, so at tiny t₀ its FLIPD climbs back towards D; and at large t₀
@@ -179,7 +181,8 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: floa
       t0_max: largest window centre searched; if no centre qualifies, all are searched.
       max_slope: largest change per decade of t₀ (LID units) of a plateau (default `MAX_SLOPE`);
         ``None`` never flags.
-      ambient_dim: the data's dimension D, to skip unresolved stretches at ≈ D (None: no skip).
+      ambient_dim: the data's dimension D, to prefer a plateau below the unresolved stretch at ≈ D
+        (None: every window competes on flatness alone).
 
     Returns:
       ``(t0_star, value)``: the centre of the flattest window and the curve's mean over it; the
@@ -215,6 +218,6 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: floa
 def _plateau(t0s: Array, curve: Array, window: int, t0_max, max_slope, ambient_dim) -> tuple[Array, Array]:
     order = jnp.argsort(t0s)
     t, y = t0s[order], curve[order]
-    c, slope = _flattest(t, y, window, t0_max, ambient_dim)
+    c, slope = _flattest(t, y, window, t0_max, ambient_dim, max_slope)
     level = jnp.mean(lax.dynamic_slice(y, (c - window,), (2 * window + 1,)))
     return t[c], jnp.where(slope <= max_slope, level, jnp.nan)

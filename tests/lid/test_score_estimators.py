@@ -468,7 +468,8 @@ def test_readouts_flag_a_curve_without_a_plateau():
 def test_readouts_skip_the_unresolved_stretch_at_the_ambient_dimension():
     """Flat at D = 10 for the smallest t0 (the network does not resolve the manifold there), then a
     fall onto a plateau at 3 and a collapse: with ambient_dim the plateau at 3 is read; without it
-    the flat stretch at ≈ D wins. A curve flat at D everywhere cannot be read with ambient_dim."""
+    the (equally flat) stretch at ≈ D comes first and wins. Full-dimensional data, flat at D
+    throughout, and a curve whose only flat stretch is at ≈ D still read D."""
     t0s = np.geomspace(1e-3, 1.0, 31).astype(np.float32)
     u = np.log10(t0s)
     curve = np.where(u < -2.2, 10.0, np.where(u < -1.8, 10.0 - 17.5 * (u + 2.2),
@@ -481,8 +482,9 @@ def test_readouts_skip_the_unresolved_stretch_at_the_ambient_dimension():
     _, v_blind = lid.plateau(t0s, curve)
     np.testing.assert_allclose(v_blind, 10.0)
     flat_at_d = np.full(31, 10.2, np.float32)
-    assert np.isnan(float(lid.plateau(t0s, flat_at_d, ambient_dim=10)[1]))
-    np.testing.assert_allclose(lid.plateau(t0s, flat_at_d)[1], 10.2)
+    np.testing.assert_allclose(lid.plateau(t0s, flat_at_d, ambient_dim=10)[1], 10.2)
+    unresolved_then_falling = np.where(u < -2.2, 10.0, 10.0 - 3.0 * (u + 2.2)).astype(np.float32)
+    np.testing.assert_allclose(lid.plateau(t0s, unresolved_then_falling, ambient_dim=10)[1], 10.0)
 
 
 @pytest.mark.parametrize("kw", [{"max_slope": 0.0}, {"max_slope": -1.0}, {"ambient_dim": 0}])
