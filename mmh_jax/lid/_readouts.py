@@ -15,7 +15,7 @@ Array = jax.Array
 
 #: Default of ``max_slope``: the largest change of a FLIPD curve, in units of LID per decade of t₀,
 #: that still counts as a plateau. Why this value: docs/benchmark.md, "Readouts that say when they cannot read".
-MAX_SLOPE = 2.0
+MAX_SLOPE = 4.0
 
 #: With ``ambient_dim`` given, a window whose level is at least ``ambient_dim − UNRESOLVED_MARGIN``
 #: is read only when no lower window is flat: there the network may not resolve the manifold (FLIPD ≈ D).

@@ -444,12 +444,12 @@ def test_plateau_with_exact_scores_and_errors(point_mass_beside_disk):
 
 
 def test_readouts_flag_a_curve_without_a_plateau():
-    """A curve falling steadily in log t0 (3 LID per decade everywhere, the shape of a trained network
-    that never settles) has no plateau: knee and plateau say NaN rather than pick a number on it;
-    the same fall with a flat stretch inserted is read at that stretch."""
+    """A curve falling steadily in log t0 (1.5·MAX_SLOPE LID per decade everywhere, the shape of a
+    trained network that never settles) has no plateau: knee and plateau say NaN rather than pick a
+    number on it; the same fall with a flat stretch inserted is read at that stretch."""
     t0s = np.geomspace(1e-3, 1.0, 31).astype(np.float32)  # 10 points per decade
     u = np.log10(t0s)
-    falling = (10.0 - 3.0 * (u + 3.0)).astype(np.float32)
+    falling = (20.0 - 1.5 * lid.MAX_SLOPE * (u + 3.0)).astype(np.float32)
     _, v_plateau = lid.plateau(t0s, falling)
     _, v_knee = lid.knee(t0s, falling)
     assert np.isnan(float(v_plateau)) and np.isnan(float(v_knee))
@@ -459,9 +459,9 @@ def test_readouts_flag_a_curve_without_a_plateau():
     # max_slope=None never flags
     assert np.isfinite(float(lid.plateau(t0s, falling, max_slope=None)[1]))
     assert np.isfinite(float(lid.knee(t0s, falling, max_slope=None)[1]))
-    with_flat = np.where(np.abs(u + 1.5) <= 0.3, 5.5, falling).astype(np.float32)  # flat at 5.5 around 0.03
+    with_flat = np.where(np.abs(u + 1.5) <= 0.3, 11.5, falling).astype(np.float32)  # flat at 11.5 around 0.03
     t_flat, v_flat = lid.plateau(t0s, with_flat)
-    np.testing.assert_allclose(v_flat, 5.5)
+    np.testing.assert_allclose(v_flat, 11.5)
     assert 10**-1.8 <= float(t_flat) <= 10**-1.2
 
 
@@ -483,7 +483,7 @@ def test_readouts_skip_the_unresolved_stretch_at_the_ambient_dimension():
     np.testing.assert_allclose(v_blind, 10.0)
     flat_at_d = np.full(31, 10.2, np.float32)
     np.testing.assert_allclose(lid.plateau(t0s, flat_at_d, ambient_dim=10)[1], 10.2)
-    unresolved_then_falling = np.where(u < -2.2, 10.0, 10.0 - 3.0 * (u + 2.2)).astype(np.float32)
+    unresolved_then_falling = np.where(u < -2.2, 10.0, 10.0 - 1.5 * lid.MAX_SLOPE * (u + 2.2)).astype(np.float32)
     np.testing.assert_allclose(lid.plateau(t0s, unresolved_then_falling, ambient_dim=10)[1], 10.0)
 
 
