@@ -17,6 +17,10 @@ Array = jax.Array
 #: that still counts as a plateau. Why this value: docs/benchmark.md, "Readouts that say when they cannot read".
 MAX_SLOPE = 4.0
 
+#: With ``ambient_dim`` = D < SLOPE_DIM, ``max_slope`` is scaled by D/SLOPE_DIM: a curve of 2-D data
+#: spans only [0, 2], and a limit of `MAX_SLOPE` per decade would call its whole fall flat.
+SLOPE_DIM = 10.0
+
 #: With ``ambient_dim`` given, a window whose level is at least ``ambient_dim − UNRESOLVED_MARGIN``
 #: is read only when no lower window is flat: there the network may not resolve the manifold (FLIPD ≈ D).
 UNRESOLVED_MARGIN = 0.5
@@ -95,11 +99,15 @@ def knee(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: float |
 
 
 def _limits(max_slope, ambient_dim) -> tuple[Any, Any]:
-    """``max_slope`` (inf for None) and ``ambient_dim`` checked: each None or a number > 0."""
+    """``(limit, ambient_dim)``: ``max_slope`` (inf for None) scaled by min(1, D/`SLOPE_DIM`) when D
+    is given, both checked (None or a number > 0)."""
     for name, v in (("max_slope", max_slope), ("ambient_dim", ambient_dim)):
         if v is not None and not isinstance(v, jax.Array) and not float(v) > 0:
             raise ValueError(f"{name} must be None or a number > 0, got {name}={v!r}.")
-    return (jnp.inf if max_slope is None else max_slope), ambient_dim
+    limit = jnp.inf if max_slope is None else max_slope
+    if ambient_dim is not None:
+        limit = limit * jnp.minimum(1.0, jnp.asarray(ambient_dim, jnp.float32) / SLOPE_DIM)
+    return limit, ambient_dim
 
 
 @functools.partial(jax.jit, static_argnums=2)  # jitted: called eagerly, its many small ops would dispatch one by one
@@ -179,8 +187,8 @@ def plateau(t0s, curve, *, window: int = 2, t0_max: float = 0.5, max_slope: floa
       curve: ``(n,)`` values at those times.
       window: half-width of the window, in grid points (static).
       t0_max: largest window centre searched; if no centre qualifies, all are searched.
-      max_slope: largest change per decade of t₀ (LID units) of a plateau (default `MAX_SLOPE`);
-        ``None`` never flags.
+      max_slope: largest change per decade of t₀ (LID units) of a plateau (default `MAX_SLOPE`),
+        scaled by D/10 when ``ambient_dim`` = D is below 10; ``None`` never flags.
       ambient_dim: the data's dimension D, to prefer a plateau below the unresolved stretch at ≈ D
         (None: every window competes on flatness alone).
 

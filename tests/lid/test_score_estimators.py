@@ -494,3 +494,18 @@ def test_readout_limits_must_be_positive(kw):
     for readout in (lid.plateau, lid.knee):
         with pytest.raises(ValueError, match=name):
             readout(t0s, np.ones(8, np.float32), **kw)
+
+
+def test_readouts_in_two_dimensions_scale_the_slope_limit():
+    """In R² a FLIPD curve spans only [0, 2]: a disk's curve (flat at D = 2, then a collapse of
+    2 per decade) must read 2, not a window of its collapse, and an unresolved point mass (≈ 2 at
+    the smallest t0, then flat at 0) must read 0. The limit MAX_SLOPE·D/10 tells them apart."""
+    t0s = np.geomspace(1e-3, 1.0, 24).astype(np.float32)
+    u = np.log10(t0s)
+    disk = np.where(u < -1.0, 2.0, np.maximum(2.0 - 2.0 * (u + 1.0), 0.0)).astype(np.float32)
+    atom = np.where(u < -2.3, 2.0, np.where(u < -2.0, 2.0 - (u + 2.3) / 0.15, 0.0)).astype(np.float32)
+    for readout in (lid.knee, lid.plateau):
+        np.testing.assert_allclose(readout(t0s, disk, ambient_dim=2)[1], 2.0)
+        np.testing.assert_allclose(readout(t0s, atom, ambient_dim=2)[1], 0.0, atol=1e-6)
+    # the collapse alone is flat under the unscaled limit: without the scaling the disk reads < 2
+    assert float(lid.plateau(t0s, disk, ambient_dim=2, max_slope=lid.MAX_SLOPE * 5)[1]) < 1.5
