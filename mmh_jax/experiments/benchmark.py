@@ -69,7 +69,7 @@ from mmh_jax.experiments.pipeline import run as pipeline_run
 from mmh_jax.provenance import provenance
 from mmh_jax.trained import load
 
-__all__ = ["BenchmarkConfig", "COARSE_T0", "COLUMNS", "DATASETS", "ESTIMATORS", "MODEL_BASED", "MODEL_FREE", "PRESETS", "READOUTS",
+__all__ = ["BenchmarkConfig", "COARSE_T0", "COLUMNS", "DATASETS", "DEFAULT_FLOWS", "ESTIMATORS", "MODEL_BASED", "MODEL_FREE", "PRESETS", "READOUTS",
            "ambient_dim", "check_out", "coarse_index", "flow_config", "identity", "make_data", "model_free_k", "plot_estimates",
            "preset", "row_names", "run", "summarize", "table_markdown", "table_rows", "train_config",
            "write_outputs"]
@@ -116,7 +116,9 @@ class BenchmarkConfig:
       seed: seed of the generators, the training runs and the estimators' keys.
       estimators: names of `ESTIMATORS`; ``flipd`` gives four rows (see `READOUTS`).
       diffusion: `TrainConfig` overrides of every data set's diffusion model (see `train_config`).
-      flow: `TrainConfig` overrides of every data set's LIDL flows (see `flow_config`).
+      flow: `TrainConfig` overrides of every data set's LIDL flows (see `flow_config`; ``steps`` may
+        depend on D). The default preset's (`DEFAULT_FLOWS`) are small, fast-learning flows, since
+        the project's own take 6 minutes at D = 10; ``full`` keeps the project's own.
       t0, t0_grid, normal_bundle_t, num_probes, batch_size: the `ModelLidConfig` options of the
         model-based estimators (``normal_bundle_t`` is its ``t``; its K is the default 4·D).
       exact_trace_max_dim: FLIPD and FPRegress take exact traces up to this D and Hutchinson
@@ -163,11 +165,21 @@ class BenchmarkConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {name}={v!r}.")
+        if "flipd" in self.estimators:
+            coarse_index(self)  # the flipd-t0=0.1 row needs that point on the grid: fail before any training
         k = max(self.knn_k, self.lpca_k)
         if self.n_train < k:
             raise ValueError(f"n_train must be at least the neighbours asked for (knn_k, lpca_k: {k}), got "
                              f"n_train={self.n_train}; raise n_train or lower knn_k/lpca_k.")
 
+
+#: LIDL's flows under the default preset: 4 couplings of width 32, batch 128, learning rate 1e-2 (the
+#: best LIDL MAE a minute of training bought at D = 10), 2000 steps below D = 100 and 700 from D = 100
+#: on (``steps`` by ambient dimension, see `flow_config`), so the 8 flows of a data set train in about
+#: a minute at D = 10 and two at D = 100 on 2 CPU cores (the project's full flows took 6 minutes at
+#: D = 10, and about 40 at D = 100); numbers in docs/benchmark.md.
+DEFAULT_FLOWS: dict[str, Any] = {"steps": {1: 2000, 100: 700}, "batch_size": 128, "learning_rate": 1e-2,
+                                 "model_kwargs": {"num_coupling": 4, "hidden": 32}}
 
 #: Preset name -> `BenchmarkConfig` fields. ``quick`` only exercises the code (a smoke run).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -178,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "model_kwargs": {"num_coupling": 2, "hidden": 16}},
         "t0_grid": (1e-3, 1.0, 7), "lpca_k": 50, "knn_k": 50, "fast_compile": True,
     },
-    "default": {},
+    "default": {"flow": DEFAULT_FLOWS},
     "full": {"datasets": tuple(DATASETS)},
 }
 
@@ -198,9 +210,19 @@ def train_config(name: str, D: int, config: BenchmarkConfig, data: str) -> train
 
 
 def flow_config(name: str, D: int, config: BenchmarkConfig, data: str) -> training.TrainConfig:
-    """LIDL's flows (one per default noise scale) of data set ``name`` trained on the file ``data``, as
-    `train_config` with ``config.flow``'s overrides."""
-    return training.preset("full", data=data, model="lidl", n=config.n_train, seed=config.seed, **config.flow)
+    """LIDL's flows (one per default noise scale) of data set ``name`` (ambient dimension ``D``) trained
+    on the file ``data``, as `train_config` with ``config.flow``'s overrides.
+
+    A ``steps`` override may be a dict {lowest D: steps}: the entry of the largest key ≤ ``D`` applies
+    (the smallest key's below all of them), so flows cost about the same time at every D.
+    """
+    flow = dict(config.flow)
+    if isinstance(flow.get("steps"), dict):
+        by_dim = sorted(flow["steps"].items())
+        if not by_dim:
+            raise ValueError("flow steps by ambient dimension is an empty dict; give {lowest D: steps}.")
+        flow["steps"] = next((steps for lo, steps in reversed(by_dim) if lo <= D), by_dim[0][1])
+    return training.preset("full", data=data, model="lidl", n=config.n_train, seed=config.seed, **flow)
 
 
 def row_names(estimators) -> list[str]:

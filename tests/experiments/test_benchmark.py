@@ -138,6 +138,12 @@ def test_bad_configurations_name_the_field():
         benchmark.BenchmarkConfig(n_train=10)
     with pytest.raises(ValueError, match="preset must be one of"):
         benchmark.preset("huge")
+    with pytest.raises(ValueError, match=r"t0_grid=\(0.001, 1.0, 8\) has no point within 1% of 0.1"):
+        benchmark.BenchmarkConfig(t0_grid=(1e-3, 1.0, 8))
+    for name in benchmark.PRESETS:  # every preset's grid holds COARSE_T0, the flipd-t0=0.1 row's time
+        config = benchmark.preset(name)
+        lo, hi, num = config.t0_grid
+        assert np.geomspace(lo, hi, num)[benchmark.coarse_index(config)] == pytest.approx(benchmark.COARSE_T0, rel=1e-6)
 
 
 def test_the_data_recipe_is_balanced_held_out_and_repeatable():
