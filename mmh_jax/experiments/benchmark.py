@@ -61,6 +61,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmh_jax import _interrupt, lid, report
+from mmh_jax._compile import fast_compile
 from mmh_jax.data import synthetic
 from mmh_jax.experiments import model_estimators, training
 from mmh_jax.experiments._outputs import write_npz
@@ -116,9 +117,9 @@ class BenchmarkConfig:
       seed: seed of the generators, the training runs and the estimators' keys.
       estimators: names of `ESTIMATORS`; ``flipd`` gives four rows (see `READOUTS`).
       diffusion: `TrainConfig` overrides of every data set's diffusion model (see `train_config`).
-      flow: `TrainConfig` overrides of every data set's LIDL flows (see `flow_config`; ``steps`` may
-        depend on D). The default preset's (`DEFAULT_FLOWS`) are small, fast-learning flows, since
-        the project's own take 6 minutes at D = 10; ``full`` keeps the project's own.
+      flow: `TrainConfig` overrides of every data set's LIDL flows (see `flow_config`). The default
+        preset's (`DEFAULT_FLOWS`) are small flows, since the project's own take 6 minutes at
+        D = 10; ``full`` keeps the project's own.
       t0, t0_grid, normal_bundle_t, num_probes, batch_size: the `ModelLidConfig` options of the
         model-based estimators (``normal_bundle_t`` is its ``t``; its K is the default 4·D).
       exact_trace_max_dim: FLIPD and FPRegress take exact traces up to this D and Hutchinson
@@ -173,13 +174,11 @@ class BenchmarkConfig:
                              f"n_train={self.n_train}; raise n_train or lower knn_k/lpca_k.")
 
 
-#: LIDL's flows under the default preset: 4 couplings of width 32, batch 128, learning rate 1e-2 (the
-#: best LIDL MAE a minute of training bought at D = 10), 2000 steps below D = 100 and 700 from D = 100
-#: on (``steps`` by ambient dimension, see `flow_config`), so the 8 flows of a data set train in about
-#: a minute at D = 10 and two at D = 100 on 2 CPU cores (the project's full flows took 6 minutes at
-#: D = 10, and about 40 at D = 100); numbers in docs/benchmark.md.
-DEFAULT_FLOWS: dict[str, Any] = {"steps": {1: 2000, 100: 700}, "batch_size": 128, "learning_rate": 1e-2,
-                                 "model_kwargs": {"num_coupling": 4, "hidden": 32}}
+#: LIDL's flows under the default preset: 4 couplings of width 32, batch 128, 2000 steps, so that the
+#: 8 flows of a data set train in about a minute at D = 10 on 2 CPU cores (the project's full flows
+#: took 6 minutes there). What this costs in accuracy, and what a higher learning rate would buy:
+#: docs/benchmark.md.
+DEFAULT_FLOWS: dict[str, Any] = {"steps": 2000, "batch_size": 128, "model_kwargs": {"num_coupling": 4, "hidden": 32}}
 
 #: Preset name -> `BenchmarkConfig` fields. ``quick`` only exercises the code (a smoke run).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -210,19 +209,9 @@ def train_config(name: str, D: int, config: BenchmarkConfig, data: str) -> train
 
 
 def flow_config(name: str, D: int, config: BenchmarkConfig, data: str) -> training.TrainConfig:
-    """LIDL's flows (one per default noise scale) of data set ``name`` (ambient dimension ``D``) trained
-    on the file ``data``, as `train_config` with ``config.flow``'s overrides.
-
-    A ``steps`` override may be a dict {lowest D: steps}: the entry of the largest key ≤ ``D`` applies
-    (the smallest key's below all of them), so flows cost about the same time at every D.
-    """
-    flow = dict(config.flow)
-    if isinstance(flow.get("steps"), dict):
-        by_dim = sorted(flow["steps"].items())
-        if not by_dim:
-            raise ValueError("flow steps by ambient dimension is an empty dict; give {lowest D: steps}.")
-        flow["steps"] = next((steps for lo, steps in reversed(by_dim) if lo <= D), by_dim[0][1])
-    return training.preset("full", data=data, model="lidl", n=config.n_train, seed=config.seed, **flow)
+    """LIDL's flows (one per default noise scale) of data set ``name`` trained on the file ``data``, as
+    `train_config` with ``config.flow``'s overrides."""
+    return training.preset("full", data=data, model="lidl", n=config.n_train, seed=config.seed, **config.flow)
 
 
 def row_names(estimators) -> list[str]:
@@ -592,24 +581,6 @@ def _finished(previous: dict[str, Any], name: str, metrics: dict[str, Any], out:
     return os.path.exists(os.path.join(out, _estimates_path(name)))
 
 
-@contextlib.contextmanager
-def _compile_mode(fast: bool):
-    """With ``fast``, XLA compiles with most optimisations off (restored on exit); see
-    `BenchmarkConfig.fast_compile`. The optimisation level is part of JAX's jit cache key, so these
-    programs are cached apart from optimised ones of the same process."""
-    if not fast:
-        yield
-        return
-    saved = {k: jax.config.values[k] for k in ("jax_disable_most_optimizations", "jax_optimization_level")}
-    jax.config.update("jax_disable_most_optimizations", True)
-    jax.config.update("jax_optimization_level", "O0")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            jax.config.update(k, v)
-
-
 # --------------------------------------------------------------------------------------------
 # the run
 
@@ -654,7 +625,7 @@ def run(config: BenchmarkConfig, out: str, *, progress: bool = True, overwrite: 
         if name not in todo:
             _log(progress, f"[benchmark] {name}: finished by an earlier run into {out} with the same configuration; "
                            "keeping its results (recompute=True / --recompute scores it again)")
-    with _compile_mode(config.fast_compile), \
+    with fast_compile(config.fast_compile), \
             tqdm(total=len(todo), desc="benchmark", unit="data set", disable=not progress, file=sys.stderr) as bar:
         for name in todo:
             bar.set_postfix_str(name)

@@ -61,8 +61,10 @@ def test_flipd_on_training_data_matches_direct_calls(run_dir, tmp_path, capsys):
     assert res["curves"].shape == (48, 6) and res["x"].shape == (48, 2)
     np.testing.assert_allclose(res["t0s"], np.geomspace(1e-3, 1.0, 6), rtol=1e-6)
     assert float(res["t0"]) == pytest.approx(0.05)
-    for k in ("lid", "curves", "lid_knee", "t0_knee"):
+    for k in ("lid", "curves", "t0_knee"):
         assert np.all(np.isfinite(res[k])), k
+    # lid_knee is NaN where a curve has no plateau (lid.knee's flag); checked against direct calls below
+    assert np.any(np.isfinite(res["lid_knee"]))
 
     # The points: a seeded subsample of the generator's output, ground truth carried along.
     ds = synthetic.lollipop(TRAIN["n"], seed=TRAIN["seed"])
@@ -82,10 +84,11 @@ def test_flipd_on_training_data_matches_direct_calls(run_dir, tmp_path, capsys):
     want_lid, want_curves = map(np.asarray, direct(res["x"], keys))
     np.testing.assert_allclose(res["lid"], want_lid, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(res["curves"], want_curves, rtol=1e-5, atol=1e-4)
-    t_knee, v_knee = jax.jit(jax.vmap(lid.knee, in_axes=(None, 0)))(res["t0s"], res["curves"])
+    D = res["x"].shape[1]  # mmh-jax lid passes the data's dimension to the readouts
+    t_knee, v_knee = jax.jit(jax.vmap(lambda c: lid.knee(res["t0s"], c, ambient_dim=D)))(res["curves"])
     np.testing.assert_array_equal(res["t0_knee"], np.asarray(t_knee))
-    np.testing.assert_array_equal(res["lid_knee"], np.asarray(v_knee))
-    t_flat, v_flat = jax.jit(jax.vmap(lambda c: lid.plateau(res["t0s"], c, window=1)))(res["curves"])
+    np.testing.assert_array_equal(res["lid_knee"], np.asarray(v_knee))  # NaN at the same points
+    t_flat, v_flat = jax.jit(jax.vmap(lambda c: lid.plateau(res["t0s"], c, window=1, ambient_dim=D)))(res["curves"])
     np.testing.assert_array_equal(res["t0_plateau"], np.asarray(t_flat))
     np.testing.assert_allclose(res["lid_plateau"], np.asarray(v_flat), rtol=1e-6)
 
@@ -102,8 +105,12 @@ def test_flipd_on_training_data_matches_direct_calls(run_dir, tmp_path, capsys):
     knee_rows = _component_rows(text, 1)
     assert "lid_knee = FLIPD at the knee of its curve over 6 t0 in [0.001, 1]" in text
     for c, row in knee_rows.items():
-        assert float(row["mean"]) == pytest.approx(np.mean(res["lid_knee"][res["component"] == c]), rel=1e-3,
-                                                   abs=1e-3)
+        knees = res["lid_knee"][res["component"] == c]
+        readable = knees[np.isfinite(knees)]  # the printed mean is over the readable knees
+        if readable.size:
+            assert float(row["mean"]) == pytest.approx(np.mean(readable), rel=1e-3, abs=1e-3)
+        else:
+            assert np.isnan(float(row["mean"]))
     assert "compiled in" in err and "estimated in" in err
 
 
