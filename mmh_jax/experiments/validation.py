@@ -14,8 +14,9 @@ samples of the same distributions. Writes to the output directory:
 - ``flipd_curves.png``: FLIPD curves of a few points per case with their kneedle knees;
 - ``report.html``: the table and the figure in one self-contained page.
 
-A directory holding an ``mmh-jax run`` experiments report is refused before any work unless
-``overwrite=True``, which removes that run's results first.
+A directory holding an ``mmh-jax run`` experiments report or an ``mmh-jax run benchmark`` report is
+refused before any work unless ``overwrite=True``, which removes that run's results (and the models
+and data it trained there) first.
 
 Examples:
   >>> cfg = preset("quick")
@@ -184,9 +185,9 @@ def run(config: ValidationConfig, workdir: str, *, progress: bool = True, overwr
     """Run the validation and write the report into ``workdir``; returns the metrics dict.
 
     Raises:
-      ValueError: (`OtherRunError`) ``workdir`` holds an
-        ``mmh-jax run`` experiments report and ``overwrite`` is False (checked before any work; with
-        ``overwrite`` that report's files are removed first).
+      ValueError: (`OtherRunError`) ``workdir`` holds an ``mmh-jax run`` experiments report or an
+        ``mmh-jax run benchmark`` report and ``overwrite`` is False (checked before any work; with
+        ``overwrite`` that report's files, models and data are removed first).
     """
     _check_out(workdir, overwrite)
     os.makedirs(workdir, exist_ok=True)
@@ -309,10 +310,7 @@ def _check_out(workdir: str, overwrite: bool) -> None:
         return
     previous = pipeline_run.previous_metrics(workdir)
     kind = pipeline_run.run_kind(previous)
-    if kind != "run":  # an earlier validation, or an unreadable metrics.json: replaced
+    if kind in ("validation", "other"):  # an earlier validation, or an unreadable metrics.json: replaced
         return
-    if not overwrite:
-        raise pipeline_run.OtherRunError(
-            f"--out {workdir!r} holds an `mmh-jax run` experiments report; `mmh-jax run validation` would mix its "
-            "results with it: choose another --out, or pass --overwrite to replace it.")
-    pipeline_run.remove_run(workdir, previous, kind)
+    pipeline_run.refuse_or_remove(workdir, previous, kind, what=pipeline_run.describe_report(previous, kind),
+                                  this="`mmh-jax run validation`", overwrite=overwrite)

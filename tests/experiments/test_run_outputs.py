@@ -1,6 +1,7 @@
 """What `mmh-jax run` leaves in --out: files readable like a plain open() makes them, the quick preset
-flagged as a smoke run, validation's report.html, and an --out holding another model's run refused
-before any work (or, with overwrite=True, emptied of that run first), without stale figures.
+flagged as a smoke run, validation's report.html, and an --out holding another model's run (or another
+command's report: validation's, the benchmark's) refused before any work (or, with overwrite=True, emptied
+of that run first), without stale figures.
 
 The real runs here are the cheapest there are: `run toy --preset quick` (~10 s) and the detection
 experiment on the session's 3-step `tiny_run` model; the rest swaps an experiment's `run` for a stub.
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from mmh_jax import cli, report
-from mmh_jax.experiments import validation
+from mmh_jax.experiments import benchmark, validation
 from mmh_jax.experiments.pipeline import config as pipeline_config
 from mmh_jax.experiments.pipeline import images as images_exp
 from mmh_jax.experiments.pipeline import run as pipeline_run
@@ -211,3 +212,64 @@ def test_run_refuses_an_out_holding_another_models_run_and_overwrite_replaces_it
     assert {p.name for p in out.glob("*.png")} == set(metrics["images"]["figures"])  # no stale digits figure
     page = (out / "report.html").read_text()
     assert "1. Toy" not in page and "stub images" not in page and str(tiny_run) in page
+
+
+def _benchmark_out(out):
+    """A real benchmark report in ``out``, of the cheapest kind (model-free estimators: nothing trained),
+    with a model planted where the benchmark trains each of its data set's models."""
+    benchmark.run(benchmark.preset("quick", datasets=("lollipop",), estimators=("lpca",)), str(out), progress=False)
+    for kind in ("diffusion", "lidl"):
+        model = out / "models" / "lollipop" / kind  # the benchmark's layout, as a user sees it
+        model.mkdir(parents=True)
+        (model / "weights").write_bytes(b"w")
+    files = set(_files(out))
+    assert {"metrics.json", "table.md", "estimates.png", "report.html", "data/lollipop_train.npz",
+            "estimates/lollipop.npz", "models/lollipop/diffusion/weights", "models/lollipop/lidl/weights"} <= files
+    return files
+
+
+@pytest.mark.parametrize("command", ["run", "validation"])
+def test_run_and_validation_refuse_a_benchmarks_out_and_overwrite_removes_it(tmp_path, monkeypatch, command):
+    out = tmp_path / "bench"
+    _benchmark_out(out)
+    before = _files(out)
+    monkeypatch.setattr(toy_exp, "run", _stub(["toy_scatter.png"]))
+    if command == "run":
+        def go(**kw):
+            return pipeline_run.run(pipeline_config.preset("quick", experiments=["toy"]), str(out), progress=False,
+                                    **kw)
+        written = {"metrics.json", "report.html", "toy_scatter.png"}
+    else:
+        def go(**kw):
+            cfg = validation.ValidationConfig(cases=(validation.Case(6, (2,)),), decoders=(), num_points=4,
+                                              t0_grid=(1e-4, 1.0, 4), cfdm_train=100, model_free_points=100,
+                                              model_free_k=10, curves_per_case=1)
+            return validation.run(cfg, str(out), progress=False, **kw)
+        written = {"metrics.json", "report.html", "table.md", "flipd_curves.png"}
+    with pytest.raises(pipeline_run.OtherRunError) as err:
+        go()
+    msg = str(err.value)
+    for part in (f"--out {str(out)!r} holds an `mmh-jax run benchmark` report of lollipop",
+                 "choose another --out, or pass --overwrite to replace it"):
+        assert part in msg, (part, msg)
+    assert _files(out) == before  # refused before any work: nothing written, nothing removed
+
+    go(overwrite=True)
+    assert set(_files(out)) == written  # the benchmark's results, data, estimates and models are gone
+    assert not {"data", "estimates", "models"} & {p.name for p in out.iterdir()}
+    assert json.loads((out / "metrics.json").read_text()).get("kind") != "benchmark"
+
+
+def test_removing_a_benchmark_keeps_the_paths_this_run_reads(tmp_path):
+    out = tmp_path / "bench"
+    _benchmark_out(out)
+    previous = pipeline_run.previous_metrics(str(out))
+    assert pipeline_run.run_kind(previous) == "benchmark"
+    (tmp_path / "elsewhere.npz").write_bytes(b"x")
+    previous["datasets"]["lollipop"]["estimates"] = "../elsewhere.npz"  # a path outside --out stays
+    mine = out / "models" / "lollipop" / "diffusion"
+    data = out / "data" / "lollipop_train.npz"
+    pipeline_run.remove_run(str(out), previous, "benchmark", keep=(str(mine), str(data)))
+    left = {"models/lollipop/diffusion/weights", "data/lollipop_train.npz", "estimates/lollipop.npz"}
+    assert set(_files(out)) == left
+    assert (tmp_path / "elsewhere.npz").exists()

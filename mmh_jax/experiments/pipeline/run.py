@@ -16,7 +16,8 @@ One ``out`` holds one run: results are combined there only when they come from t
 (`identity`: the preset, the seed, and either the preset's own model settings or the
 ``checkpoint`` and ``data``), so ``mmh-jax run images`` then ``mmh-jax run conditional`` give one
 report, while a run of another model into the same ``out`` is refused before any work
-(`check_out`; ``overwrite=True`` removes the other run's results first). A recomputed
+(`check_out`; ``overwrite=True`` removes the other run's results first), as is a report of
+``mmh-jax run validation`` or ``mmh-jax run benchmark``. A recomputed
 experiment's figures that its new results no longer list are removed.
 
 The ``quick`` preset (`SMOKE_PRESETS`) only exercises the code: ``metrics.json``
@@ -39,6 +40,7 @@ from typing import Any
 import jax
 
 from mmh_jax import report
+from mmh_jax._compile import fast_compile
 from mmh_jax.experiments.pipeline.common import Context
 from mmh_jax.experiments.pipeline.config import EXPERIMENTS, SMOKE_PRESETS
 from mmh_jax.provenance import provenance
@@ -102,7 +104,7 @@ def run(config, out: str, *, progress: bool = True, recompute: bool = False,
         if name in previous and name not in config.experiments:
             metrics[name] = previous[name]
     start = time.perf_counter()
-    with _compile_mode(config.fast_compile):
+    with fast_compile(config.fast_compile):
         _run_experiments(config, ctx, metrics, previous, out, start, recompute)
     rows = summary_rows(metrics)
     print(report.markdown_table(rows, list(SUMMARY)))
@@ -179,8 +181,11 @@ def _identity(cfg: dict[str, Any], seed: Any) -> dict[str, Any]:
 
 
 def run_kind(previous: dict[str, Any]) -> str:
-    """``run`` (metrics.json of this module), ``validation`` (of ``mmh-jax run validation``) or
-    ``other`` (unreadable or unknown: {} from `previous_metrics`)."""
+    """``run`` (metrics.json of this module), ``validation`` (of ``mmh-jax run validation``),
+    ``benchmark`` (of ``mmh-jax run benchmark``: ``"kind": "benchmark"``) or ``other`` (unreadable or
+    unknown: {} from `previous_metrics`)."""
+    if previous.get("kind") == "benchmark":
+        return "benchmark"
     cfg = previous.get("config")
     if isinstance(cfg, dict) and "experiments" in cfg:
         return "run"
@@ -223,10 +228,11 @@ def check_out(config, out: str, *, overwrite: bool = False) -> dict[str, Any]:
     An earlier ``metrics.json`` in ``out`` of the same `identity` is resumed and combined with
     (another experiment selection, other sample sizes); one of another identity (other preset or
     seed, the preset's own models vs a checkpoint, another checkpoint or data, other model
-    settings) or of ``mmh-jax run validation`` is refused, since its results would mix with this
-    run's in one report. An unreadable ``metrics.json`` is replaced, as before. With ``overwrite`` that run's results are removed instead:
-    ``report.html``, the figures and ``.npz`` files its metrics list, the models it trained under
-    ``out/models`` (never the ``--checkpoint`` or ``--data`` of this run), then its ``metrics.json``.
+    settings) or of ``mmh-jax run validation`` or ``mmh-jax run benchmark`` is refused, since its
+    results would mix with this run's in one report. An unreadable ``metrics.json`` is replaced, as
+    before. With ``overwrite`` that run's results are removed instead (`remove_run`): ``report.html``,
+    the figures, tables and ``.npz`` files its metrics list, the models and data it trained under
+    ``out`` (never the ``--checkpoint`` or ``--data`` of this run), then its ``metrics.json``.
 
     Returns:
       the earlier metrics to build on ({} when there are none, or they were removed).
@@ -249,15 +255,39 @@ def check_out(config, out: str, *, overwrite: bool = False) -> dict[str, Any]:
         settings = [d for d in diff if " vs " in d]
         if settings and "preset" not in diff:  # another preset explains its settings
             what += f" (model settings {', '.join(settings[:4])}{', ...' if len(settings) > 4 else ''})"
-    elif kind == "validation":
-        what = "an `mmh-jax run validation` report"
-    else:  # unreadable or unknown: replaced as before (nothing tells whose it is)
+    elif kind == "other":  # unreadable or unknown: replaced as before (nothing tells whose it is)
         return {}
-    if not overwrite:
-        raise OtherRunError(f"--out {out!r} holds {what}; this run is of {_describe(new)}. Both in one report would "
-                            "mix their results: choose another --out, or pass --overwrite to replace it.")
-    remove_run(out, previous, kind, keep=(config.checkpoint, config.data))
+    else:
+        what = describe_report(previous, kind)
+    refuse_or_remove(out, previous, kind, what=what, this=f"this run (of {_describe(new)})", overwrite=overwrite,
+                     keep=(config.checkpoint, config.data))
     return {}
+
+
+def describe_report(previous: dict[str, Any], kind: str) -> str:
+    """What ``out`` holds, for messages: the report ``previous`` of ``kind`` (`run_kind`), not ``other``."""
+    if kind == "run":
+        return f"an `mmh-jax run` experiments report (of {_describe(_previous_identity(previous))})"
+    if kind == "validation":
+        return "an `mmh-jax run validation` report"
+    names = sorted(n for n in _benchmark_models(previous) if isinstance(n, str))
+    listed = f" of {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}" if names else ""
+    return f"an `mmh-jax run benchmark` report{listed} (with the data and models it trained there)"
+
+
+def refuse_or_remove(out: str, previous: dict[str, Any], kind: str, *, what: str, this: str, overwrite: bool,
+                     keep=()) -> None:
+    """Refuse ``out`` holding ``what``, the report ``previous`` of another kind or models (``kind``, see
+    `run_kind`), or with ``overwrite`` remove that report's results first (`remove_run`, never ``keep``).
+
+    Raises:
+      OtherRunError: ``overwrite`` is False: the message names ``out``, ``what`` it holds, ``this``
+        (the run refused) and the fixes.
+    """
+    if not overwrite:
+        raise OtherRunError(f"--out {out!r} holds {what}; {this} would mix its results with it in one report: "
+                            "choose another --out, or pass --overwrite to replace it.")
+    remove_run(out, previous, kind, keep=keep)
 
 
 def _inside(out: str, rel: Any) -> str | None:
@@ -276,32 +306,68 @@ def _remove_files(out: str, names) -> None:
             os.remove(path)
 
 
-def remove_run(out: str, previous: dict[str, Any], kind: str, keep=()) -> None:
-    """Remove what the run of ``previous`` (of ``kind``, see `run_kind`) wrote into ``out``, but
-    never the paths ``keep`` (or what holds them); its ``metrics.json`` last, so an interrupted
-    removal is still refused and can be redone."""
-    names = ["report.html"]
+def _benchmark_models(previous: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's metrics: data set name -> its models' training configurations (from its
+    ``identity``; data sets listed only under ``datasets`` map to {})."""
+    ident = previous.get("identity") if isinstance(previous.get("identity"), dict) else {}
+    models = ident.get("models") if isinstance(ident.get("models"), dict) else {}
+    datasets = previous.get("datasets") if isinstance(previous.get("datasets"), dict) else {}
+    return {name: models.get(name) if isinstance(models.get(name), dict) else {} for name in {*models, *datasets}}
+
+
+def _plain(name: Any) -> bool:
+    """Whether ``name`` (from a metrics.json) is one plain file name, usable as a path part."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and os.sep not in name
+
+
+def _written(out: str, previous: dict[str, Any], kind: str) -> tuple[list[Any], list[Any], list[str]]:
+    """What the run of ``previous`` (of ``kind``) wrote into ``out``, as paths relative to it: its
+    files, its trained models and data (files or folders), and the folders to drop once empty."""
+    files: list[Any] = ["report.html"]
     if kind == "run":
         for name in EXPERIMENTS:
             if isinstance(previous.get(name), dict):
                 figures = previous[name].get("figures")
-                names += [f"{name}.npz", *(figures if isinstance(figures, list) else [])]
-        if not previous["config"].get("checkpoint"):  # models the preset trained for that run
-            keep = [os.path.realpath(p) for p in keep if p]
-            for rel in _TRAINED:
-                path = _inside(out, rel)
-                if path is None or any(k == path or k.startswith(path + os.sep) for k in keep):
-                    continue
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.isfile(path):
-                    os.remove(path)
-            for folder in ("models", "data"):
-                with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(out, folder))  # only when empty
-    elif kind == "validation":
-        names += ["table.md", "flipd_curves.png"]
-    _remove_files(out, [*names, "metrics.json"])
+                files += [f"{name}.npz", *(figures if isinstance(figures, list) else [])]
+        if previous["config"].get("checkpoint"):
+            return files, [], []
+        return files, list(_TRAINED), ["models", "data"]  # the models the preset trained for that run
+    if kind == "validation":
+        return [*files, "table.md", "flipd_curves.png"], [], []
+    # benchmark: per data set its estimates, training points and models (models/<name>/<kind>)
+    files += ["table.md", "estimates.png"]
+    trained, folders = [], []
+    datasets = previous.get("datasets") if isinstance(previous.get("datasets"), dict) else {}
+    for name, models in _benchmark_models(previous).items():
+        if not _plain(name):
+            continue
+        entry = datasets.get(name) if isinstance(datasets.get(name), dict) else {}
+        files.append(entry.get("estimates"))
+        trained += [os.path.join("models", name, m) for m in models if _plain(m)]
+        trained += [cfg.get("data") for cfg in models.values() if isinstance(cfg, dict)]
+        folders.append(os.path.join("models", name))
+    return files, trained, [*folders, "models", "data", "estimates"]
+
+
+def remove_run(out: str, previous: dict[str, Any], kind: str, keep=()) -> None:
+    """Remove what the run of ``previous`` (of ``kind``, see `run_kind`) wrote into ``out``, but
+    never the paths ``keep`` (or what holds them); its ``metrics.json`` last, so an interrupted
+    removal is still refused and can be redone."""
+    files, trained, folders = _written(out, previous, kind)
+    keep = [os.path.realpath(p) for p in keep if p]
+    for rel in trained:
+        path = _inside(out, rel)
+        if path is None or any(k == path or k.startswith(path + os.sep) for k in keep):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.isfile(path):
+            os.remove(path)
+    _remove_files(out, files)
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out, folder))  # only when empty
+    _remove_files(out, ["metrics.json"])
 
 
 def _remove_stale_figures(out: str, old: Any, metrics: dict[str, Any]) -> None:
@@ -311,27 +377,6 @@ def _remove_stale_figures(out: str, old: Any, metrics: dict[str, Any]) -> None:
         return
     listed = {f for e in EXPERIMENTS if isinstance(metrics.get(e), dict) for f in metrics[e].get("figures") or []}
     _remove_files(out, [f for f in old["figures"] if f not in listed])
-
-
-@contextlib.contextmanager
-def _compile_mode(fast: bool):
-    """With ``fast``, XLA compiles with most optimisations off (``jax_disable_most_optimizations``).
-
-    ``jax_optimization_level`` is set to O0 as well: it is part of JAX's jit cache key, so programs
-    compiled here are cached apart from the optimised ones of the same process (other runs, tests).
-    Both settings are restored on exit.
-    """
-    if not fast:
-        yield
-        return
-    saved = {k: jax.config.values[k] for k in ("jax_disable_most_optimizations", "jax_optimization_level")}
-    jax.config.update("jax_disable_most_optimizations", True)
-    jax.config.update("jax_optimization_level", "O0")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            jax.config.update(k, v)
 
 
 def _run_experiments(config, ctx: Context, metrics: dict[str, Any], previous: dict[str, Any], out: str,
