@@ -17,7 +17,9 @@ the benchmark, ``mmh-jax run benchmark``, uses seed 0):
 - ``affine100``, ``squiggly100``: the same with pieces of dimension 10, 25, 50 in R^100;
 - ``mix32``: in R^32, a circle (LID 1, radius 2), one 4-dimensional ``squiggly_mixture`` piece
   (frequency 1, recentred) and a 10-dimensional ``gaussian_subspace``, centred on three orthogonal
-  directions 10 apart (one third of the points each, shuffled).
+  directions 10 apart (one third of the points each, shuffled);
+- ``mix32-sphere``: the same with the 4-sphere of radius 2 (in a random 5-dimensional subspace) as
+  the nonlinear piece: curvature 1/2 everywhere, where the squiggly map has near-cusps.
 
 ``--n`` training points and 900 held-out points (60 with ``--quick``) are drawn together, in one
 call of the generator, and split: the first ``--n`` train. ``--standardize`` maps both by the training
@@ -84,7 +86,7 @@ from mmh_jax.models import ScoreMLP
 from mmh_jax.sde import VPSDE
 
 NAME = "training_sweep"
-DATA = ("squiggly10", "affine10", "affine100", "squiggly100", "mix32")
+DATA = ("squiggly10", "affine10", "affine100", "squiggly100", "mix32", "mix32-sphere")
 PARAMS = ("eps", "x0", "mix")
 TIME_SAMPLINGS = ("uniform", "log-sigma", "mixed")
 #: Held-out points scored (about 300 per component).
@@ -105,11 +107,13 @@ QUICK = dict(steps=50, hidden=32, layers=3, n=500, n_test=60)
 # -------------------------------------------------------------------------------------- data
 
 
-def mix32(n: int, seed: int, D: int = 32) -> synthetic.Dataset:
-    """The issue's D = 32 test case: a circle (LID 1), a 4-d squiggly piece and a 10-d Gaussian.
+def mix32(n: int, seed: int, D: int = 32, *, nonlinear: str = "squiggly") -> synthetic.Dataset:
+    """The issue's D = 32 test case: a circle (LID 1), a nonlinear 4-d piece and a 10-d Gaussian.
 
-    Centres are three orthonormal directions scaled to be 10 apart; sizes n//3, n//3, the rest;
-    points shuffled.
+    ``nonlinear``: ``squiggly`` (one ``squiggly_mixture`` piece, frequency 1, recentred) or
+    ``sphere`` (the 4-sphere of radius 2 in a random 5-dimensional subspace: curvature 1/2
+    everywhere, where the squiggly map has near-cusps). Centres are three orthonormal directions
+    scaled to be 10 apart; sizes n//3, n//3, the rest; points shuffled.
     """
     rng = np.random.default_rng(seed)
     k = n // 3
@@ -118,8 +122,13 @@ def mix32(n: int, seed: int, D: int = 32) -> synthetic.Dataset:
     basis = synthetic.random_isometry(rng, D, 2)
     ang = rng.uniform(0, 2 * np.pi, sizes[0])
     circle = centres[0] + 2.0 * np.stack([np.cos(ang), np.sin(ang)], 1) @ basis.T
-    sq = synthetic.squiggly_mixture(sizes[1], seed=seed + 1, dims=[4], ambient_dim=D).x
-    sq = sq - sq.mean(0) + centres[1]
+    if nonlinear == "sphere":
+        u = rng.normal(size=(sizes[1], 5))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        sq = centres[1] + 2.0 * u @ synthetic.random_isometry(rng, D, 5).T
+    else:
+        sq = synthetic.squiggly_mixture(sizes[1], seed=seed + 1, dims=[4], ambient_dim=D).x
+        sq = sq - sq.mean(0) + centres[1]
     g = synthetic.gaussian_subspace(sizes[2], seed=seed + 2, dim=10, ambient_dim=D, mean=centres[2]).x
     x = np.concatenate([circle, sq, g]).astype(np.float32)
     lids = np.repeat([1, 4, 10], sizes)
@@ -138,8 +147,8 @@ def make_dataset(name: str, n: int, seed: int) -> synthetic.Dataset:
         return synthetic.affine_mixture(n, seed=seed, dims=[10, 25, 50], ambient_dim=100)
     if name == "squiggly100":
         return synthetic.squiggly_mixture(n, seed=seed, dims=[10, 25, 50], ambient_dim=100, frequency=1.0)
-    if name == "mix32":
-        return mix32(n, seed)
+    if name in ("mix32", "mix32-sphere"):
+        return mix32(n, seed, nonlinear="sphere" if name == "mix32-sphere" else "squiggly")
     raise ValueError(f"--data must be one of {DATA}, got {name!r}.")
 
 
