@@ -49,17 +49,47 @@ def leading_axis(name: str, a: Any) -> int:
     return shape[0]
 
 
+def time_range(sde) -> tuple[float, float] | None:
+    """A noise schedule's valid times as concrete floats ``(t_min, T)``, or None when either is traced.
+
+    Times are valid in (0, T] when ``t_min`` is 0 and in [t_min, T] otherwise (``docs/design.md#noise-schedules``);
+    a schedule without a ``t_min`` has t_min = 0.
+    """
+    t_min = getattr(sde, "t_min", 0.0)
+    if not (is_concrete(t_min) and is_concrete(sde.T)):
+        return None
+    return float(np.asarray(t_min)), float(np.asarray(sde.T))
+
+
+def range_text(sde, t_min: float, T: float) -> str:
+    """The valid times of ``sde`` for an error message: ``(0, T] = (0, 1.0]`` or ``[t_min, T] = [...] of EDMSDE``."""
+    if t_min <= 0.0:
+        return f"(0, T] = (0, {T}]"
+    return f"[t_min, T] = [{t_min}, {T}] of {type(sde).__name__}"
+
+
+def in_time_range(t, sde) -> jax.Array:
+    """Elementwise ``t`` in the schedule's valid times, for traced times (concrete ones raise instead)."""
+    ok = (t > 0) & (t <= sde.T)
+    t_min = getattr(sde, "t_min", 0.0)
+    if not (is_concrete(t_min) and float(np.asarray(t_min)) == 0.0):
+        ok = ok & (t >= t_min)
+    return ok
+
+
 def scalar_time(name: str, t: Any, sde, *, allow_array: bool = False) -> jax.Array:
-    """A diffusion time in (0, T]; range-checked when concrete."""
+    """A diffusion time in the schedule's range ((0, T], or [t_min, T]); range-checked when concrete."""
     t = float_array(name, t)
     if not allow_array and jnp.ndim(t) != 0:
         raise ValueError(f"{name} must be a scalar time, got shape {jnp.shape(t)}; vmap over times instead.")
-    if is_concrete(t) and is_concrete(sde.T):
+    rng = time_range(sde)
+    if is_concrete(t) and rng is not None:
+        t_min, T = rng
         tv = np.asarray(t)
-        T = float(np.asarray(sde.T))
-        if not np.all((tv > 0) & (tv <= T)):
-            bad = tv if tv.ndim == 0 else tv[~((tv > 0) & (tv <= T))][:3]
-            raise ValueError(f"{name} must lie in (0, T] = (0, {T}], got {bad}.")
+        ok = (tv > 0) & (tv >= t_min) & (tv <= T)
+        if not np.all(ok):
+            bad = tv if tv.ndim == 0 else tv[~ok][:3]
+            raise ValueError(f"{name} must lie in {range_text(sde, t_min, T)}, got {bad}.")
     return t
 
 

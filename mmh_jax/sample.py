@@ -1,10 +1,14 @@
-"""Samplers for VP-SDE diffusion models, as single-example ``lax.scan`` loops (batch with vmap).
+"""Samplers for diffusion models on any noise schedule, as single-example ``lax.scan`` loops (batch with vmap).
 
-- [`euler_maruyama`][mmh_jax.sample.euler_maruyama]: the reverse SDE dx = [−½β x − β s(x, t)] dt + √β dw̄ from
-  T to t_min;
+A schedule ([`mmh_jax.sde`][mmh_jax.sde]) enters only through its protocol: the marginal
+coefficients (α, σ), the forward SDE dx = f(t)·x dt + g(t) dW, its times (T, t_min, δ) and its prior.
+
+- [`euler_maruyama`][mmh_jax.sample.euler_maruyama]: the reverse SDE dx = [f x − g² s(x, t)] dt + g dw̄ from
+  T to t_min (on the VP-SDE, f = −½β and g² = β);
 - [`ddim`][mmh_jax.sample.ddim]: deterministic DDIM (η = 0) on the same time grid, from an ε-function;
-- [`probability_flow`][mmh_jax.sample.probability_flow]: the probability-flow ODE dx/dt = −½β(t)[x + s(x, t)]
+- [`probability_flow`][mmh_jax.sample.probability_flow]: the probability-flow ODE dx/dt = f x − ½g² s(x, t)
   with Heun's method — a deterministic decoder g(x_T) → x₀ whose Jacobian spectrum gives LID_θ;
+- [`time_grid`][mmh_jax.sample.time_grid]: their time grid, uniform in t or in δ = log(σ/α) (log-SNR);
 - [`guided_eps_fn`][mmh_jax.sample.guided_eps_fn]: classifier-free guidance, ε̃ = ε(x, t, ∅) + w·(ε(x, t, c) −
   ε(x, t, ∅));
 - [`lid_guided_score_fn`][mmh_jax.sample.lid_guided_score_fn] /
@@ -37,6 +41,7 @@ import numpy as np
 from mmh_jax import _checks, adapters, lid
 
 __all__ = [
+    "GRID_SPACINGS",
     "SAMPLERS",
     "ddim",
     "eps_to_score",
@@ -56,23 +61,37 @@ Array = jax.Array
 #: The samplers of a trained diffusion model (``TrainedModel.sample(method=...)``), by function name.
 SAMPLERS = ("ddim", "euler_maruyama", "probability_flow")
 
+#: How [`time_grid`][mmh_jax.sample.time_grid] spaces its times: ``uniform`` in t (score_sde's VP
+#: grid), or uniform in ``delta`` = log(σ/α), i.e. in log-SNR, which suits every schedule (on EDM it
+#: is geometric in σ).
+GRID_SPACINGS = ("uniform", "delta")
 
-def time_grid(sde, num_steps: int, t_min: float = 1e-3) -> Array:
-    """``num_steps + 1`` times from T down to ``t_min``, uniformly spaced (score_sde's VP grid).
+#: The last time of a default grid, raised to the schedule's ``t_min`` when that is larger.
+_T_LAST = 1e-3
 
-    t_i = T − i·(T − t_min)/num_steps, i = 0, …, num_steps.
+
+def time_grid(sde, num_steps: int, t_min: float | None = None, *, spacing: str = "uniform") -> Array:
+    """``num_steps + 1`` times from T down to ``t_min``, uniformly spaced in t or in δ = log(σ/α).
+
+    ``uniform``: t_i = T − i·(T − t_min)/num_steps, i = 0, …, num_steps (score_sde's VP grid).
+    ``delta``: δ_i uniform from δ(T) to δ(t_min), t_i = ``sde.t_from_delta(δ_i)`` (the end points
+    exactly T and t_min): the step in log noise scale is the same everywhere, which keeps the
+    samplers accurate on schedules whose β is large near T (cosine) or whose σ spans decades (EDM).
 
     Args:
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE] (its horizon T).
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (its T, t_min and δ).
       num_steps: number of sampler steps (Python int ≥ 1).
-      t_min: the last time, in (0, T).
+      t_min: the last time, in (0, T) and ≥ the schedule's ``t_min``; default 1e-3, or the
+        schedule's ``t_min`` when that is larger (EDM: sigma_min).
+      spacing: one of [`GRID_SPACINGS`][mmh_jax.sample.GRID_SPACINGS].
 
     Returns:
       float32 ``(num_steps + 1,)``, decreasing.
 
     Raises:
       TypeError: ``num_steps`` not an int.
-      ValueError: ``num_steps < 1`` or ``t_min`` outside (0, T).
+      ValueError: ``num_steps < 1``, ``t_min`` outside the schedule's range or not below T, an
+        unknown ``spacing``.
 
     Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456.
 
@@ -80,27 +99,43 @@ def time_grid(sde, num_steps: int, t_min: float = 1e-3) -> Array:
       >>> from mmh_jax import sample, sde
       >>> sample.time_grid(sde.VPSDE(), 4, t_min=0.2).tolist()
       [1.0, 0.800000011920929, 0.6000000238418579, 0.4000000059604645, 0.20000000298023224]
+      >>> [round(t, 3) for t in sample.time_grid(sde.EDMSDE(), 4, t_min=0.01, spacing="delta").tolist()]
+      [80.0, 8.459, 0.894, 0.095, 0.01]
     """
     num_steps = _checks.positive_int("num_steps", num_steps)
-    if _checks.is_concrete(t_min) and not 0.0 < float(t_min) < float(sde.T):
-        raise ValueError(f"t_min must lie in (0, T) = (0, {float(sde.T)}), got {t_min}.")
-    return jnp.linspace(sde.T, t_min, num_steps + 1).astype(jnp.float32)
+    _checks.option("spacing", spacing, GRID_SPACINGS)
+    if t_min is None:
+        lo = getattr(sde, "t_min", 0.0)
+        t_min = max(_T_LAST, float(lo)) if _checks.is_concrete(lo) else jnp.maximum(_T_LAST, lo)
+    rng = _checks.time_range(sde)
+    if _checks.is_concrete(t_min) and rng is not None:
+        lo, T = rng
+        if not (0.0 < float(t_min) < T and float(t_min) >= lo):
+            where = f"(0, T) = (0, {T})" if lo <= 0.0 else f"[t_min, T) = [{lo}, {T}) of {type(sde).__name__}"
+            raise ValueError(f"t_min must lie in {where}, got {t_min}.")
+    if spacing == "uniform":
+        return jnp.linspace(sde.T, t_min, num_steps + 1).astype(jnp.float32)
+    deltas = jnp.linspace(sde.delta(sde.T), sde.delta(t_min), num_steps + 1)
+    ts = sde.t_from_delta(deltas).astype(jnp.float32)
+    return ts.at[0].set(sde.T).at[-1].set(t_min)
 
 
-def _grid(sde, num_steps, t_min, ts) -> Array:
+def _grid(sde, num_steps, t_min, ts, default_steps: int) -> Array:
     """The sampler's times: ``ts`` as given (checked), else ``time_grid`` with the defaults."""
     if ts is None:
-        return time_grid(sde, 100 if num_steps is None else num_steps, 1e-3 if t_min is None else t_min)
+        return time_grid(sde, default_steps if num_steps is None else num_steps, t_min)
     if num_steps is not None or t_min is not None:
         raise ValueError(f"Give either ts or num_steps/t_min, got ts and num_steps={num_steps}, t_min={t_min}.")
     ts = _checks.float_array("ts", ts, ndim=1)
     if ts.shape[0] < 2:
         raise ValueError(f"ts must hold at least two times (one step), got shape {ts.shape}.")
-    if _checks.is_concrete(ts):
+    rng = _checks.time_range(sde)
+    if _checks.is_concrete(ts) and rng is not None:
+        lo, T = rng
         t = np.asarray(ts)
         decreasing = bool(np.all(t[1:] < t[:-1]))
-        if not (decreasing and t[-1] > 0.0 and t[0] <= float(sde.T)):
-            raise ValueError(f"ts must strictly decrease within (0, T] = (0, {float(sde.T)}], got {t.size} times "
+        if not (decreasing and t[-1] > 0.0 and t[-1] >= lo and t[0] <= T):
+            raise ValueError(f"ts must strictly decrease within {_checks.range_text(sde, lo, T)}, got {t.size} times "
                              f"from {t[0]:g} to {t[-1]:g}{'' if decreasing else ', not decreasing'}; "
                              f"build it with sample.time_grid or slice one.")
     return ts
@@ -136,32 +171,40 @@ def euler_maruyama(
     shape,
     *,
     sde,
-    num_steps: int = 500,
-    t_min: float = 1e-3,
+    num_steps: int | None = None,
+    t_min: float | None = None,
     denoise: bool = True,
     return_trajectory: bool = False,
+    ts=None,
 ):
-    """Sample by Euler–Maruyama on the reverse-time VP-SDE; one example of event ``shape``.
+    """Sample by Euler–Maruyama on the reverse-time SDE of a schedule; one example of event ``shape``.
 
-    From x_T ~ N(0, I), over [`time_grid`][mmh_jax.sample.time_grid] with dt = t_i − t_{i+1} > 0:
-    x ← x + [½β(t)x + β(t)s(x, t)]·dt + √(β(t)·dt)·z,  z ~ N(0, I);
-    with ``denoise`` the last state is mapped to Tweedie's estimate (x + σ²s(x, t))/α.
+    From x_T ~ the schedule's prior, over [`time_grid`][mmh_jax.sample.time_grid] with
+    dt = t_i − t_{i+1} > 0 and (f, g²) = ``sde.sde_coefs(t)``:
+    x ← x + [−f(t)x + g²(t)s(x, t)]·dt + √(g²(t)·dt)·z,  z ~ N(0, I)
+    (on the VP-SDE, f = −½β and g² = β); with ``denoise`` the last state is mapped to Tweedie's
+    estimate (x + σ²s(x, t))/α.
 
     Args:
       score_fn: single-example score ``score_fn(x, t) -> array like x``.
       key: PRNG key (the prior draw and every step's noise).
       shape: event shape of one example, e.g. ``(D,)`` or ``(H, W, C)``.
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
-      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]).
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (e.g. [`VPSDE`][mmh_jax.sde.VPSDE]).
+      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid], uniform in t;
+        defaults 500 and 1e-3, or the schedule's ``t_min`` when larger).
       denoise: finish with Tweedie's denoising step.
       return_trajectory: also return the states and times before each step.
+      ts: an explicit decreasing grid of times in the schedule's range instead of ``num_steps``
+        and ``t_min``, e.g. ``time_grid(sde, n, spacing="delta")``, which suits schedules with
+        a large β near T (cosine) or a σ over decades (EDM).
 
     Returns:
       float32 array of ``shape``; with ``return_trajectory``, ``(x, (xs, ts))`` with xs of shape
       ``(num_steps, *shape)`` and ts ``(num_steps,)``.
 
     Raises:
-      TypeError/ValueError: as [`time_grid`][mmh_jax.sample.time_grid].
+      TypeError/ValueError: as [`time_grid`][mmh_jax.sample.time_grid]; ``ts`` as in
+        [`ddim`][mmh_jax.sample.ddim].
 
     Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456.
 
@@ -173,16 +216,16 @@ def euler_maruyama(
       >>> x.shape
       (3,)
     """
-    ts = time_grid(sde, num_steps, t_min)
+    ts = _grid(sde, num_steps, t_min, ts, 500)
     k_init, k_steps = jax.random.split(key)
     x0 = sde.prior_sample(k_init, shape)
-    keys = jax.random.split(k_steps, num_steps)
+    keys = jax.random.split(k_steps, ts.shape[0] - 1)
 
     def step(x, t, t_next, k):
         dt = t - t_next
-        beta = sde.beta(t)
-        drift = 0.5 * beta * x + beta * score_fn(x, t)
-        return x + drift * dt + jnp.sqrt(beta * dt) * jax.random.normal(k, x.shape, x.dtype)
+        f, g2 = sde.sde_coefs(t)
+        drift = -f * x + g2 * score_fn(x, t)
+        return x + drift * dt + jnp.sqrt(g2 * dt) * jax.random.normal(k, x.shape, x.dtype)
 
     x, traj = _run(step, x0, ts, return_trajectory, keys)
     x = _finish(score_fn, x, ts[-1], sde, denoise)
@@ -203,16 +246,19 @@ def ddim(
     has_aux: bool = False,
     ts=None,
 ):
-    """Deterministic DDIM: x̂₀ = (x − σ_t ε̂)/α_t, then x_s = α_s x̂₀ + σ_s ε̂. From x_T ~ N(0, I)
-    drawn from ``key`` (or ``x_init`` when given, making the map x_T ↦ x₀ a decoder).
+    """Deterministic DDIM: x̂₀ = (x − σ_t ε̂)/α_t, then x_s = α_s x̂₀ + σ_s ε̂. From x_T drawn from
+    the schedule's prior with ``key`` (or ``x_init`` when given, making the map x_T ↦ x₀ a decoder).
+
+    Defined by (α, σ) at the grid times alone, so it runs on any schedule; on EDM (α = 1) it is the
+    Euler step of the probability-flow ODE in σ.
 
     Args:
       eps_fn: single-example ε-prediction ``eps_fn(x, t) -> array like x``.
       key: PRNG key of the prior draw (unused when ``x_init`` is given).
       shape: event shape of one example.
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde].
       num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]; defaults 100
-        and 1e-3).
+        and 1e-3, or the schedule's ``t_min`` when larger).
       denoise: finish with x̂₀ at the grid's last time.
       return_trajectory: also return the states and times before each step.
       x_init: optional starting point of ``shape`` (floating point), at the grid's first time.
@@ -220,7 +266,7 @@ def ddim(
         each step, as the trajectory) is returned stacked along a leading axis of length
         ``num_steps``. E.g. classifier-free guidance's ‖ε_c − ε_∅‖ from the very evaluations that
         drive the sampler, instead of a second pass over the trajectory.
-      ts: an explicit decreasing grid of times in (0, T] instead of ``num_steps`` and ``t_min``,
+      ts: an explicit decreasing grid of times in the schedule's range instead of ``num_steps`` and ``t_min``,
         e.g. a slice of [`time_grid`][mmh_jax.sample.time_grid] to run part of a trajectory:
         ``ts[:j + 1]`` with ``denoise=False`` stops at ``ts[j]``, and ``ts[j:]`` with
         ``x_init`` at that state finishes it, bit for bit as one run over ``ts``.
@@ -233,7 +279,8 @@ def ddim(
     Raises:
       TypeError: non-float ``x_init``; ``num_steps`` not an int.
       ValueError: as [`time_grid`][mmh_jax.sample.time_grid]; ``ts`` together with ``num_steps``
-        or ``t_min``, not 1-D with at least two times, or (when concrete) not decreasing in (0, T].
+        or ``t_min``, not 1-D with at least two times, or (when concrete) not decreasing in the
+        schedule's range ((0, T], or [t_min, T]).
 
     Reference: Song, Meng and Ermon, "Denoising Diffusion Implicit Models", arXiv 2010.02502.
 
@@ -247,7 +294,7 @@ def ddim(
       >>> bool(jnp.allclose(x, z, atol=0.02))   # N(0, I) maps to itself, up to the discretisation
       True
     """
-    ts = _grid(sde, num_steps, t_min, ts)
+    ts = _grid(sde, num_steps, t_min, ts, 100)
     x_T = sde.prior_sample(key, shape) if x_init is None else _checks.float_array("x_init", x_init)
 
     def eps_only(x, t):
@@ -276,24 +323,30 @@ def probability_flow(
     x_T,
     *,
     sde,
-    num_steps: int = 100,
-    t_min: float = 1e-3,
+    num_steps: int | None = None,
+    t_min: float | None = None,
     denoise: bool = True,
     return_trajectory: bool = False,
+    ts=None,
 ):
     """Integrate the probability-flow ODE from ``x_T`` at time T to ``t_min`` with Heun's method.
 
-    dx/dt = −½β(t)[x + s(x, t)], integrated backwards in time with Heun's (trapezoidal) rule.
+    dx/dt = f(t)x − ½g²(t)s(x, t) with (f, g²) = ``sde.sde_coefs(t)`` (on the VP-SDE
+    −½β(t)[x + s(x, t)]), integrated backwards in time with Heun's (trapezoidal) rule.
     Deterministic and differentiable in ``x_T``: ``lambda z: probability_flow(score_fn, z, sde=vp)``
     is a decoder for [`mmh_jax.lid.jacobian_spectrum`][mmh_jax.lid.jacobian_spectrum].
 
     Args:
       score_fn: single-example score.
-      x_T: the starting point at time T, any event shape, floating point.
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
-      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]).
+      x_T: the starting point at time T, any event shape, floating point (a draw of
+        ``sde.prior_sample``).
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde].
+      num_steps, t_min: the time grid ([`time_grid`][mmh_jax.sample.time_grid]; defaults 100
+        and 1e-3, or the schedule's ``t_min`` when larger).
       denoise: finish with Tweedie's denoising step.
       return_trajectory: also return the states and times before each step.
+      ts: an explicit decreasing grid of times instead of ``num_steps`` and ``t_min``, as in
+        [`euler_maruyama`][mmh_jax.sample.euler_maruyama].
 
     Returns:
       float32 array like ``x_T``; with ``return_trajectory``, ``(x, (xs, ts))`` as in
@@ -301,7 +354,8 @@ def probability_flow(
 
     Raises:
       TypeError: non-float ``x_T``.
-      ValueError: ``x_T`` of rank 0; as [`time_grid`][mmh_jax.sample.time_grid].
+      ValueError: ``x_T`` of rank 0; as [`time_grid`][mmh_jax.sample.time_grid]; ``ts`` as in
+        [`ddim`][mmh_jax.sample.ddim].
 
     Reference: Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations", arXiv 2011.13456 (§4.3).
 
@@ -315,10 +369,15 @@ def probability_flow(
       True
     """
     x_T = _checks.float_array("x_T", x_T, min_ndim=1)
-    ts = time_grid(sde, num_steps, t_min)
+    ts = _grid(sde, num_steps, t_min, ts, 100)
+
+    vp_type = getattr(sde, "variance_preserving", False)
 
     def velocity(x, t):
-        return -0.5 * sde.beta(t) * (x + score_fn(x, t))
+        f, g2 = sde.sde_coefs(t)
+        if vp_type:  # g² = −2f: f·x − ½g²·s = f·(x + s), the VP-SDE's −½β(x + s)
+            return f * (x + score_fn(x, t))
+        return f * x - 0.5 * g2 * score_fn(x, t)
 
     def step(x, t, s, _):
         h = s - t  # negative: integrating backwards in time
@@ -380,9 +439,9 @@ def state_flipd(score_fn: Callable, x, t, key=None, *, sde, t0_min=0.05, trace: 
     Args:
       score_fn: single-example score ``score_fn(x, t) -> array like x``.
       x: the state, one example of any event shape.
-      t: its time in (0, T], scalar (may be traced).
+      t: its time in the schedule's range, scalar (may be traced).
       key: PRNG key of the Hutchinson probes (may be None for ``trace="exact"``).
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde].
       t0_min: floor of the readout time (default 0.05, FLIPD's usual t₀); may be traced.
       trace, num_probes: as in [`mmh_jax.lid.flipd`][mmh_jax.lid.flipd] (default: Hutchinson, one probe).
 
@@ -486,7 +545,7 @@ def lid_guided_score_fn(
     Args:
       score_fn: single-example score ``score_fn(x, t) -> array like x``, differentiable in x.
       key: PRNG key of the Hutchinson probes (unused for ``trace="exact"``).
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde].
       lam: guidance strength λ ≥ 0 (scalar, may be traced); negative values steer towards lower LID.
       num_probes: Hutchinson probes (≥ 1).
       t0_min: floor of the time at which FLIPD is read (default 0.05, FLIPD's usual t₀).

@@ -51,17 +51,17 @@ def sample_times(key, shape, sde, *, t_min: float = 1e-3, time_sampling: str = "
     - ``uniform``: t ~ U(t_min, T) (DDPM / score-SDE practice). On the VP-SDE most of these times
       have σ(t) close to 1: with the default β schedule, σ(t) > 0.5 for 84 % of them.
     - ``log-sigma``: log σ(t) ~ U(log σ(t_min), log σ(T)), σ(t) the marginal standard deviation of
-      the VP-SDE (x_t = α x₀ + σ ε). The time is recovered in closed form: B(t) = −log(1 − σ²), then
-      t = 2B / (β_min + √(β_min² + 2(β_max − β_min)B/T)), the positive root of
-      ½(β_max − β_min)t²/T + β_min t = B. With the default schedule and t_min = 10⁻³, σ runs from
-      0.0105 to 1, and half of the training times have σ < 0.1 (uniform: 3 %),
-      so the network learns the score near the data, where memorization (a collapse onto training
-      points) shows.
+      the schedule (x_t = α x₀ + σ ε), mapped back to t by ``sde.t_from_log_sigma``. On the VP-SDE
+      that is closed form: B(t) = −log(1 − σ²), then t = 2B / (β_min + √(β_min² + 2(β_max − β_min)B/T)),
+      the positive root of ½(β_max − β_min)t²/T + β_min t = B. With the default schedule and
+      t_min = 10⁻³, σ runs from 0.0105 to 1, and half of the training times have σ < 0.1
+      (uniform: 3 %), so the network learns the score near the data, where memorization (a collapse
+      onto training points) shows.
 
     Args:
       key: a JAX random key.
       shape: the shape of the times (e.g. ``(batch,)``).
-      sde: the [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (e.g. [`VPSDE`][mmh_jax.sde.VPSDE]).
       t_min: smallest time, in (0, T).
       time_sampling: one of [`TIME_SAMPLINGS`][mmh_jax.train.TIME_SAMPLINGS].
 
@@ -86,11 +86,7 @@ def sample_times(key, shape, sde, *, t_min: float = 1e-3, time_sampling: str = "
     lo = jnp.log(sde.marginal_coefs(t_min)[1])
     hi = jnp.log(sde.marginal_coefs(sde.T)[1])
     log_sigma = jax.random.uniform(key, shape, minval=lo, maxval=hi)
-    b_int = -jnp.log1p(-jnp.exp(2.0 * log_sigma))  # B(t) = −log(1 − σ²)
-    a = (sde.beta_max - sde.beta_min) / (2.0 * sde.T)
-    b = jnp.asarray(sde.beta_min, jnp.float32)
-    t = 2.0 * b_int / (b + jnp.sqrt(b**2 + 4.0 * a * b_int))
-    return jnp.clip(t, t_min, sde.T)
+    return jnp.clip(sde.t_from_log_sigma(log_sigma), t_min, sde.T)
 
 
 @jax.tree_util.register_dataclass
@@ -348,7 +344,7 @@ def make_train_step(
       batched_eps_apply: the network on a batch, ``batched_eps_apply(params, x, t)`` (or
         ``(params, x, t, label)`` when ``num_classes`` is set): ``x`` (B, *E), ``t`` (B,).
       optimizer: an optax transformation (see [`make_optimizer`][mmh_jax.train.make_optimizer]).
-      sde: the [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      sde: the noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (e.g. [`VPSDE`][mmh_jax.sde.VPSDE]).
       ema_decay: EMA rate of ``ema_params`` (reached after a warm-up: decay = min(ema_decay,
         (1 + step)/(10 + step))).
       t_min: smallest training time.

@@ -19,7 +19,7 @@ def test_public_names_are_pinned():
     for name in LID_NAMES:
         assert callable(getattr(lid, name))
     assert {"map_points", "make_mesh"} <= set(parallel.__all__)
-    assert sde.__all__ == ["VPSDE"]
+    assert sde.__all__ == ["CosineVPSDE", "DiscreteVPSDE", "EDMSDE", "VPSDE"]
     assert {"lid", "memorization", "parallel", "quality", "sde", "verdicts"} <= set(mmh_jax.__all__)
     assert set(memorization.__all__) == {
         "CLASSES", "calibrate_threshold", "calibrated_l2", "class_counts", "classify", "detection_metrics",

@@ -1,8 +1,8 @@
-"""Mixtures of Gaussians on affine subspaces: exact scores under the VP-SDE, hence exact LID oracles.
+"""Mixtures of Gaussians on affine subspaces: exact scores under any noise schedule, hence exact LID oracles.
 
 Component j is N(μ_j, s_j² U_j U_jᵀ) with U_j a D×d_j orthonormal basis (d_j = 0 is a point mass,
-d_j = D a full Gaussian). Under the VP-SDE its marginal at time t is
-N(α μ_j, α² s_j² U_j U_jᵀ + σ² I), whose precision is, by Woodbury,
+d_j = D a full Gaussian). Under a schedule x_t = α(t)x₀ + σ(t)ε (any of `mmh_jax.sde`) its
+marginal at time t is N(α μ_j, α² s_j² U_j U_jᵀ + σ² I), whose precision is, by Woodbury,
 Σ_j⁻¹ = (I − c_j U_j U_jᵀ)/σ²,  c_j = α² s_j² / (α² s_j² + σ²),
 and log det Σ_j = (D − d_j) log σ² + d_j log(α² s_j² + σ²). The mixture score is the
 responsibility-weighted sum of the component scores −Σ_j⁻¹ (y − α μ_j).
@@ -58,7 +58,7 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def score(self, y, t, sde) -> Array:
-        """∇_y log p_t(y) of the VP-SDE marginal at time t; single example ``y`` of shape (D,)."""
+        """∇_y log p_t(y) of the marginal at time t of any schedule ``sde``; one example ``y`` of shape (D,)."""
         alpha, sigma = sde.marginal_coefs(t)
         s2 = (alpha * self.scales) ** 2
         var = sigma**2
@@ -74,7 +74,7 @@ class GaussianMixture:
         return -jnp.sum(resp[:, None] * prec_r, axis=0)
 
     def score_fn(self, sde):
-        """The single-example ``score_fn(x, t)`` the estimators take."""
+        """The single-example ``score_fn(x, t)`` the estimators take, on the schedule ``sde``."""
         return lambda x, t: self.score(x, t, sde)
 
     def sample(self, key, n: int) -> tuple[Array, Array]:
@@ -88,7 +88,8 @@ class GaussianMixture:
     def flipd_closed_form(self, x, t0, sde) -> Array:
         """FLIPD of a *single-component* mixture in closed form (the float32 oracle for tests).
 
-        tr ∇s = −[d/(α²s² + σ²) + (D − d)/σ²], so FLIPD = D + σ²·(tr ∇s + ‖s(αx)‖²).
+        tr ∇s = −[d/(α²s² + σ²) + (D − d)/σ²], so FLIPD = D + σ²·(tr ∇s + ‖s(αx)‖²), for any
+        schedule (α, σ) = ``sde.marginal_coefs(t0)``.
         """
         if self.means.shape[0] != 1:
             raise ValueError(f"flipd_closed_form needs a single component, got {self.means.shape[0]}.")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmh_jax import _checks
+from mmh_jax.adapters import check_single_example
 from mmh_jax.lid._lidl import NOISE_SCALES
 from mmh_jax.lid._trace import TRACES, exact_trace, hutchinson_trace, rademacher_probes, resolve_trace
 
@@ -35,31 +36,29 @@ def _prepare(x, key, trace: str, num_probes: int):
 
 
 def _check_score_shape(name: str, score_fn: ScoreFn, x: Array, t: Array) -> None:
-    """The score must map an example to an array of the same shape (checked abstractly, no FLOPs)."""
-    out = jax.eval_shape(score_fn, x, t)
-    if getattr(out, "shape", None) != x.shape:
-        raise ValueError(
-            f"{name} must return an array shaped like x {x.shape}, got {getattr(out, 'shape', type(out))}; "
-            f"score functions are single-example: score_fn(x, t) -> array like x."
-        )
+    """The score must map one example to an array of the same shape (checked abstractly, no FLOPs); a
+    function written for batches gets a message naming `mmh_jax.adapters.single_example`."""
+    check_single_example(name, score_fn, x, t)
 
 
 def _nan_outside(value: Array, t: Array, sde) -> Array:
-    """``value`` where the times ``t`` lie in (0, T], NaN elsewhere, as ``jnp.log(-1)`` is NaN.
+    """``value`` where the times ``t`` lie in the schedule's range ((0, T], or [t_min, T]), NaN
+    elsewhere, as ``jnp.log(-1)`` is NaN.
 
     Concrete times were range-checked (ValueError) by `_checks.scalar_time`; traced ones (under
     jit/vmap/grad) cannot raise, and e.g. t = 0 would otherwise give a finite, wrong value. ``t`` has
     ``value``'s shape (elementwise), or any shape for a scalar ``value`` (then every time must be in range).
     """
-    if _checks.is_concrete(t) and _checks.is_concrete(sde.T):
+    if _checks.is_concrete(t) and _checks.time_range(sde) is not None:
         return value  # checked already: no extra op
-    ok = (t > 0) & (t <= sde.T)
+    ok = _checks.in_time_range(t, sde)
     ok = ok if ok.shape == value.shape else jnp.all(ok)
     return jnp.where(ok, value, jnp.nan).astype(value.dtype)
 
 
 def _flipd_at(score_fn: ScoreFn, x: Array, t0: Array, sde, method: str, probes, chunk_size) -> Array:
-    """FLIPD(x, t0) = D + σ²·[tr ∇_y s(y, t0) + ‖s(y, t0)‖²] at y = α(t0)·x."""
+    """FLIPD(x, t0) = D + σ²·[tr ∇_y s(y, t0) + ‖s(y, t0)‖²] at y = α(t0)·x, for any schedule (α, σ)
+    (docs/design.md#noise-schedules)."""
     alpha, sigma = sde.marginal_coefs(t0)
     field = lambda y: score_fn(y, t0)  # noqa: E731
     y = alpha * x
@@ -84,17 +83,18 @@ def flipd(
     """FLIPD estimate of the model's local intrinsic dimension LID_θ(x) at one noise level.
 
     FLIPD(x, t₀) = D + σ(t₀)²·[tr ∇_y s(y, t₀) + ‖s(y, t₀)‖²],  y = α(t₀)·x,
-    i.e. D + ∂ log ϱ(x; δ)/∂δ for the Gaussian-smoothed model density ϱ. It tends to LID_θ(x) as
-    t₀ → 0 for a perfect score; read it at a fixed t₀ (0.05 on the default schedule) or at the knee
-    of [`flipd_curve`][mmh_jax.lid.flipd_curve].
+    i.e. D + ∂ log ϱ(x; δ)/∂δ for the Gaussian-smoothed model density ϱ, on any noise schedule
+    ([`mmh_jax.sde`][mmh_jax.sde]). It tends to LID_θ(x) as t₀ → 0 for a perfect score; read it at a
+    fixed t₀ (0.05 on the default schedule) or at the knee of [`flipd_curve`][mmh_jax.lid.flipd_curve].
 
     Args:
       score_fn: single-example score ``score_fn(x, t) -> array like x``.
       x: one example, any event shape (``(D,)`` or ``(H, W, C)``), floating point.
       key: PRNG key for the Hutchinson probes (unused, may be None, for the exact trace).
-      t0: diffusion time in (0, T]; traced, so it can be swept or differentiated. A traced t0
-        outside (0, T] gives NaN (as ``jnp.log(-1)`` does); a concrete one raises ValueError.
-      sde: a [`mmh_jax.sde.VPSDE`][mmh_jax.sde.VPSDE].
+      t0: diffusion time in the schedule's range, (0, T] (or [t_min, T] when its ``t_min`` > 0, as
+        for [`EDMSDE`][mmh_jax.sde.EDMSDE]); traced, so it can be swept or differentiated. A traced t0
+        outside it gives NaN (as ``jnp.log(-1)`` does); a concrete one raises ValueError.
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (e.g. [`VPSDE`][mmh_jax.sde.VPSDE]).
       trace: ``"exact"`` (D JVPs), ``"hutchinson"`` (Rademacher probes) or ``"auto"``
         (exact when D ≤ 3500).
       num_probes: Hutchinson probes (≥ 1).
@@ -103,11 +103,11 @@ def flipd(
         (measured on a U-Net in ``bench/bench_memory.py``).
 
     Returns:
-      float32 scalar; NaN when a traced ``t0`` lies outside (0, T].
+      float32 scalar; NaN when a traced ``t0`` lies outside the schedule's range.
 
     Raises:
       TypeError/ValueError: non-float ``x``, ``x`` of rank 0, unknown ``trace``, ``num_probes < 1``,
-        concrete ``t0`` outside (0, T].
+        concrete ``t0`` outside the schedule's range.
 
     Reference: Kamkari et al., "A Geometric View of Data Complexity", arXiv 2406.03537.
 
@@ -145,12 +145,12 @@ def flipd_curve(
     Read the knee with [`knee`][mmh_jax.lid.knee]. Arguments as in [`flipd`][mmh_jax.lid.flipd].
 
     Args:
-      t0s: ``(n,)`` diffusion times in (0, T], n ≥ 1 (traced: a new grid of the same length reuses
-        the compiled curve).
+      t0s: ``(n,)`` diffusion times in the schedule's range, n ≥ 1 (traced: a new grid of the same
+        length reuses the compiled curve).
 
     Returns:
-      float32 ``(n,)``: FLIPD(x, t0s[i]) for each i; NaN at the traced times outside (0, T] (as
-      ``jnp.log(-1)`` is NaN).
+      float32 ``(n,)``: FLIPD(x, t0s[i]) for each i; NaN at the traced times outside the schedule's
+      range (as ``jnp.log(-1)`` is NaN).
 
     Raises:
       TypeError/ValueError: as [`flipd`][mmh_jax.lid.flipd], and ``t0s`` not 1-D or empty.
@@ -196,17 +196,17 @@ def fp_regress(
 
     Args:
       deltas: ``(m,)`` log noise scales δ = log(σ/α), m ≥ 2; default
-        ``log(geomspace(0.01, 0.1, 8))``. Each must map to a time in (0, T]: concrete ones that do
-        not raise ValueError, traced ones give NaN (as ``jnp.log(-1)`` does).
+        ``log(geomspace(0.01, 0.1, 8))``. Each must map to a time in the schedule's range: concrete
+        ones that do not raise ValueError, traced ones give NaN (as ``jnp.log(-1)`` does).
       num_substeps: quadrature intervals between consecutive deltas.
       others: as in [`flipd`][mmh_jax.lid.flipd]; the probes are shared across all δ.
 
     Returns:
-      float32 scalar; NaN when traced ``deltas`` map to a time outside (0, T].
+      float32 scalar; NaN when traced ``deltas`` map to a time outside the schedule's range.
 
     Raises:
       TypeError/ValueError: as [`flipd`][mmh_jax.lid.flipd]; ``deltas`` not 1-D, with fewer than 2 values, or
-        (concrete) mapping to times outside (0, T]; ``num_substeps`` not an int ≥ 1.
+        (concrete) mapping to times outside the schedule's range; ``num_substeps`` not an int ≥ 1.
 
     Reference: Kamkari et al., arXiv 2406.03537 (FLIPD and FPRegress); Tempczyk et al., "LIDL",
     arXiv 2206.14882.
@@ -258,19 +258,19 @@ def normal_bundle(
 
     Args:
       key: PRNG key for the K noise draws.
-      t: a small diffusion time (default 0.01); a traced t outside (0, T] gives NaN (as
-        ``jnp.log(-1)`` does), a concrete one raises ValueError.
+      t: a small diffusion time (default 0.01); a traced t outside the schedule's range gives NaN
+        (as ``jnp.log(-1)`` does), a concrete one raises ValueError.
       num_samples: K, default 4·D.
       threshold: optional relative singular-value cut-off in (0, 1). Scores also drift along the
         manifold towards high density, a tangential component of relative size ~σ(t)·‖x − mode‖;
         the cut-off must sit above it, so pair it with a smaller ``t`` (e.g. 1e-3 and 0.1).
 
     Returns:
-      float32 scalar; NaN when a traced ``t`` lies outside (0, T].
+      float32 scalar; NaN when a traced ``t`` lies outside the schedule's range.
 
     Raises:
       TypeError: non-float ``x``; ``num_samples`` not an int.
-      ValueError: ``x`` of rank 0, concrete ``t`` outside (0, T], ``num_samples < 1``, ``threshold``
+      ValueError: ``x`` of rank 0, concrete ``t`` outside the schedule's range, ``num_samples < 1``, ``threshold``
         outside (0, 1), or a score of another shape than ``x``.
 
     Reference: Stanczuk et al., "Your diffusion model secretly knows the dimension of the data
@@ -307,22 +307,25 @@ def normal_bundle(
 def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
     """LID of the closed-form diffusion model of the training set (the perfectly memorizing model).
 
-    With δ² = e^{B(t)} − 1 and w = softmax_j(−‖x − x_j‖²/(2δ²)):  LID(x) = Σ_j w_j ‖x − x_j‖²/δ²,
+    With δ² = (σ(t)/α(t))² = e^{2δ(t)} (e^{B(t)} − 1 on the VP-SDE) and
+    w = softmax_j(−‖x − x_j‖²/(2δ²)):  LID(x) = Σ_j w_j ‖x − x_j‖²/δ²,
     which is exactly FLIPD for the empirical distribution of ``data``. At a training point and small
     t it is 0 (an OD-Mem oracle); near a dense d-dimensional sample it plateaus at d.
 
     Args:
       x: one example, event shape ``E``.
       data: ``(N, *E)`` training set, N ≥ 1.
-      t: diffusion time in (0, T]; a traced t outside it gives NaN (as ``jnp.log(-1)`` does).
+      t: diffusion time in the schedule's range; a traced t outside it gives NaN (as ``jnp.log(-1)`` does).
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (its δ(t)).
       chunk_size: training points whose distances are computed at once (memory bound).
 
     Returns:
-      float32 scalar; NaN when a traced ``t`` lies outside (0, T].
+      float32 scalar; NaN when a traced ``t`` lies outside the schedule's range.
 
     Raises:
       TypeError: non-float ``x`` or ``data``.
-      ValueError: ``data`` not of shape ``(N, *x.shape)``, empty ``data``, concrete ``t`` outside (0, T].
+      ValueError: ``data`` not of shape ``(N, *x.shape)``, empty ``data``, concrete ``t`` outside the
+        schedule's range.
 
     Reference: the closed-form diffusion model of Ross et al., arXiv 2411.00113 (as an OD-Mem
     oracle); FLIPD of Kamkari et al., arXiv 2406.03537.
@@ -349,7 +352,7 @@ def cfdm(x, data, *, t, sde, chunk_size: int | None = None) -> Array:
         d2 = jax.vmap(sq)(data)
     else:
         d2 = jax.lax.map(sq, data, batch_size=_checks.positive_int("chunk_size", chunk_size))
-    delta2 = jnp.expm1(sde.beta_integral(t))
+    delta2 = jnp.exp(2.0 * sde.delta(t))
     w = jax.nn.softmax(-d2 / (2.0 * delta2))
     return _nan_outside((jnp.sum(w * d2) / delta2).astype(jnp.float32), t, sde)
 
@@ -363,15 +366,16 @@ def cfg_norm(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, xs, ts, *, sde) -
     Args:
       cond_score_fn, uncond_score_fn: single-example scores with and without the condition.
       xs: ``(S, *E)`` points of a sampling trajectory (S ≥ 1).
-      ts: ``(S,)`` their times; traced times outside (0, T] give NaN (as ``jnp.log(-1)`` does).
+      ts: ``(S,)`` their times; traced times outside the schedule's range give NaN (as ``jnp.log(-1)`` does).
+      sde: a noise schedule of [`mmh_jax.sde`][mmh_jax.sde] (its σ(t)).
 
     Returns:
-      float32 scalar; NaN when a traced time in ``ts`` lies outside (0, T].
+      float32 scalar; NaN when a traced time in ``ts`` lies outside the schedule's range.
 
     Raises:
       TypeError: non-float ``xs``.
       ValueError: ``xs`` of rank < 2 or empty (S = 0), ``ts`` not of shape ``(S,)`` or (concrete)
-        outside (0, T].
+        outside the schedule's range.
 
     Reference: Wen et al., "Detecting, Explaining, and Mitigating Memorization in Diffusion Models",
     ICLR 2024.

@@ -509,3 +509,19 @@ def test_readouts_in_two_dimensions_scale_the_slope_limit():
         np.testing.assert_allclose(readout(t0s, atom, ambient_dim=2)[1], 0.0, atol=1e-6)
     # the collapse alone is flat under the unscaled limit: without the scaling the disk reads < 2
     assert float(lid.plateau(t0s, disk, ambient_dim=2, max_slope=lid.MAX_SLOPE * 5)[1]) < 1.5
+
+
+def test_a_batched_network_gets_a_message_naming_single_example():
+    """A network written for batches (xs[B, D], ts[B]) fed one example fails inside JAX; the estimators
+    say what they call and name the fix, and the wrapped network then gives the single-example result."""
+    from mmh_jax.adapters import single_example
+
+    vp = VPSDE()
+    batched = lambda xs, ts: -xs / vp.marginal_coefs(ts)[1][:, None] ** 2  # noqa: E731 (N(0, 0) data)
+    x = jnp.ones(3)
+    for call in (lambda f: lid.flipd(f, x, None, t0=0.05, sde=vp),
+                 lambda f: lid.normal_bundle(f, x, jax.random.key(0), t=0.05, sde=vp, num_samples=8)):
+        with pytest.raises(ValueError, match=r"single_example\(batched_fn\)") as err:
+            call(batched)
+        assert "ONE example" in str(err.value) and "(3,)" in str(err.value)
+        assert np.isfinite(float(call(single_example(batched))))
