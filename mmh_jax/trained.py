@@ -207,13 +207,13 @@ class TrainedModel(_Frozen):
     def eps_fn_for(self, label=None, *, params=None) -> Callable:
         """Single-example ε̂(x, t) given a class ``label`` (None: unconditional / null class)."""
         params = self.params if params is None else params
+        eps = adapters.single_example(lambda xs, ts, *labels: self.batched_eps_apply(params, xs, ts, *labels))
         if self.num_classes is None:
             if label is not None:
                 raise ValueError(f"label must be None: this model is unconditional, got {label!r}.")
-            return lambda x, t: self.batched_eps_apply(params, x[None], jnp.reshape(t, (1,)))[0]
-        lab = self.num_classes if label is None else label
-        return lambda x, t: self.batched_eps_apply(params, x[None], jnp.reshape(t, (1,)),
-                                                   jnp.reshape(jnp.asarray(lab, jnp.int32), (1,)))[0]
+            return eps
+        lab = jnp.asarray(self.num_classes if label is None else label, jnp.int32)
+        return lambda x, t: eps(x, t, lab)
 
     def score_fn_for(self, label=None, *, params=None) -> Callable:
         """Single-example score s(x, t) = −ε̂(x, t)/σ(t) given a class ``label``."""

@@ -19,21 +19,11 @@ import numpy as np
 import pytest
 
 from mmh_jax import adapters, lid
-from mmh_jax.sde import VPSDE
+from mmh_jax.sde import EDMSDE, VPSDE, CosineVPSDE, DiscreteVPSDE
 
 D, d = 6, 2
 #: float32 precision of a score: the inputs' rounding is amplified by α x̂₀ − x ≈ σ ε̂ (≤ 6e-6 here).
 RTOL = 3e-5
-
-
-class EDMLike:
-    """EDM's schedule: no scaling, σ(t) = t."""
-
-    T = 80.0
-
-    def marginal_coefs(self, t):
-        t = jnp.asarray(t, jnp.float32)
-        return jnp.ones_like(t), t
 
 
 class Scaled:
@@ -45,10 +35,14 @@ class Scaled:
         return 0.8, jnp.asarray(t, jnp.float32)
 
 
+#: name -> (schedule, times for the score checks, (small t0, mid t0) for FLIPD): the four shipped
+#: schedules (Stable Diffusion's discrete one among them) and a hand-written one with α ≠ 1, α² + σ² ≠ 1.
 SCHEDULES = {
-    "vp": (VPSDE(), [0.02, 0.1, 0.4, 1.0]),
-    "edm": (EDMLike(), [0.05, 0.2, 1.0, 5.0]),
-    "scaled": (Scaled(), [0.05, 0.2, 1.0, 3.0]),
+    "vp": (VPSDE(), [0.02, 0.1, 0.4, 1.0], (0.005, 0.05)),
+    "cosine": (CosineVPSDE(), [0.02, 0.1, 0.4, 0.9], (0.005, 0.05)),
+    "discrete": (DiscreteVPSDE.scaled_linear(), [0.02, 0.1, 0.4, 1.0], (0.002, 0.05)),
+    "edm": (EDMSDE(), [0.05, 0.2, 1.0, 5.0], (0.01, 0.5)),
+    "scaled": (Scaled(), [0.05, 0.2, 1.0, 3.0], (0.01, 0.5)),
 }
 
 
@@ -125,7 +119,7 @@ def _close(got, want, rtol):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_the_oracles_score_is_the_gaussian_score(schedule):
-    sde, times = SCHEDULES[schedule]
+    sde, times, _ = SCHEDULES[schedule]
     o = Oracle(sde)
     for t in times:
         xs = o.noised(t, 4)
@@ -140,7 +134,7 @@ def test_the_oracles_score_is_the_gaussian_score(schedule):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_adapter_gives_the_exact_score(name, schedule):
-    sde, times = SCHEDULES[schedule]
+    sde, times, _ = SCHEDULES[schedule]
     o = Oracle(sde)
     adapter, prediction = ADAPTERS[name]
     score_fn = adapter(prediction(o), sde)
@@ -153,7 +147,7 @@ def test_adapter_gives_the_exact_score(name, schedule):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_eps_from_x0_and_v_give_the_optimal_eps(schedule):
-    sde, times = SCHEDULES[schedule]
+    sde, times, _ = SCHEDULES[schedule]
     o = Oracle(sde)
     for t in times:
         xs = o.noised(t, 4)
@@ -163,29 +157,35 @@ def test_eps_from_x0_and_v_give_the_optimal_eps(schedule):
 
 
 def test_edm_adapter_on_edms_own_schedule_is_denoiser_minus_x_over_sigma2():
-    o = Oracle(EDMLike())
+    o = Oracle(EDMSDE())
     x, t = o.noised(0.5, 1)[0], 0.5
-    got = adapters.score_from_edm_denoiser(o.denoiser, EDMLike())(x, t)
+    got = adapters.score_from_edm_denoiser(o.denoiser, EDMSDE())(x, t)
     np.testing.assert_allclose(got, (o.denoiser(x, t) - x) / t**2, rtol=1e-6)
 
 
+def _flipd_closed_form(o, x, t0):
+    """FLIPD of the Gaussian at a point x of its plane, from Σ⁻¹'s eigenvalues (float64):
+    tr ∇s = −(D − d)/σ² − d/(α² + σ²) and ‖s(αx)‖² = α² r²/(α² + σ²)², r = ‖x − μ‖, so
+    FLIPD = D + σ²(tr ∇s + ‖s‖²) = α²/(α² + σ²) · (d + σ² r²/(α² + σ²))."""
+    alpha, sigma = (float(c) for c in o._coefs(t0))
+    a2, s2 = alpha**2, sigma**2
+    r2 = float(np.sum((np.asarray(x, np.float64) - o.mu) ** 2))
+    return a2 / (a2 + s2) * (d + s2 * r2 / (a2 + s2))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("name", ADAPTERS)
-def test_flipd_through_each_adapter_is_the_exact_scores_and_d(name):
-    vp = VPSDE()
-    o = Oracle(vp)
+def test_flipd_through_each_adapter_is_the_closed_form_and_d(name, schedule):
+    sde, _, (t_small, t_mid) = SCHEDULES[schedule]
+    o = Oracle(sde)
     adapter, prediction = ADAPTERS[name]
     x = jnp.asarray(o.mu + o.U @ np.array([0.5, -1.0]), jnp.float32)  # a point of the data plane
-
-    @jax.jit
-    def both(t0):
-        f = lambda score: lid.flipd(score, x, t0=t0, sde=vp, trace="exact")  # noqa: E731
-        return f(adapter(prediction(o), vp)), f(o.score)
-
-    for t0 in (0.005, 0.05):
-        got, exact = (float(v) for v in both(jnp.float32(t0)))
-        assert got == pytest.approx(exact, abs=2e-5), t0
-        if t0 == 0.005:
-            assert got == pytest.approx(d, abs=0.02)
+    score_fn = adapter(prediction(o), sde)
+    flipd = jax.jit(lambda t0: lid.flipd(score_fn, x, t0=t0, sde=sde, trace="exact"))
+    for t0 in (t_small, t_mid):
+        got = float(flipd(jnp.float32(t0)))
+        assert got == pytest.approx(_flipd_closed_form(o, x, t0), abs=1e-5), t0  # float32: ≤ 9e-7 seen
+    assert float(flipd(jnp.float32(t_small))) == pytest.approx(d, abs=0.02)
 
 
 def test_single_example_equals_the_batched_result_under_jit_vmap_grad():
@@ -243,8 +243,8 @@ def test_check_single_example_names_the_fix_for_a_batched_function():
         adapters.check_single_example("score_fn", lambda x, t: (x, t), x, 0.5)
 
 
-def test_adapters_import_jax_only():
-    code = ("import mmh_jax.adapters, sys; "
+def test_adapters_sde_and_lid_import_jax_only():
+    code = ("import mmh_jax.adapters, mmh_jax.sde, mmh_jax.lid, sys; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'flax', 'optax', 'orbax', 'matplotlib'}); "
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
