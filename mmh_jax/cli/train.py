@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=None,
                    help="total optimisation steps (default: 8000 mlp, 4000 unet and flows; quick: 300)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="batch size (default: 256 mlp, 128 unet)")
+    p.add_argument("--width", type=int_at_least(1), default=None,
+                   help="network width: mlp hidden units (default 512; quick: 128), unet base channels (default 16), "
+                   "flow/lidl coupling hidden units (default 32). Wider MLPs read LID better in D >= 32 at more "
+                   "training time (docs/benchmark.md)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate, a finite number > 0 (default: 1e-3 mlp, 5e-4 unet)")
     p.add_argument("--n", type=int_at_least(1), default=None,
@@ -76,6 +80,8 @@ def command(args) -> int:
     try:
         overrides["model"] = args.model or training.default_model(args.data)
         config = training.preset(args.preset, **overrides)
+        if args.width is not None:
+            config = training.with_width(config, args.width)
         result = training.train_or_resume(config, args.out, resume=args.resume, overwrite=args.overwrite)
     except (CheckpointError, ImageDataError, ValueError, FileNotFoundError) as e:
         print_error(args, "train", e)

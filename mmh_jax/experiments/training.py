@@ -51,8 +51,9 @@ from mmh_jax.train import TIME_SAMPLINGS
 from mmh_jax.train_flow import FLOW_PRESETS
 from mmh_jax.trained import make_batched_eps_apply
 
-__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "default_model",
-           "load_training_data", "newest_step", "plot_loss", "preset", "run_config", "train_or_resume"]
+__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "WIDTH_KWARG",
+           "default_model", "load_training_data", "newest_step", "plot_loss", "preset", "run_config", "train_or_resume",
+           "with_width"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
@@ -155,6 +156,20 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
         return from_preset(TrainConfig, FLOW_PRESETS, name, overrides)
     presets = {k: {**MLP_DEFAULTS, **v} for k, v in PRESETS.items()} if model == "mlp" else PRESETS
     return from_preset(TrainConfig, presets, name, overrides)
+
+
+#: The ``model_kwargs`` entry that sets each network's width (``mmh-jax train --width``).
+WIDTH_KWARG = {"mlp": "hidden", "unet": "channels", "flow": "hidden", "lidl": "hidden"}
+
+
+def with_width(config: TrainConfig, width: int) -> TrainConfig:
+    """``config`` with its network's width set (the MLP's and flows' ``hidden``, the U-Net's ``channels``).
+
+    Examples:
+      >>> with_width(preset("full"), 1024).model_kwargs
+      {'hidden': 1024}
+    """
+    return dataclasses.replace(config, model_kwargs={**config.model_kwargs, WIDTH_KWARG[config.model]: width})
 
 
 def load_training_data(config: TrainConfig, *, expand: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -228,3 +228,13 @@ def test_identity_check_compares_configs_as_saved(tmp_path):
                                               r"\{'mults': \(1, 4\)\}"):
         ckpt.check_compatible({"m": {"mults": (1, 4)}})
     ckpt.close()
+
+
+@pytest.mark.parametrize("model, key, data", [("mlp", "hidden", "lollipop"), ("lidl", "hidden", "lollipop")])
+def test_width_sets_the_networks_width_and_the_run_loads(tmp_path, model, key, data):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--preset", "quick", "--model", model, "--data", data, "--steps", "2", "--n", "64",
+                     "--width", "24", "--out", out]) == 0
+    loaded = mmh_jax.load(out)
+    assert loaded.config["model_kwargs"][key] == 24
+    assert sum(24 in leaf.shape for leaf in jax.tree.leaves(loaded.params)) >= 4  # the layers are 24 wide
