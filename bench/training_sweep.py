@@ -254,6 +254,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="training steps (default 4000; 50 with --quick)")
     p.add_argument("--hidden", type=int, default=None, help="MLP width (default 512; 32 with --quick)")
     p.add_argument("--layers", type=int, default=None, help="MLP hidden layers (default 3)")
+    p.add_argument("--time-scale", type=float, default=1000.0,
+                   help="ScoreMLP's time_scale: t is embedded as sinusoids of time_scale·t (default 1000)")
     p.add_argument("--time-sampling", default="uniform", choices=TIME_SAMPLINGS,
                    help="training times: uniform, log-sigma, or mixed (each example one of the two, ½ each)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -293,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
     truth = [int(np.unique(lid_test[comp_test == c])[0]) for c in comps]
 
     sde = VPSDE()
-    net = ScoreMLP(hidden=args.hidden, num_layers=args.layers)
+    net = ScoreMLP(hidden=args.hidden, num_layers=args.layers, time_scale=args.time_scale)
     params = net.init(jax.random.key(INIT_KEY), jnp.zeros(D), 0.5)
     eps_apply = make_eps_apply(net, sde, args.param)
     optimizer = train.make_optimizer(learning_rate=args.lr, total_steps=args.steps)
@@ -328,8 +330,8 @@ def run(args: argparse.Namespace) -> dict:
     results["knee"] = summarize(knee_v, lid_test, comp_test)
     results["plateau"] = summarize(plateau_v, lid_test, comp_test)
 
-    config = {k: getattr(args, k) for k in ("data", "seed", "param", "steps", "hidden", "layers", "time_sampling",
-                                            "lr", "batch_size", "n", "ema", "standardize", "quick")}
+    config = {k: getattr(args, k) for k in ("data", "seed", "param", "steps", "hidden", "layers", "time_scale",
+                                            "time_sampling", "lr", "batch_size", "n", "ema", "standardize", "quick")}
     config["n_test"] = args.n_test
     return {
         "name": NAME,
