@@ -18,7 +18,23 @@ import warnings
 
 import orbax.checkpoint as ocp
 
-__all__ = ["close_abandoned_reads", "leftover_reads_quiet", "quiet_closed_loop_reports"]
+__all__ = ["close_abandoned_reads", "leftover_reads_quiet", "orbax_read", "quiet_closed_loop_reports"]
+
+
+def orbax_read(read):
+    """``read()`` (one orbax read: a restore or a metadata lookup), with what a failure leaves behind
+    finished quietly: inside `leftover_reads_quiet`, the abandoned reads are closed before the error
+    propagates. The closed-loop reports that come later from tensorstore's threads are dropped by
+    `quiet_closed_loop_reports`, installed before the first read."""
+    quiet_closed_loop_reports()
+    with leftover_reads_quiet():
+        try:
+            return read()
+        except Exception:
+            gc.collect()
+            close_abandoned_reads()
+            gc.collect()
+            raise
 
 
 @contextlib.contextmanager
@@ -104,8 +120,9 @@ def _is_closed_loop_error(exc_type, exc, tb) -> bool:
 def quiet_closed_loop_reports() -> None:
     """After a failed restore, reads that orbax had in flight finish on tensorstore's threads and try
     to wake the event loop orbax already closed; each prints a "RuntimeError: Event loop is closed"
-    traceback at some later moment. Drop exactly those reports (unraisable or excepthook); every
-    other error is reported as before. Installed once per process."""
+    traceback at some later moment, even once the failed read has returned. Drop exactly those
+    reports (unraisable or excepthook); every other error is reported as before. Installed once per
+    process, before the first read (a report can arrive while the read that failed still runs)."""
     if getattr(sys.unraisablehook, "_mmh_quiet", False):
         return
     unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook

@@ -20,7 +20,6 @@ newest intact step. """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mmh_jax._orbax_quiet import close_abandoned_reads, leftover_reads_quiet, quiet_closed_loop_reports
+from mmh_jax._orbax_quiet import orbax_read
 
 __all__ = ["CheckpointError", "DamagedCheckpointError", "NonFiniteError", "FORMAT", "Checkpointer"]
 
@@ -383,30 +382,20 @@ class Checkpointer:
     def _read_meta(self, step: int):
         """The ``meta`` item of ``step``; raises `_Unreadable` (orbax's error as its cause)."""
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+            return orbax_read(lambda: self._manager.restore(step, args=args))["meta"]
         except Exception as e:  # orbax raises many types for unreadable files
             raise _Unreadable("it is damaged (its metadata cannot be read)") from e
 
     def _restore_checked(self, step: int, abstract_state):
         """The state at ``step``, its parameters finite; raises `_Unreadable` otherwise."""
-        # A failed orbax restore leaves its reads behind; they are finished here, quietly (see
+        # A failed orbax restore leaves its reads behind; orbax_read finishes them quietly (see
         # mmh_jax/_orbax_quiet.py): the error raised says what went wrong.
-        with leftover_reads_quiet():
-            try:
-                out = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-                )
-            except Exception as e:
-                error = e
-            else:
-                error = None
-            if error is not None:
-                gc.collect()
-                close_abandoned_reads()
-                gc.collect()
-        if error is not None:
-            quiet_closed_loop_reports()
-            raise _Unreadable("it is damaged (its arrays cannot be read)") from error
+        try:
+            out = orbax_read(lambda: self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))))
+        except Exception as e:
+            raise _Unreadable("it is damaged (its arrays cannot be read)") from e
         state = out["state"]
         leaf = _first_nonfinite(state)
         if leaf is not None:
@@ -420,7 +409,7 @@ class Checkpointer:
         except _Unreadable as e:
             return e.args[0]
         try:
-            self._manager.item_metadata(step)["state"].tree
+            orbax_read(lambda: self._manager.item_metadata(step))["state"].tree
         except Exception:  # orbax raises many types for unreadable metadata
             return "it is damaged (its array metadata cannot be read)"
         return ""
@@ -461,7 +450,7 @@ class Checkpointer:
         """What differs between the stored arrays and ``abstract_state`` ('' if nothing does, or if
         the metadata cannot be read: the restore itself then says what is wrong)."""
         try:
-            stored = self._manager.item_metadata(step)["state"].tree
+            stored = orbax_read(lambda: self._manager.item_metadata(step))["state"].tree
         except Exception:  # orbax raises many types for unreadable metadata
             return ""
         stored, expected = _by_name(stored), _by_name(abstract_state)

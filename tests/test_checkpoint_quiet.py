@@ -56,3 +56,31 @@ def test_only_closed_loop_reports_are_dropped(monkeypatch):
         sys.excepthook(type(exc), exc, tb)
     assert seen == [(hook, exc) for exc in (other, same_text, not_runtime, other_text, closed)
                     for hook in ("unraisable", "except")]
+
+
+def test_a_read_installs_the_filter_before_it_starts_and_keeps_it(monkeypatch):
+    """Reports of a failed read can arrive while it still runs or long after it returned (on
+    tensorstore's threads), so the filter is in place from the first read on, failed or not."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    closed, other = _closed_loop_error(), _raised(RuntimeError("something else"))
+
+    def report(exc):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+                                                 err_msg=None, object=None))
+
+    def failing_read():
+        report(closed)
+        raise OSError("a file is missing")
+
+    try:
+        _orbax_quiet.orbax_read(failing_read)
+    except OSError as e:
+        assert str(e) == "a file is missing"  # the read's own error, unchanged
+    else:
+        raise AssertionError("the failing read did not raise")
+    report(closed)
+    report(other)
+    assert _orbax_quiet.orbax_read(lambda: 3) == 3
+    report(closed)
+    assert seen == [other]
