@@ -47,6 +47,23 @@ def test_unet_memory_is_bounded_by_the_probe_chunk(key):
     assert unchunked > 5 * few, (few, unchunked)
 
 
+@pytest.mark.slow  # U-Net FLIPD compiles (~30 s on 2 cores)
+def test_probes_one_at_a_time_need_what_one_probe_needs(key):
+    """Chunks recompute the forward pass: none of the network's activations outlive a chunk (a
+    forward pass hoisted out of the probe loop, as XLA does unless prevented, would keep them all)."""
+    shape, vp = (16, 16, 1), VPSDE()
+    net = UNet(channels=8, channel_mults=(1, 2), attention=False)
+    score = as_score_fn(net.apply, net.init(jax.random.key(0), jnp.zeros(shape), 0.5), vp)
+
+    def temp(num_probes, chunk):
+        return _temp_bytes(lambda x, k: lid.flipd(score, x, k, t0=0.1, sde=vp, trace="hutchinson",
+                                                  num_probes=num_probes, chunk_size=chunk), jnp.zeros(shape), key)
+
+    one, chunked, linearized = temp(1, None), temp(8, 1), temp(8, None)
+    assert chunked <= 1.2 * one, (one, chunked)
+    assert linearized > 2 * one, (one, linearized)  # the measure sees what the chunks save
+
+
 def test_memory_does_not_grow_with_the_number_of_points(key):
     net = ScoreMLP(hidden=256, num_layers=3, time_embed_dim=16)
     params = net.init(key, jnp.zeros(64), 0.5)

@@ -100,7 +100,8 @@ def flipd(
       num_probes: Hutchinson probes (≥ 1).
       chunk_size: JVPs evaluated at once: basis vectors of the exact trace (default 256), or
         Hutchinson probes (default: all ``num_probes``). Memory is that of ``chunk_size`` JVPs
-        (measured on a U-Net in ``bench/bench_memory.py``).
+        (measured on a U-Net in ``bench/bench_memory.py``); Hutchinson chunks smaller than
+        ``num_probes`` each recompute the forward pass.
 
     Returns:
       float32 scalar; NaN when a traced ``t0`` lies outside the schedule's range.

@@ -56,20 +56,30 @@ def hutchinson_trace(fn: Callable[[Array], Array], x: Array, probes: Array, *,
                      chunk_size: int | None = None) -> tuple[Array, Array]:
     """``(fn(x), mean_v vᵀ (∂fn/∂x) v)`` over the given probes of shape ``(P, *x.shape)``.
 
-    With one probe this is a single ``jax.jvp`` (value and tangent in one pass). With several, the
-    network is linearized once and the probes are pushed through ``chunk_size`` at a time
-    (``lax.map``; default: all at once), so memory is that of ``chunk_size`` JVPs whatever P is.
+    With one probe this is a single ``jax.jvp`` (value and tangent in one pass). With several at
+    once (``chunk_size`` None or ≥ P) the network is linearized once and every probe pushed through
+    the linear map: the fastest, but the linearization holds every activation of the network. With
+    ``chunk_size`` < P each chunk is ``chunk_size`` JVPs of their own (``lax.map``), the forward pass
+    recomputed per chunk: memory is that of ``chunk_size`` JVPs and no more, whatever P is, at the
+    cost of P/``chunk_size`` extra forward passes (docs/performance.md).
     """
     if probes.shape[0] == 1:
         value, jv = jax.jvp(fn, (x,), (probes[0].astype(x.dtype),))
         return value, jnp.vdot(probes[0], jv)
-    value, f_jvp = jax.linearize(fn, x)
-    quad_form = lambda v: jnp.vdot(v, f_jvp(v.astype(x.dtype)))  # noqa: E731
     if chunk_size is None or chunk_size >= probes.shape[0]:
-        quad = jax.vmap(quad_form)(probes)
-    else:
-        quad = jax.lax.map(quad_form, probes, batch_size=chunk_size)
-    return value, jnp.mean(quad)
+        value, f_jvp = jax.linearize(fn, x)
+        quad = jax.vmap(lambda v: jnp.vdot(v, f_jvp(v.astype(x.dtype))))(probes)
+        return value, jnp.mean(quad)
+
+    def value_and_quad(v):
+        # The barrier ties x to the chunk's probes, so XLA cannot hoist the forward pass out of the
+        # loop (which would keep all of its activations alive across chunks, as a linearization does).
+        y, v = jax.lax.optimization_barrier((x, v))
+        value, jv = jax.jvp(fn, (y,), (v.astype(x.dtype),))
+        return value, jnp.vdot(v, jv)
+
+    values, quad = jax.lax.map(value_and_quad, probes, batch_size=chunk_size)
+    return values[0], jnp.mean(quad)
 
 
 def resolve_trace(trace: str, dim: int) -> str:
