@@ -54,6 +54,13 @@ Reported, each as the MAE against the true LID and the per-component mean and st
 - ``knee`` and ``plateau``: ``mmh_jax.lid.knee`` / ``plateau`` of each point's curve with
   ``ambient_dim`` = D (``nan_fraction``: points whose curve has no plateau to read).
 
+With ``--shell``, also the *shell readout* of the same model, D − σ·mean_k tr ∂ε̂/∂y at the noised
+points y = α·x + σ·n_k (k = 1…`SHELL_DRAWS`, n_k ~ N(0, I), the same draws at every t₀): the trace
+of FLIPD taken where training shows the network its inputs instead of at the clean point α·x (for a
+flat Gaussian the exact trace is the same at every y, and this readout is d·α²/(α² + σ²)). Its
+``shell t0=0.05``, ``shell t0=0.1`` and ``shell best_grid_t0`` are reported like FLIPD's, with its
+mean curves (``shell_mean_curves``). A diagnostic of docs/benchmark.md, not a library estimator.
+
 Also: the per-component mean curves, the last step's loss, and ``train_s`` (wall time of training,
 the loop's compilation included) and ``flipd_s`` (the readout, compilation included).
 
@@ -97,6 +104,9 @@ T_MIN, T_MAX, N_T0 = 1e-3, 1.0, 24
 FIXED_T0 = (0.05, 0.1)
 #: Points per chunk of the FLIPD readout (``jax.lax.map`` batch size).
 POINT_BATCH = 30
+#: Noise draws per point of the shell readout (``--shell``).
+SHELL_DRAWS = 2
+SHELL_KEY = 2
 #: Training steps per dispatch of ``make_train_loop``: gcd(--steps, this), so any --steps runs whole.
 STEPS_PER_CALL = 100
 INIT_KEY, TRAIN_KEY = 0, 1
@@ -242,6 +252,31 @@ def flipd_curves(eps_apply, params, x, t0s, sde: VPSDE) -> np.ndarray:
     return np.asarray(jax.jit(curves)(params, jnp.asarray(x)))
 
 
+def shell_curves(eps_apply, params, x, t0s, sde: VPSDE, key) -> np.ndarray:
+    """``(len(x), len(t0s))`` shell readouts (``--shell``): D − σ·mean_k tr ∂ε̂/∂y at α·x + σ·n_k."""
+    D = x.shape[1]
+
+    def curves(params, xs, keys):
+        def eps_fn(y, t):
+            return eps_apply(params, y[None], jnp.reshape(t, (1,)))[0]
+
+        def one(point_and_key):
+            point, k = point_and_key
+            noise = jax.random.normal(k, (SHELL_DRAWS, D))
+
+            def at(t):
+                a, s = sde.marginal_coefs(t)
+                trace = jax.vmap(lambda y: jnp.trace(jax.jacfwd(lambda z: eps_fn(z, t))(y)))(a * point[None] + s * noise)
+                return D - s * jnp.mean(trace)
+
+            return jax.vmap(at)(t0s)
+
+        return jax.lax.map(one, (xs, keys), batch_size=POINT_BATCH)
+
+    keys = jax.random.split(key, len(x))
+    return np.asarray(jax.jit(curves)(params, jnp.asarray(x), keys))
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -264,6 +299,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the parameters")
     p.add_argument("--standardize", action="store_true",
                    help="centre the data and scale it to unit overall variance (training points' statistics)")
+    p.add_argument("--shell", action="store_true",
+                   help="also the shell readout: FLIPD's trace at noised copies of each point (a diagnostic)")
     p.add_argument("--out", default=None, help="append the JSON line to this file (it is always printed)")
     p.add_argument("--quick", action="store_true", help="smoke run: 50 steps, n 500, width 32, 60 held-out points")
     args = p.parse_args(argv)
@@ -330,8 +367,22 @@ def run(args: argparse.Namespace) -> dict:
     results["knee"] = summarize(knee_v, lid_test, comp_test)
     results["plateau"] = summarize(plateau_v, lid_test, comp_test)
 
+    shell = {}
+    if args.shell:
+        start = time.perf_counter()
+        sh = shell_curves(eps_apply, state.ema_params, x_test, t0s, sde, jax.random.key(SHELL_KEY))
+        shell["shell_s"] = round(time.perf_counter() - start, 2)
+        for t in FIXED_T0:
+            i = int(np.argmin(np.abs(grid - t)))
+            results[f"shell t0={t}"] = {"t0": round(float(grid[i]), 5), **summarize(sh[:, i], lid_test, comp_test)}
+        per_t0 = [summarize(sh[:, i], lid_test, comp_test) for i in range(len(grid))]
+        best = int(np.argmin([r["mae"] if r["mae"] is not None else np.inf for r in per_t0]))
+        results["shell best_grid_t0"] = {"t0": round(float(grid[best]), 5), "chosen_with_truth": True, **per_t0[best]}
+        shell["shell_mean_curves"] = [[_mean(v) for v in sh[comp_test == c].T] for c in comps]
+
     config = {k: getattr(args, k) for k in ("data", "seed", "param", "steps", "hidden", "layers", "time_scale",
-                                            "time_sampling", "lr", "batch_size", "n", "ema", "standardize", "quick")}
+                                            "time_sampling", "lr", "batch_size", "n", "ema", "standardize", "quick",
+                                            "shell")}
     config["n_test"] = args.n_test
     return {
         "name": NAME,
@@ -344,6 +395,7 @@ def run(args: argparse.Namespace) -> dict:
         "results": results,
         "t0_grid": [round(float(v), 5) for v in grid],
         "mean_curves": [[_mean(v) for v in curves[comp_test == c].T] for c in comps],
+        **shell,
         "env": env_info(load_average_before=load_before, load_average_after=_loadavg()),
     }
 

@@ -10,7 +10,12 @@ import math
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from mmh_jax.sde import VPSDE
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -78,3 +83,30 @@ def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         training_sweep.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_shell_readout_of_the_exact_eps_of_a_flat_gaussian_is_its_closed_form():
+    """Planted case: for N(0, P) on a d-dimensional subspace the exact ε is σ Σ⁻¹ y with
+    Σ = α² P + σ² I, its trace the same at every y, and the shell readout d·α²/(α² + σ²)."""
+    D, d, sde = 12, 3, VPSDE()
+    u = np.linalg.qr(np.random.default_rng(0).normal(size=(D, d)))[0]
+    proj = jnp.asarray(u @ u.T, jnp.float32)
+
+    def eps_apply(params, ys, ts):  # batched, as the sweep's networks
+        a, s = sde.marginal_coefs(ts[:, None])
+        py = ys @ proj
+        return s * ((ys - py) / s**2 + py / (a**2 + s**2))
+
+    x = np.random.default_rng(1).normal(size=(5, d)) @ u.T
+    t0s = jnp.asarray([0.02, 0.1, 0.4])
+    got = training_sweep.shell_curves(eps_apply, None, x.astype(np.float32), t0s, sde, jax.random.key(3))
+    a, s = (np.asarray(v) for v in sde.marginal_coefs(t0s))
+    np.testing.assert_allclose(got, np.broadcast_to(d * a**2 / (a**2 + s**2), got.shape), atol=2e-4)
+
+
+def test_quick_run_with_shell_reports_its_readouts(capsys):
+    result = training_sweep.main(["--quick", "--data", "affine10", "--shell"])
+    assert {"shell t0=0.05", "shell t0=0.1", "shell best_grid_t0"} <= set(result["results"])
+    assert result["config"]["shell"] is True and len(result["shell_mean_curves"]) == 3
+    assert all(math.isfinite(m) for m in result["results"]["shell t0=0.1"]["means"])
+
