@@ -525,3 +525,37 @@ def test_a_batched_network_gets_a_message_naming_single_example():
             call(batched)
         assert "ONE example" in str(err.value) and "(3,)" in str(err.value)
         assert np.isfinite(float(call(single_example(batched))))
+
+
+def _sphere_score(radius: float, p: int, sde):
+    """Exact score of the uniform (p−1)-sphere of ``radius`` in the first p = 5 coordinates, noised by
+    ``sde``: its density integrates exp(κ cos θ) over the sphere, κ = α·radius·|y_sub|/σ², which is
+    κ^{-3/2} I_{3/2}(κ) up to a constant, and I_{3/2}(κ) = √(2/(πκ)) (cosh κ − sinh κ / κ)."""
+    assert p == 5
+
+    def log_density(y, t):
+        a, s = sde.marginal_coefs(t)
+        r = jnp.linalg.norm(y[:p])
+        k = a * radius * r / s**2
+        bessel = k + jnp.log1p(jnp.exp(-2 * k)) + jnp.log1p(-(1 - jnp.exp(-2 * k)) / (k * (1 + jnp.exp(-2 * k))))
+        return -(jnp.sum(y**2) + (a * radius) ** 2) / (2 * s**2) + bessel - 2 * jnp.log(k)
+
+    return jax.grad(log_density)
+
+
+def test_flipd_reads_a_curved_manifold_at_small_t0_and_its_curvature_at_large_t0():
+    """Planted case on a curved manifold: the 4-sphere in R^32 with its exact noised score. FLIPD
+    reads 4 while σ is small against the radius; at σ comparable to it the curvature shows."""
+    D, p = 32, 5
+    z = np.random.default_rng(0).normal(size=(20, p))
+    on_unit_sphere = np.concatenate([z / np.linalg.norm(z, axis=1, keepdims=True), np.zeros((20, D - p))], 1)
+
+    @jax.jit
+    def flipd_means(x, radius, t0):
+        score = _sphere_score(radius, p, VP)
+        return jnp.mean(jax.vmap(lambda xx: lid.flipd(score, xx, t0=t0, sde=VP, trace="exact"))(x))
+
+    x = jnp.asarray(on_unit_sphere, jnp.float32)
+    for t0 in (0.02, 0.05):
+        assert abs(float(flipd_means(2.0 * x, 2.0, t0)) - 4.0) < 0.05, t0
+    assert float(flipd_means(x, 1.0, 0.2)) < 3.0  # σ ≈ 0.6 against radius 1: no longer 4
