@@ -29,7 +29,10 @@ READOUTS = ("t0=0.05", "t0=0.1", "best_grid_t0", "knee", "plateau")
 def _check(result, *, ambient_dim, truth):
     assert result["name"] == "training_sweep"
     assert result["data"] == {"ambient_dim": ambient_dim, "components": 3, "truth": truth,
-                              "test_per_component": result["data"]["test_per_component"]}
+                              "test_per_component": result["data"]["test_per_component"],
+                              "median_nn_distance": result["data"]["median_nn_distance"]}
+    assert len(result["data"]["median_nn_distance"]) == 3
+    assert all(v >= 0 and math.isfinite(v) for v in result["data"]["median_nn_distance"])
     assert sum(result["data"]["test_per_component"]) == training_sweep.QUICK["n_test"]
     assert set(result["results"]) == set(READOUTS)
     for name in ("t0=0.05", "t0=0.1", "best_grid_t0"):
@@ -102,6 +105,13 @@ def test_shell_readout_of_the_exact_eps_of_a_flat_gaussian_is_its_closed_form():
     got = training_sweep.shell_curves(eps_apply, None, x.astype(np.float32), t0s, sde, jax.random.key(3))
     a, s = (np.asarray(v) for v in sde.marginal_coefs(t0s))
     np.testing.assert_allclose(got, np.broadcast_to(d * a**2 / (a**2 + s**2), got.shape), atol=2e-4)
+
+
+def test_nn_spacing_is_the_median_distance_to_the_nearest_training_point():
+    train = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
+    test = np.array([[0.0, 1.0], [0.0, 3.0], [10.0, 2.0], [7.0, 0.0], [10.0, 4.0]], np.float32)
+    comp = np.array([0, 0, 1, 1, 1])
+    assert training_sweep.nn_spacing(train, test, comp, [0, 1]) == [2.0, 3.0]
 
 
 def test_quick_run_with_shell_reports_its_readouts(capsys):
