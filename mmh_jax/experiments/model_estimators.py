@@ -50,7 +50,8 @@ from mmh_jax import _interrupt, lid, parallel
 from mmh_jax.lid import TRACES
 from mmh_jax.sample import SAMPLERS
 
-__all__ = ["COMMON_OPTIONS", "ESTIMATORS", "Estimator", "ModelLidConfig", "estimate", "names", "plateau_mask"]
+__all__ = ["COMMON_OPTIONS", "ESTIMATORS", "Estimator", "ModelLidConfig", "estimate", "mesh_for", "names",
+           "plateau_mask"]
 
 
 def _is_int(v: Any) -> bool:
@@ -248,6 +249,9 @@ class Estimator(NamedTuple):
     point_fn: Callable[[Any, ModelLidConfig], Callable]
     #: The `ModelLidConfig` options it reads, besides `COMMON_OPTIONS`.
     options: tuple[str, ...]
+    #: Whether each point takes an SVD (batched under the map): such estimators are mapped on one
+    #: CPU device, see `mesh_for`.
+    decomposes: bool = False
 
 
 #: The `ModelLidConfig` options every estimator reads.
@@ -256,12 +260,22 @@ COMMON_OPTIONS = ("batch_size", "step")
 #: ``--estimator`` name -> `Estimator`, diffusion models' first.
 ESTIMATORS: dict[str, Estimator] = {
     "flipd": Estimator("diffusion", _flipd, ("t0", "t0_grid", "trace", "num_probes")),
-    "normal-bundle": Estimator("diffusion", _normal_bundle, ("t", "num_samples")),
+    "normal-bundle": Estimator("diffusion", _normal_bundle, ("t", "num_samples"), decomposes=True),
     "fp-regress": Estimator("diffusion", _fp_regress, ("trace", "num_probes")),
     "lidl": Estimator("flow", _lidl, ()),
-    "flow-jacobian": Estimator("flow", _flow_spectrum, ("tau", "tau_grid")),
-    "fast-flow-lidl": Estimator("flow", _flow_spectrum, ("tau", "tau_grid")),
+    "flow-jacobian": Estimator("flow", _flow_spectrum, ("tau", "tau_grid"), decomposes=True),
+    "fast-flow-lidl": Estimator("flow", _flow_spectrum, ("tau", "tau_grid"), decomposes=True),
 }
+
+
+def mesh_for(estimator: str):
+    """The mesh `estimate` maps ``estimator`` over: None (every device) unless it decomposes on
+    several CPU devices, where it gets the first one. A batched SVD under a map sharded over
+    emulated CPU devices can hang XLA:CPU (the deadlock described in `mmh_jax.parallel`); one
+    device keeps every core busy through XLA's own thread pool."""
+    if ESTIMATORS[estimator].decomposes and jax.default_backend() == "cpu" and jax.device_count() > 1:
+        return parallel.make_mesh(jax.devices()[:1])
+    return None
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:
@@ -295,17 +309,19 @@ def estimate(config: ModelLidConfig, model, x: np.ndarray, keys, *, progress: bo
     from tqdm.auto import tqdm
 
     one = ESTIMATORS[config.estimator].point_fn(model, config)
+    mesh = mesh_for(config.estimator)
+    devices = jax.device_count() if mesh is None else mesh.size
 
     def chunk_fn(params, xs, ks, t0, t0s):
         return parallel.map_points(lambda xi, ki: one(params, xi, ki, t0, t0s), xs, ks,
-                                   batch_size=config.batch_size)
+                                   batch_size=config.batch_size, mesh=mesh)
 
     n = x.shape[0]
-    per_call = n if config.batch_size is None else min(n, config.batch_size * jax.device_count() * 4)
+    per_call = n if config.batch_size is None else min(n, config.batch_size * devices * 4)
     t0 = jnp.float32(config.t0)
     t0s = jnp.asarray(config.t0s)
     params = model.params
-    if jax.device_count() > 1:  # map_points splits points over every device: replicate the parameters once
+    if devices > 1:  # map_points splits points over every device: replicate the parameters once
         params = jax.device_put(params, NamedSharding(parallel.make_mesh(), PartitionSpec()))
     tic = time.perf_counter()
     compiled = jax.jit(chunk_fn).lower(params, x[:per_call], keys[:per_call], t0, t0s).compile()
