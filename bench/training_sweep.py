@@ -256,15 +256,23 @@ def flipd_curves(eps_apply, params, x, t0s, sde: VPSDE) -> np.ndarray:
     return np.asarray(jax.jit(curves)(params, jnp.asarray(x)))
 
 
+def grid_readouts(curves, grid, truth, comp, *, prefix: str = "") -> dict:
+    """The readouts of ``(N, len(grid))`` curves at the grid points nearest `FIXED_T0` and at the grid
+    t₀ of least MAE (``best_grid_t0``, chosen with the truth), keys prefixed by ``prefix``."""
+    out = {}
+    for t in FIXED_T0:
+        i = int(np.argmin(np.abs(grid - t)))
+        out[f"{prefix}t0={t}"] = {"t0": round(float(grid[i]), 5), **summarize(curves[:, i], truth, comp)}
+    per_t0 = [summarize(curves[:, i], truth, comp) for i in range(len(grid))]
+    best = int(np.argmin([r["mae"] if r["mae"] is not None else np.inf for r in per_t0]))
+    out[f"{prefix}best_grid_t0"] = {"t0": round(float(grid[best]), 5), "chosen_with_truth": True, **per_t0[best]}
+    return out
+
+
 def nn_spacing(x_train: np.ndarray, x_test: np.ndarray, comp_test: np.ndarray, comps) -> list[float]:
     """Per component, the median distance from a held-out point to its nearest training point: the
     finest scale at which the training set shows the manifold (compare σ(t₀))."""
-    nearest = np.empty(len(x_test))
-    train_sq = np.sum(x_train.astype(np.float64) ** 2, 1)
-    for i in range(0, len(x_test), 100):
-        block = x_test[i:i + 100].astype(np.float64)
-        sq = np.sum(block**2, 1)[:, None] + train_sq[None] - 2 * block @ x_train.T.astype(np.float64)
-        nearest[i:i + 100] = np.sqrt(np.maximum(sq.min(1), 0.0))
+    nearest = np.asarray(lid.knn(jnp.asarray(x_train), k=1, queries=jnp.asarray(x_test))[0][:, 0])
     return [round(float(np.median(nearest[comp_test == c])), 4) for c in comps]
 
 
@@ -273,8 +281,7 @@ def shell_curves(eps_apply, params, x, t0s, sde: VPSDE, key) -> np.ndarray:
     D = x.shape[1]
 
     def curves(params, xs, keys):
-        def eps_fn(y, t):
-            return eps_apply(params, y[None], jnp.reshape(t, (1,)))[0]
+        eps_fn = adapters.single_example(lambda ys, ts: eps_apply(params, ys, ts))
 
         def one(point_and_key):
             point, k = point_and_key
@@ -372,14 +379,7 @@ def run(args: argparse.Namespace) -> dict:
     knee_v = np.asarray(jax.vmap(lambda c: lid.knee(t0s, c, ambient_dim=D)[1])(jnp.asarray(curves)))
     plateau_v = np.asarray(jax.vmap(lambda c: lid.plateau(t0s, c, ambient_dim=D)[1])(jnp.asarray(curves)))
 
-    results = {}
-    for t in FIXED_T0:
-        i = int(np.argmin(np.abs(grid - t)))
-        results[f"t0={t}"] = {"t0": round(float(grid[i]), 5), **summarize(curves[:, i], lid_test, comp_test)}
-    per_t0 = [summarize(curves[:, i], lid_test, comp_test) for i in range(len(grid))]
-    maes = [r["mae"] if r["mae"] is not None else np.inf for r in per_t0]
-    best = int(np.argmin(maes))
-    results["best_grid_t0"] = {"t0": round(float(grid[best]), 5), "chosen_with_truth": True, **per_t0[best]}
+    results = grid_readouts(curves, grid, lid_test, comp_test)
     results["knee"] = summarize(knee_v, lid_test, comp_test)
     results["plateau"] = summarize(plateau_v, lid_test, comp_test)
 
@@ -388,12 +388,7 @@ def run(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         sh = shell_curves(eps_apply, state.ema_params, x_test, t0s, sde, jax.random.key(SHELL_KEY))
         shell["shell_s"] = round(time.perf_counter() - start, 2)
-        for t in FIXED_T0:
-            i = int(np.argmin(np.abs(grid - t)))
-            results[f"shell t0={t}"] = {"t0": round(float(grid[i]), 5), **summarize(sh[:, i], lid_test, comp_test)}
-        per_t0 = [summarize(sh[:, i], lid_test, comp_test) for i in range(len(grid))]
-        best = int(np.argmin([r["mae"] if r["mae"] is not None else np.inf for r in per_t0]))
-        results["shell best_grid_t0"] = {"t0": round(float(grid[best]), 5), "chosen_with_truth": True, **per_t0[best]}
+        results.update(grid_readouts(sh, grid, lid_test, comp_test, prefix="shell "))
         shell["shell_mean_curves"] = [[_mean(v) for v in sh[comp_test == c].T] for c in comps]
 
     config = {k: getattr(args, k) for k in ("data", "seed", "param", "steps", "hidden", "layers", "time_scale",
