@@ -527,10 +527,11 @@ def test_a_batched_network_gets_a_message_naming_single_example():
         assert np.isfinite(float(call(single_example(batched))))
 
 
-def _sphere_score(radius: float, sde, p: int = 5):
+def _sphere_score(radius: float, sde):
     """Exact score of the uniform 4-sphere of ``radius`` in the first p = 5 coordinates, noised by
     ``sde``: its density integrates exp(κ cos θ) over the sphere, κ = α·radius·|y_sub|/σ², which is
-    κ^{-3/2} I_{3/2}(κ) up to a constant, and I_{3/2}(κ) = √(2/(πκ)) (cosh κ − sinh κ / κ) (p = 5 only)."""
+    κ^{-3/2} I_{3/2}(κ) up to a constant, and I_{3/2}(κ) = √(2/(πκ)) (cosh κ − sinh κ / κ)."""
+    p = 5
 
     def log_density(y, t):
         a, s = sde.marginal_coefs(t)
@@ -551,7 +552,7 @@ def test_flipd_reads_a_curved_manifold_at_small_t0_and_its_curvature_at_large_t0
 
     @jax.jit
     def flipd_means(x, radius, t0):
-        score = _sphere_score(radius, VP, p)
+        score = _sphere_score(radius, VP)
         return jnp.mean(jax.vmap(lambda xx: lid.flipd(score, xx, t0=t0, sde=VP, trace="exact"))(x))
 
     x = jnp.asarray(on_unit_sphere, jnp.float32)
