@@ -25,7 +25,7 @@ the benchmark, ``mmh-jax run benchmark``, uses seed 0):
 call of the generator, and split: the first ``--n`` train. ``--standardize`` maps both by the training
 points' per-coordinate mean and one overall standard deviation (LID is unchanged by it).
 
-Network and training: ``ScoreMLP(hidden=--hidden, num_layers=--layers)`` initialised from key 0,
+Network and training: ``ScoreMLP(hidden=--hidden, num_layers=--layers, time_conditioning=--time-conditioning)`` initialised from key 0,
 AdamW with warm-up and cosine decay over ``--steps`` (``make_optimizer(learning_rate=--lr)``), batches
 of ``--batch-size`` drawn inside ``make_train_loop`` from base key 1, EMA decay ``--ema``. The network
 and training keys do not depend on ``--seed``; only the data do. ``--param`` chooses what the network
@@ -93,7 +93,7 @@ import numpy as np
 from bench._common import env_info
 from mmh_jax import adapters, lid, train
 from mmh_jax.data import synthetic
-from mmh_jax.models import ScoreMLP
+from mmh_jax.models import TIME_CONDITIONINGS, ScoreMLP
 from mmh_jax.sde import VPSDE
 
 NAME = "training_sweep"
@@ -314,6 +314,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None, help="MLP hidden layers (default 3)")
     p.add_argument("--time-scale", type=float, default=1000.0,
                    help="ScoreMLP's time_scale: t is embedded as sinusoids of time_scale·t (default 1000)")
+    p.add_argument("--time-conditioning", default="add", choices=TIME_CONDITIONINGS,
+                   help="ScoreMLP's time conditioning: added before the first layer, or FiLM in every layer")
     p.add_argument("--time-sampling", default="uniform", choices=TIME_SAMPLINGS,
                    help="training times: uniform, log-sigma, or mixed (each example one of the two, ½ each)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -355,7 +357,8 @@ def run(args: argparse.Namespace) -> dict:
     truth = [int(np.unique(lid_test[comp_test == c])[0]) for c in comps]
 
     sde = VPSDE()
-    net = ScoreMLP(hidden=args.hidden, num_layers=args.layers, time_scale=args.time_scale)
+    net = ScoreMLP(hidden=args.hidden, num_layers=args.layers, time_scale=args.time_scale,
+                   time_conditioning=args.time_conditioning)
     params = net.init(jax.random.key(INIT_KEY), jnp.zeros(D), 0.5)
     eps_apply = make_eps_apply(net, sde, args.param)
     optimizer = train.make_optimizer(learning_rate=args.lr, total_steps=args.steps)

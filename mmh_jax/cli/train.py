@@ -57,6 +57,10 @@ def add_parser(sub) -> None:
                    help="mlp, unet: how the diffusion times of the loss are drawn: uniform, t ~ U(0.001, 1) "
                    "(default); log-sigma, log sigma(t) uniform: half the steps at noise sigma < 0.1, which makes "
                    "a model fit (memorize) its training points sooner. A --resume must use the run's own value")
+    p.add_argument("--time-conditioning", choices=("film", "add"), default=None,
+                   help="mlp: how the network sees the time: film, a scale and shift of every hidden layer "
+                   "(default), or add, a time vector added before the first layer (runs trained before FiLM "
+                   "became the default; pass it to --resume one). docs/benchmark.md has the comparison")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--preset", choices=("quick", "full"), default="full",
                    help="quick: a 300-step run on a small model (seconds); full (default): the defaults above")
@@ -82,6 +86,8 @@ def command(args) -> int:
         config = training.preset(args.preset, **overrides)
         if args.width is not None:
             config = training.with_width(config, args.width)
+        if args.time_conditioning is not None:
+            config = training.with_time_conditioning(config, args.time_conditioning)
         result = training.train_or_resume(config, args.out, resume=args.resume, overwrite=args.overwrite)
     except (CheckpointError, ImageDataError, ValueError, FileNotFoundError) as e:
         print_error(args, "train", e)

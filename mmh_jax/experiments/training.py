@@ -44,16 +44,16 @@ from mmh_jax.checkpoint import Checkpointer, CheckpointError, NonFiniteError, ab
 from mmh_jax.data import images, synthetic
 from mmh_jax.data.files import read_numpy, read_points
 from mmh_jax.experiments._presets import from_preset
-from mmh_jax.models import FLOW_MODELS, kind_of
+from mmh_jax.models import FLOW_MODELS, TIME_CONDITIONINGS, kind_of
 from mmh_jax.provenance import provenance
 from mmh_jax.sde import VPSDE
 from mmh_jax.train import TIME_SAMPLINGS
 from mmh_jax.train_flow import FLOW_PRESETS
 from mmh_jax.trained import make_batched_eps_apply
 
-__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "WIDTH_KWARG",
+__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "MLP_MODEL_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "WIDTH_KWARG",
            "default_model", "load_training_data", "newest_step", "plot_loss", "preset", "run_config", "train_or_resume",
-           "with_width"]
+           "with_time_conditioning", "with_width"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
@@ -140,22 +140,32 @@ UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "mode
 #: steps, with uniform training times (docs/benchmark.md, "Training that fits manifolds", says why).
 MLP_DEFAULTS: dict[str, Any] = {"steps": 8000}
 
+#: ``model_kwargs`` entries every MLP preset fills in where ``model_kwargs`` does not name them: FiLM
+#: time conditioning (docs/benchmark.md, "Time conditioning", says why). ``ScoreMLP`` itself stays
+#: additive by default, so networks built and saved before keep their parameters' layout.
+MLP_MODEL_DEFAULTS: dict[str, Any] = {"time_conditioning": "film"}
+
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset with overrides; the MLP gets ``MLP_DEFAULTS`` (beneath the preset), the
-    U-Net image-appropriate defaults (``UNET_DEFAULTS``), flows ``FLOW_PRESETS``.
+    """The named preset with overrides; the MLP gets ``MLP_DEFAULTS`` (beneath the preset) and the
+    ``model_kwargs`` entries of ``MLP_MODEL_DEFAULTS`` it does not name, the U-Net image-appropriate
+    defaults (``UNET_DEFAULTS``), flows ``FLOW_PRESETS``.
 
     Examples:
       >>> preset("full").steps, preset("quick").steps, preset("full", model="unet").steps
       (8000, 300, 4000)
+      >>> preset("quick").model_kwargs
+      {'time_conditioning': 'film', 'hidden': 128, 'num_layers': 3}
     """
     model = overrides.get("model", TrainConfig.model)
     if model == "unet":
         overrides = {**UNET_DEFAULTS, **overrides}
     if model in FLOW_MODELS:
         return from_preset(TrainConfig, FLOW_PRESETS, name, overrides)
-    presets = {k: {**MLP_DEFAULTS, **v} for k, v in PRESETS.items()} if model == "mlp" else PRESETS
-    return from_preset(TrainConfig, presets, name, overrides)
+    if model != "mlp":
+        return from_preset(TrainConfig, PRESETS, name, overrides)
+    config = from_preset(TrainConfig, {k: {**MLP_DEFAULTS, **v} for k, v in PRESETS.items()}, name, overrides)
+    return dataclasses.replace(config, model_kwargs={**MLP_MODEL_DEFAULTS, **config.model_kwargs})
 
 
 #: The ``model_kwargs`` entry that sets each network's width (``mmh-jax train --width``).
@@ -167,9 +177,26 @@ def with_width(config: TrainConfig, width: int) -> TrainConfig:
 
     Examples:
       >>> with_width(preset("full"), 1024).model_kwargs
-      {'hidden': 1024}
+      {'time_conditioning': 'film', 'hidden': 1024}
     """
     return dataclasses.replace(config, model_kwargs={**config.model_kwargs, WIDTH_KWARG[config.model]: width})
+
+
+def with_time_conditioning(config: TrainConfig, time_conditioning: str) -> TrainConfig:
+    """``config`` with the MLP's ``time_conditioning`` set (one of ``ScoreMLP``'s ``TIME_CONDITIONINGS``).
+
+    Raises:
+      ValueError: a model other than ``mlp``, or an unknown value.
+
+    Examples:
+      >>> with_time_conditioning(preset("full"), "add").model_kwargs
+      {'time_conditioning': 'add'}
+    """
+    if config.model != "mlp":
+        raise ValueError(f"time_conditioning applies to --model mlp, not {config.model!r}; drop --time-conditioning.")
+    if time_conditioning not in TIME_CONDITIONINGS:
+        raise ValueError(f"time_conditioning must be one of {TIME_CONDITIONINGS}, got {time_conditioning!r}.")
+    return dataclasses.replace(config, model_kwargs={**config.model_kwargs, "time_conditioning": time_conditioning})
 
 
 def load_training_data(config: TrainConfig, *, expand: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -11,10 +11,10 @@ of them, one per noise scale); [`as_score_fn`][mmh_jax.models.as_score_fn] /
 
 from mmh_jax.models.adapters import as_eps_fn, as_score_fn
 from mmh_jax.models.flows import Flow, make_nll_loss
-from mmh_jax.models.score_mlp import ScoreMLP, sinusoidal_embedding
+from mmh_jax.models.score_mlp import TIME_CONDITIONINGS, ScoreMLP, sinusoidal_embedding
 from mmh_jax.models.unet import UNet
 
-__all__ = ["FLOW_MODELS", "KINDS", "MODELS", "Flow", "ScoreMLP", "as_eps_fn", "as_score_fn", "kind_of", "make_model",
+__all__ = ["FLOW_MODELS", "KINDS", "MODELS", "TIME_CONDITIONINGS", "Flow", "ScoreMLP", "as_eps_fn", "as_score_fn", "kind_of", "make_model",
            "make_nll_loss", "sinusoidal_embedding"]
 
 #: Model names accepted by ``make_model`` and ``mmh-jax train --model``.

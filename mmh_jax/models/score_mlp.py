@@ -20,7 +20,11 @@ from mmh_jax.models._conditioning import label_embedding
 
 Array = jax.Array
 
-__all__ = ["ScoreMLP", "sinusoidal_embedding"]
+__all__ = ["TIME_CONDITIONINGS", "ScoreMLP", "sinusoidal_embedding"]
+
+#: How ``ScoreMLP`` feeds the time to its layers: ``"add"`` (a time vector added before the first
+#: layer's SiLU) or ``"film"`` (a scale and shift of every hidden layer, FiLM).
+TIME_CONDITIONINGS = ("add", "film")
 
 
 def sinusoidal_embedding(t, dim: int, *, scale: float = 1000.0, max_period: float = 10000.0) -> Array:
@@ -69,8 +73,16 @@ def sinusoidal_embedding(t, dim: int, *, scale: float = 1000.0, max_period: floa
 
 
 class ScoreMLP(nn.Module):
-    """ε-prediction MLP: ε̂(x, t) = W_out·h_{L−1} + b_out with hidden layers
-    h_0 = SiLU(W_x x + W_t emb(t) + b_0),  h_l = SiLU(W_l h_{l−1} + b_l) [+ h_{L−1−l}].
+    """ε-prediction MLP: ε̂(x, t) = W_out·h_{L−1} + b_out with hidden layers (``time_conditioning="add"``)
+    h_0 = SiLU(W_x x + W_t emb(t) + b_0),  h_l = SiLU(W_l h_{l−1} + b_l) [+ h_{L−1−l}],
+    or (``"film"``) with c = SiLU(W_c emb(t) + b_c) (``time_embed_dim`` wide) and (γ_l, β_l) = V_l c + u_l
+    for every layer, h_l = SiLU((1 + γ_l)·(W_l h_{l−1} + b_l) + β_l) [+ h_{L−1−l}],  h_{−1} = x.
+
+    FiLM (Perez et al., arXiv 1709.07871; the scale-shift time conditioning of Dhariwal & Nichol,
+    arXiv 2105.05233) lets the time rescale every layer. At small noise the ε of a manifold grows
+    like (x − π(x))/σ(t) in its normal directions, a Jacobian ∝ 1/σ(t) that an additive time vector
+    can only approximate; docs/benchmark.md ("Time conditioning") has the measurements. V_l starts at
+    zero, so a FiLM network starts as the plain MLP with biases.
 
     With ``skip=True`` the network is a U-shaped MLP: the second half of the layers (the
     "decoder", l > L−1−l) adds the output of its mirror layer in the first half (the "encoder"),
@@ -90,6 +102,8 @@ class ScoreMLP(nn.Module):
       time_scale: multiplier of ``t`` inside the embedding (1000 for t ∈ (0, 1]).
       skip: long skip connections between mirrored encoder and decoder layers (see above);
         ``False`` gives a plain MLP (the throughput benchmark's network).
+      time_conditioning: one of ``TIME_CONDITIONINGS``: ``"add"`` (the first layer only) or
+        ``"film"`` (every layer; see above).
       num_classes: K for a class-conditional network (classifier-free guidance: a learned label
         embedding of K + 1 rows, the last the null class ∅, added to the time branch), or ``None``.
       event_ndim: trailing axes of ``x`` that form one example (1: vectors ``(D,)``; 3: images
@@ -119,6 +133,7 @@ class ScoreMLP(nn.Module):
     time_embed_dim: int = 128
     time_scale: float = 1000.0
     skip: bool = True
+    time_conditioning: str = "add"
     num_classes: int | None = None
     event_ndim: int = 1
 
@@ -142,18 +157,30 @@ class ScoreMLP(nn.Module):
             raise ValueError(
                 f"t must be a scalar or have the batch shape x.shape[:-event_ndim] = {batch}, got shape {t.shape}."
             )
+        if self.time_conditioning not in TIME_CONDITIONINGS:
+            raise ValueError(f"time_conditioning must be one of {TIME_CONDITIONINGS}, got {self.time_conditioning!r}.")
+        film = self.time_conditioning == "film"
         flat = x.reshape(*batch, math.prod(event))
         emb = sinusoidal_embedding(t, self.time_embed_dim, scale=self.time_scale).astype(x.dtype)
-        temb = nn.Dense(self.hidden, use_bias=False, name="time_0")(emb)  # shape (*t.shape, hidden)
-        temb = jnp.broadcast_to(temb, (*batch, self.hidden))
-        lemb = label_embedding(self.num_classes, self.hidden, label, batch, network="ScoreMLP")
+        # the additive time vector (hidden wide), or FiLM's conditioning c before its SiLU (as wide as
+        # the embedding: its per-layer projections to 2·hidden then cost 2·hidden·time_embed_dim each)
+        width = self.time_embed_dim if film else self.hidden
+        temb = nn.Dense(width, use_bias=film, name="time_0")(emb)
+        temb = jnp.broadcast_to(temb, (*batch, width))
+        lemb = label_embedding(self.num_classes, width, label, batch, network="ScoreMLP")
         if lemb is not None:
             temb = temb + lemb.astype(temb.dtype)
-        h = nn.Dense(self.hidden, name="hidden_0")(flat) + temb
-        h = nn.silu(h)
-        hs = [h]
-        for i in range(1, self.num_layers):
-            h = nn.silu(nn.Dense(self.hidden, name=f"hidden_{i}")(h))
+        cond = nn.silu(temb) if film else None
+        h, hs = flat, []
+        for i in range(self.num_layers):
+            h = nn.Dense(self.hidden, name=f"hidden_{i}")(h)
+            if film:  # (1 + γ_i)·h + β_i, γ and β from the time alone (a JVP in x never enters them)
+                gamma, beta = jnp.split(nn.Dense(2 * self.hidden, kernel_init=nn.initializers.zeros,
+                                                 name=f"film_{i}")(cond), 2, axis=-1)
+                h = h * (1 + gamma) + beta
+            elif i == 0:
+                h = h + temb
+            h = nn.silu(h)
             mirror = self.num_layers - 1 - i
             if self.skip and mirror < i:
                 h = h + hs[mirror]

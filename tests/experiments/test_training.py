@@ -238,3 +238,29 @@ def test_width_sets_the_networks_width_and_the_run_loads(tmp_path, model, key, d
     loaded = mmh_jax.load(out)
     assert loaded.config["model_kwargs"][key] == 24
     assert sum(24 in leaf.shape for leaf in jax.tree.leaves(loaded.params)) >= 4  # the layers are 24 wide
+
+
+@pytest.mark.parametrize("flag, film", [([], True), (["--time-conditioning", "add"], False)])
+def test_time_conditioning_is_film_by_default_and_add_on_request(tmp_path, capsys, flag, film):
+    """`mmh-jax train`'s MLP is FiLM-conditioned unless --time-conditioning add; the run records it,
+    loads as the network it was, and a resume with the other conditioning is refused by name."""
+    out = str(tmp_path / "run")
+    base = ["train", "--preset", "quick", "--steps", "2", "--n", "64", "--width", "16", "--out", out]
+    assert cli.main([*base, *flag]) == 0
+    loaded = mmh_jax.load(out)
+    assert loaded.config["model_kwargs"]["time_conditioning"] == ("film" if film else "add")
+    assert ("film_0" in loaded.params["params"]) is film
+    assert np.isfinite(np.asarray(loaded.eps_fn_for()(np.zeros(2, np.float32), 0.3))).all()
+    capsys.readouterr()
+    other = [] if flag else ["--time-conditioning", "add"]
+    assert cli.main([*base, "--steps", "4", "--resume", *other]) == 2
+    assert "model_kwargs" in capsys.readouterr().err
+
+
+def test_time_conditioning_applies_to_the_mlp_only():
+    assert training.preset("full", model="mlp").model_kwargs == {"time_conditioning": "film"}
+    assert "time_conditioning" not in training.preset("full", model="unet").model_kwargs
+    with pytest.raises(ValueError, match="applies to --model mlp, not 'unet'; drop --time-conditioning"):
+        training.with_time_conditioning(training.preset("full", model="unet"), "film")
+    with pytest.raises(ValueError, match="time_conditioning must be one of .* got 'scale'"):
+        training.with_time_conditioning(training.preset("full"), "scale")

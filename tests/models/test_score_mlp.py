@@ -167,6 +167,46 @@ def test_skip_connections_match_the_formula(rng, num_layers):
         assert not np.allclose(outs[True], outs[False])
 
 
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_film_conditioning_matches_the_formula(rng, num_layers):
+    """time_conditioning="film": c = SiLU(W_c emb + b_c) (embedding-wide), (γ_l, β_l) = V_l c + u_l and
+    h_l = SiLU((1 + γ_l)(W_l h_{l-1} + b_l) + β_l) [+ h_{L-1-l}], with h_{-1} = x."""
+    x = rng.normal(size=D).astype(np.float32)
+    args = 1000.0 * 0.3 * np.array([1.0, 1e-2])
+    emb = np.concatenate([np.sin(args), np.cos(args)])
+    model = ScoreMLP(hidden=8, num_layers=num_layers, time_embed_dim=4, time_conditioning="film")
+    params = _host_params(model, jnp.zeros(D), 0.5)
+    out = jax.jit(lambda params, x: model.apply(params, x, 0.3))(params, x)
+    p = jax.tree.map(np.asarray, params["params"])
+    cond = _silu(emb @ p["time_0"]["kernel"] + p["time_0"]["bias"])
+    assert cond.shape == (4,)
+    h, hs = x, []
+    for i in range(num_layers):
+        gb = cond @ p[f"film_{i}"]["kernel"] + p[f"film_{i}"]["bias"]
+        gamma, beta = gb[:8], gb[8:]
+        h = _silu((1 + gamma) * (h @ p[f"hidden_{i}"]["kernel"] + p[f"hidden_{i}"]["bias"]) + beta)
+        if num_layers - 1 - i < i:
+            h = h + hs[num_layers - 1 - i]
+        hs.append(h)
+    np.testing.assert_allclose(out, h @ p["out"]["kernel"] + p["out"]["bias"], rtol=1e-5, atol=1e-5)
+
+
+def test_film_starts_as_a_time_free_mlp_and_rejects_unknown_conditionings(key):
+    """FiLM's V_l start at zero: at init the output does not depend on t. An unknown value is named."""
+    model = ScoreMLP(hidden=16, num_layers=2, time_embed_dim=8, time_conditioning="film")
+    x = jnp.linspace(-1.0, 1.0, D)
+
+    @jax.jit
+    def outputs(key):
+        params = model.init(key, x, 0.5)
+        return model.apply(params, x, 0.01), model.apply(params, x, 0.9)
+
+    a, b = outputs(key)
+    np.testing.assert_allclose(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="time_conditioning must be one of .*'film'.*got 'scale'"):
+        jax.eval_shape(ScoreMLP(hidden=8, num_layers=1, time_conditioning="scale").init, key, x, 0.5)
+
+
 def test_image_events_equal_the_flattened_network(key):
     """event_ndim=3 flattens (H, W, C) inside: same parameters, same numbers as the flat MLP."""
     img = ScoreMLP(hidden=32, num_layers=3, time_embed_dim=16, event_ndim=3)
