@@ -211,23 +211,35 @@ def torch_modules(torch):
         return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
 
     class ScoreMLP(nn.Module):
-        """ε̂(x, t): SiLU(W_x x + W_t emb(t) + b), SiLU(Dense) layers, long skips h_l += h_{L−1−l}."""
+        """ε̂(x, t): SiLU(W_x x + W_t emb(t) + b), SiLU(Dense) layers, long skips h_l += h_{L−1−l};
+        with time_conditioning="film", every layer SiLU((1 + γ_l)·Dense(h) + β_l), (γ_l, β_l) from SiLU(W_c emb + b_c)."""
 
-        def __init__(self, dim, hidden=512, num_layers=3, time_embed_dim=128, time_scale=1000.0, skip=True):
+        def __init__(self, dim, hidden=512, num_layers=3, time_embed_dim=128, time_scale=1000.0, skip=True,
+                     time_conditioning="add"):
             super().__init__()
             self.embed, self.scale, self.skip, self.num_layers = time_embed_dim, time_scale, skip, num_layers
+            self.film = time_conditioning == "film"
             self.register_buffer("freqs", freqs_buffer(time_embed_dim))
-            self.time_0 = nn.Linear(time_embed_dim, hidden, bias=False)
+            self.time_0 = nn.Linear(time_embed_dim, time_embed_dim if self.film else hidden, bias=self.film)
             self.layers = nn.ModuleDict(
                 {f"hidden_{i}": nn.Linear(dim if i == 0 else hidden, hidden) for i in range(num_layers)})
+            if self.film:
+                self.films = nn.ModuleDict(
+                    {f"film_{i}": nn.Linear(time_embed_dim, 2 * hidden) for i in range(num_layers)})
             self.out = nn.Linear(hidden, dim)
 
         def forward(self, x, t):
-            emb = sinusoidal(t, self.embed, self.scale, self.freqs)
-            h = F.silu(self.layers["hidden_0"](x) + self.time_0(emb))
-            hs = [h]
-            for i in range(1, self.num_layers):
-                h = F.silu(self.layers[f"hidden_{i}"](h))
+            emb = self.time_0(sinusoidal(t, self.embed, self.scale, self.freqs))
+            cond = F.silu(emb) if self.film else None
+            h, hs = x, []
+            for i in range(self.num_layers):
+                h = self.layers[f"hidden_{i}"](h)
+                if self.film:
+                    gamma, beta = self.films[f"film_{i}"](cond).chunk(2, dim=-1)
+                    h = h * (1 + gamma) + beta
+                elif i == 0:
+                    h = h + emb
+                h = F.silu(h)
                 mirror = self.num_layers - 1 - i
                 if self.skip and mirror < i:
                     h = h + hs[mirror]

@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
                    "mlp); flow: a normalizing flow (rational-quadratic spline couplings) of vector data; lidl: one "
                    "flow per --deltas noise scale, for `mmh-jax lid --estimator lidl`")
     p.add_argument("--steps", type=int_at_least(1), default=None,
-                   help="total optimisation steps (default: 8000 mlp, 4000 unet and flows; quick: 300)")
+                   help="total optimisation steps (default: mlp 8000, or 16000 on vector data of 64 or more "
+                   "coordinates; 4000 unet and flows; quick: 300)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="batch size (default: 256 mlp, 128 unet)")
     p.add_argument("--width", type=int_at_least(1), default=None,
                    help="network width: mlp hidden units (default 512; quick: 128), unet base channels (default 16), "

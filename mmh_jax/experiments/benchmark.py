@@ -202,10 +202,12 @@ def preset(name: str, **overrides: Any) -> BenchmarkConfig:
 def train_config(name: str, D: int, config: BenchmarkConfig, data: str) -> training.TrainConfig:
     """The diffusion model of data set ``name`` (ambient dimension ``D``) trained on the file ``data``.
 
-    The project's default MLP (``training.preset("full")``, tuned there), with ``config.diffusion``'s
-    overrides; ``name`` and ``D`` are there to tune a data set on its own (none is yet).
+    The project's default MLP for data of dimension ``D`` (``training.preset("full", dim=D)``, tuned
+    there), with ``config.diffusion``'s overrides; ``name`` is there to tune a data set on its own
+    (none is yet).
     """
-    return training.preset("full", data=data, model="mlp", n=config.n_train, seed=config.seed, **config.diffusion)
+    return training.preset("full", dim=D, data=data, model="mlp", n=config.n_train, seed=config.seed,
+                           **config.diffusion)
 
 
 def flow_config(name: str, D: int, config: BenchmarkConfig, data: str) -> training.TrainConfig:

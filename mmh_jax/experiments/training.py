@@ -51,9 +51,9 @@ from mmh_jax.train import TIME_SAMPLINGS
 from mmh_jax.train_flow import FLOW_PRESETS
 from mmh_jax.trained import make_batched_eps_apply
 
-__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "MLP_MODEL_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "WIDTH_KWARG",
+__all__ = ["IDENTITY_KEYS", "MLP_DEFAULTS", "MLP_HIGH_DIM_STEPS", "MLP_MODEL_DEFAULTS", "PRESETS", "TrainConfig", "TrainingDiverged", "UNET_DEFAULTS", "WIDTH_KWARG",
            "default_model", "load_training_data", "newest_step", "plot_loss", "preset", "run_config", "train_or_resume",
-           "with_time_conditioning", "with_width"]
+           "vector_dim", "with_time_conditioning", "with_width"]
 
 #: Config entries that must match to resume a run (``steps`` may grow).
 IDENTITY_KEYS = ("data", "n", "model", "model_kwargs", "class_conditional", "seed", "batch_size",
@@ -140,22 +140,30 @@ UNET_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-4, "batch_size": 128, "mode
 #: steps, with uniform training times (docs/benchmark.md, "Training that fits manifolds", says why).
 MLP_DEFAULTS: dict[str, Any] = {"steps": 8000}
 
+#: Vector data of at least ``dim`` coordinates get the MLP ``steps`` under the ``full`` preset
+#: (docs/benchmark.md, "Time conditioning": at D = 100 FiLM needs twice the steps it needs at D ≤ 32).
+MLP_HIGH_DIM_STEPS: dict[str, int] = {"dim": 64, "steps": 16000}
+
 #: ``model_kwargs`` entries every MLP preset fills in where ``model_kwargs`` does not name them: FiLM
 #: time conditioning (docs/benchmark.md, "Time conditioning", says why). ``ScoreMLP`` itself stays
 #: additive by default, so networks built and saved before keep their parameters' layout.
 MLP_MODEL_DEFAULTS: dict[str, Any] = {"time_conditioning": "film"}
 
 
-def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The named preset with overrides; the MLP gets ``MLP_DEFAULTS`` (beneath the preset) and the
-    ``model_kwargs`` entries of ``MLP_MODEL_DEFAULTS`` it does not name, the U-Net image-appropriate
-    defaults (``UNET_DEFAULTS``), flows ``FLOW_PRESETS``.
+def preset(name: str, *, dim: int | None = None, **overrides: Any) -> TrainConfig:
+    """The named preset with overrides; the MLP gets ``MLP_DEFAULTS`` (beneath the preset), the
+    ``model_kwargs`` entries of ``MLP_MODEL_DEFAULTS`` it does not name and, under ``full`` without
+    ``steps``, ``MLP_HIGH_DIM_STEPS`` on vector data of that many coordinates or more (``dim``, or
+    else `vector_dim` reads it from the data); the U-Net image-appropriate defaults
+    (``UNET_DEFAULTS``), flows ``FLOW_PRESETS``.
 
     Examples:
       >>> preset("full").steps, preset("quick").steps, preset("full", model="unet").steps
       (8000, 300, 4000)
       >>> preset("quick").model_kwargs
       {'time_conditioning': 'film', 'hidden': 128, 'num_layers': 3}
+      >>> preset("full", dim=100).steps, preset("full", dim=100, steps=500).steps
+      (16000, 500)
     """
     model = overrides.get("model", TrainConfig.model)
     if model == "unet":
@@ -165,7 +173,29 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     if model != "mlp":
         return from_preset(TrainConfig, PRESETS, name, overrides)
     config = from_preset(TrainConfig, {k: {**MLP_DEFAULTS, **v} for k, v in PRESETS.items()}, name, overrides)
-    return dataclasses.replace(config, model_kwargs={**MLP_MODEL_DEFAULTS, **config.model_kwargs})
+    config = dataclasses.replace(config, model_kwargs={**MLP_MODEL_DEFAULTS, **config.model_kwargs})
+    dim = vector_dim(config) if dim is None else dim
+    if name == "full" and overrides.get("steps") is None and (dim or 0) >= MLP_HIGH_DIM_STEPS["dim"]:
+        config = dataclasses.replace(config, steps=MLP_HIGH_DIM_STEPS["steps"])
+    return config
+
+
+def vector_dim(config: TrainConfig) -> int | None:
+    """D of ``config.data`` when it is vector data (a synthetic generator, or an (N, D) array file), else None.
+
+    Examples:
+      >>> vector_dim(TrainConfig(data="lollipop")), vector_dim(TrainConfig(data="digits"))
+      (2, None)
+    """
+    if config.data in synthetic.GENERATORS:
+        try:
+            return int(synthetic.GENERATORS[config.data](8, seed=config.seed).x.shape[1])
+        except (TypeError, ValueError):  # a generator that needs more arguments: training reports it
+            return None
+    if isinstance(config.data, str) and config.data.endswith((".npy", ".npz")):
+        arr = _vector_array(config.data)
+        return None if arr is None else int(arr.shape[1])
+    return None
 
 
 #: The ``model_kwargs`` entry that sets each network's width (``mmh-jax train --width``).

@@ -90,10 +90,14 @@ class ScoreMLP(nn.Module):
     layer 2 receives h_1. The skips are additions of equal-width activations, so they cost no
     parameters and almost no FLOPs, and they let the fine detail of x reach the output at small t.
 
-    The first layer is a Dense of the concatenation [x, emb(t)], written as the sum of a Dense of x
-    (``hidden_0``) and a bias-free Dense of the time embedding (``time_0``): the same function, but
-    a Jacobian-vector product in x (FLIPD's trace) skips the time branch instead of pushing zeros
-    through it, which saves ``time_embed_dim/(D + time_embed_dim)`` of the first layer's JVP work.
+    With ``"add"`` the first layer is a Dense of the concatenation [x, emb(t)], written as the sum of
+    a Dense of x (``hidden_0``) and a bias-free Dense of the time embedding (``time_0``): the same
+    function, but a Jacobian-vector product in x (FLIPD's trace) skips the time branch instead of
+    pushing zeros through it, which saves ``time_embed_dim/(D + time_embed_dim)`` of the first
+    layer's JVP work. FiLM's γ_l and β_l depend on t alone, so a JVP in x skips them too.
+
+    ``ScoreMLP()`` is additive, as every saved ScoreMLP before FiLM was; `mmh-jax train`'s presets
+    build ``"film"`` (``mmh_jax.experiments.training.MLP_MODEL_DEFAULTS``).
 
     Attributes:
       hidden: width of the hidden layers.
@@ -105,7 +109,8 @@ class ScoreMLP(nn.Module):
       time_conditioning: one of ``TIME_CONDITIONINGS``: ``"add"`` (the first layer only) or
         ``"film"`` (every layer; see above).
       num_classes: K for a class-conditional network (classifier-free guidance: a learned label
-        embedding of K + 1 rows, the last the null class ∅, added to the time branch), or ``None``.
+        embedding of K + 1 rows, the last the null class ∅, added to the time branch before FiLM's
+        SiLU), or ``None``.
       event_ndim: trailing axes of ``x`` that form one example (1: vectors ``(D,)``; 3: images
         ``(H, W, C)``, flattened inside the network so scores keep the data's shape).
 

@@ -264,3 +264,20 @@ def test_time_conditioning_applies_to_the_mlp_only():
         training.with_time_conditioning(training.preset("full", model="unet"), "film")
     with pytest.raises(ValueError, match="time_conditioning must be one of .* got 'scale'"):
         training.with_time_conditioning(training.preset("full"), "scale")
+
+
+def test_mlp_steps_double_on_vector_data_of_64_coordinates_or_more(tmp_path):
+    """Under the full preset the MLP trains MLP_HIGH_DIM_STEPS on (N, D) data with D >= 64, the
+    default steps below; explicit steps, the quick preset and other models are left alone."""
+    paths = {}
+    for d in (32, 63, 64, 100):
+        paths[d] = str(tmp_path / f"x{d}.npz")
+        np.savez(paths[d], x=np.zeros((5, d), np.float32))
+    high, low = training.MLP_HIGH_DIM_STEPS["steps"], training.MLP_DEFAULTS["steps"]
+    assert high > low
+    assert [training.preset("full", data=paths[d]).steps for d in (32, 63, 64, 100)] == [low, low, high, high]
+    assert training.preset("full", data=paths[100], steps=123).steps == 123
+    assert training.preset("quick", data=paths[100]).steps == training.PRESETS["quick"]["steps"]
+    assert training.preset("full", data=paths[100], model="lidl").steps != high
+    assert training.preset("full", data="lollipop").steps == low
+    assert training.preset("full", dim=100, data="lollipop").steps == high  # a given dim is not read again

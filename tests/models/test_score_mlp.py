@@ -222,13 +222,15 @@ def test_image_events_equal_the_flattened_network(key):
         img.apply(params, jnp.zeros((4, 4)), 0.5)
 
 
-def test_class_conditioning_with_a_null_class(key):
-    """num_classes=K: labels 0..K-1 and the null class K (= label None) give different ε̂."""
-    model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16, num_classes=3)
+@pytest.mark.parametrize("time_conditioning, width", [("add", 32), ("film", 16)])
+def test_class_conditioning_with_a_null_class(key, time_conditioning, width):
+    """num_classes=K: labels 0..K-1 and the null class K (= label None) give different ε̂. The label
+    embedding is as wide as the time branch: hidden (add), time_embed_dim (FiLM's conditioning)."""
+    model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16, num_classes=3, time_conditioning=time_conditioning)
     x = np.random.default_rng(2).normal(size=(4, D)).astype(np.float32)
     params = _host_params(model, x, 0.5, jnp.zeros(4, jnp.int32))
     table = params["params"]["label_embed"]["embedding"]
-    assert table.shape == (4, 32)
+    assert table.shape == (4, width)
     # A non-zero null row, so that "None means the null class" is a real check.
     params = jax.tree.map(lambda a: a, params)
     params["params"]["label_embed"]["embedding"] = jnp.asarray(np.asarray(table) + np.float32(0.3))
