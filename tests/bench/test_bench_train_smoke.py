@@ -41,7 +41,7 @@ def test_bench_train_mlp_quick_writes_expected_json(tmp_path):
     assert payload["meta"]["config"]["steps"] == 2 and payload["meta"]["config"]["steps_per_call"] == [2, 1]
     model = payload["meta"]["models"]["mlp"]
     assert model["batch_size"] == 8 and model["data_shape"] == [64, 2] and model["data"] == "lollipop"
-    assert model["model_kwargs"] == {"hidden": 16, "num_layers": 3, "time_embed_dim": 8}
+    assert model["model_kwargs"] == {"time_conditioning": "film", "hidden": 16, "num_layers": 3, "time_embed_dim": 8}
     assert model["learning_rate"] == 1e-3  # the CLI's default for the MLP
     assert len(payload["meta"]["load_average_before"]) == 3
 
@@ -89,6 +89,7 @@ def test_bench_train_unet_quick_runs_against_torch(tmp_path):
     [
         ("mlp", {"hidden": 12, "num_layers": 4, "time_embed_dim": 9, "skip": True}),  # odd embedding
         ("mlp", {"hidden": 12, "num_layers": 2, "time_embed_dim": 8, "skip": False}),
+        ("mlp", {"hidden": 12, "num_layers": 3, "time_embed_dim": 8, "time_conditioning": "film"}),
         pytest.param("unet", {"channels": 8, "channel_mults": (1, 2, 2), "num_res_blocks": 2, "num_heads": 2,
                               "num_groups": 4}, marks=pytest.mark.slow),  # ~35 s: three levels to compile
         ("unet", {"channels": 8}),  # the benchmark's U-Net at a tiny width
