@@ -170,11 +170,11 @@ class ScoreMLP(nn.Module):
         # the additive time vector (hidden wide), or FiLM's conditioning c before its SiLU (as wide as
         # the embedding: its per-layer projections to 2·hidden then cost 2·hidden·time_embed_dim each)
         width = self.time_embed_dim if film else self.hidden
+        # shape (*t.shape, width): a time shared by the batch is projected once, then broadcast
         temb = nn.Dense(width, use_bias=film, name="time_0")(emb)
-        temb = jnp.broadcast_to(temb, (*batch, width))
         lemb = label_embedding(self.num_classes, width, label, batch, network="ScoreMLP")
         if lemb is not None:
-            temb = temb + lemb.astype(temb.dtype)
+            temb = jnp.broadcast_to(temb, (*batch, width)) + lemb.astype(temb.dtype)
         cond = nn.silu(temb) if film else None
         h, hs = flat, []
         for i in range(self.num_layers):
@@ -182,9 +182,9 @@ class ScoreMLP(nn.Module):
             if film:  # (1 + γ_i)·h + β_i, γ and β from the time alone (a JVP in x never enters them)
                 gamma, beta = jnp.split(nn.Dense(2 * self.hidden, kernel_init=nn.initializers.zeros,
                                                  name=f"film_{i}")(cond), 2, axis=-1)
-                h = h * (1 + gamma) + beta
+                h = h * jnp.broadcast_to(1 + gamma, h.shape) + jnp.broadcast_to(beta, h.shape)
             elif i == 0:
-                h = h + temb
+                h = h + jnp.broadcast_to(temb, h.shape)
             h = nn.silu(h)
             mirror = self.num_layers - 1 - i
             if self.skip and mirror < i:

@@ -42,10 +42,10 @@ def _silu(h):
     return h / (1.0 + np.exp(-h))
 
 
-@pytest.fixture(scope="module")
-def model_and_params():
-    """One model and its parameters, read (never changed) by the tests below."""
-    model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16)
+@pytest.fixture(scope="module", params=["add", "film"])
+def model_and_params(request):
+    """One model of each time conditioning and its parameters, read (never changed) by the tests below."""
+    model = ScoreMLP(hidden=32, num_layers=2, time_embed_dim=16, time_conditioning=request.param)
     return model, _host_params(model, jnp.zeros(D), 0.5)
 
 
